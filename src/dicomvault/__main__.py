@@ -1,0 +1,7 @@
+"""Allow ``python -m dicomvault``."""
+
+from __future__ import annotations
+
+from dicomvault.cli import main
+
+main()

@@ -1,0 +1,224 @@
+"""The archive service layer: store an instance and search the index.
+
+DIMSE, DICOMweb and the console call this layer; it holds the rules once. It
+raises the domain errors below, which each protocol translates at its edge.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import uuid
+from collections.abc import Iterator
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicomvault.config import Settings
+from dicomvault.dicom.header import (
+    InvalidDatasetError,
+    describe_instance,
+    encode_file_meta,
+    read_header,
+)
+from dicomvault.dicom.matching import Query
+from dicomvault.events import EventBus, InstanceRejected, InstanceStored
+from dicomvault.index.search import IndexSearch, SearchResult
+from dicomvault.index.writer import DuplicateInstanceError, IndexWriter, StoredInstance
+from dicomvault.storage.base import Storage, StorageError, StorageFullError
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = [
+    "Archive",
+    "ArchiveError",
+    "DuplicateInstanceError",
+    "IndexUnavailableError",
+    "InstanceMismatchError",
+    "InvalidDatasetError",
+    "StorageError",
+    "StorageFullError",
+    "StoreResult",
+]
+
+
+class ArchiveError(Exception):
+    """Base of the archive's own domain errors."""
+
+
+class InstanceMismatchError(ArchiveError):
+    """The request's SOP Instance UID differs from the one in the dataset."""
+
+
+class IndexUnavailableError(ArchiveError):
+    """The index database failed; nothing was stored."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreResult:
+    """The outcome of a successful store.
+
+    ``warnings`` lists deviations the archive accepted (such as a SOP Class
+    UID that differs between request and dataset); empty on a clean store.
+    """
+
+    sop_instance_uid: str
+    storage_key: str
+    size: int
+    replaced: bool
+    warnings: tuple[str, ...] = ()
+
+
+class Archive:
+    """Stores instances durably and indexes them; searches the index."""
+
+    def __init__(
+        self, settings: Settings, engine: Engine, storage: Storage, events: EventBus | None = None
+    ) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.storage = storage
+        self.events = events or EventBus()
+        self.writer = IndexWriter(engine)
+        self.searcher = IndexSearch(engine)
+
+    def store(
+        self,
+        dataset: bytes,
+        transfer_syntax_uid: str,
+        sop_class_uid: str = "",
+        sop_instance_uid: str = "",
+        source_ae_title: str = "",
+    ) -> StoreResult:
+        """Store an encoded dataset as received and index it.
+
+        The bytes are written unchanged after a new File Meta Information
+        header; the file is durable before the index transaction, and the
+        index commit is the point of success. On any failure nothing of the
+        new instance is left and a replaced instance is intact.
+
+        Parameters
+        ----------
+        dataset : bytes
+            The encoded dataset without File Meta Information.
+        transfer_syntax_uid : str
+            Transfer syntax the dataset is encoded in.
+        sop_class_uid, sop_instance_uid : str, optional
+            Affected SOP Class and Instance UIDs of the request, checked
+            against the dataset when given.
+        source_ae_title : str, optional
+            Calling AE title, recorded in the file meta and the index.
+
+        Raises
+        ------
+        InvalidDatasetError
+            The bytes cannot be parsed, or a required UID is missing.
+        InstanceMismatchError
+            ``sop_instance_uid`` differs from the dataset's SOP Instance UID.
+        DuplicateInstanceError
+            The instance exists and the duplicate policy is ``reject``.
+        StorageFullError, StorageError
+            The file cannot be written.
+        IndexUnavailableError
+            The index transaction failed.
+        """
+        try:
+            return self._store(
+                dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid, source_ae_title
+            )
+        except (ArchiveError, InvalidDatasetError, DuplicateInstanceError, StorageError) as exc:
+            reason = "duplicate" if isinstance(exc, DuplicateInstanceError) else str(exc)
+            self.events.publish(InstanceRejected(sop_instance_uid, source_ae_title, reason))
+            raise
+
+    def _store(
+        self,
+        dataset: bytes,
+        transfer_syntax_uid: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        source_ae_title: str,
+    ) -> StoreResult:
+        ds = read_header(dataset, transfer_syntax_uid)
+        header = describe_instance(ds, transfer_syntax_uid)
+        warnings = []
+        if sop_instance_uid and sop_instance_uid != header.sop_instance_uid:
+            raise InstanceMismatchError(
+                f"The request's Affected SOP Instance UID {sop_instance_uid} differs from the "
+                f"dataset's SOP Instance UID {header.sop_instance_uid}"
+            )
+        if sop_class_uid and sop_class_uid != header.sop_class_uid:
+            warnings.append(
+                f"the request's Affected SOP Class UID {sop_class_uid} differs from the "
+                f"dataset's SOP Class UID {header.sop_class_uid}"
+            )
+
+        replace = self.settings.storage.duplicate_policy == "replace"
+        if not replace and self._instance_exists(header.sop_instance_uid):
+            raise DuplicateInstanceError(header.sop_instance_uid)
+
+        meta = encode_file_meta(
+            header.sop_class_uid, header.sop_instance_uid, transfer_syntax_uid, source_ae_title
+        )
+        key = new_storage_key()
+        size = self.storage.put(key, (meta, dataset))
+
+        try:
+            outcome = self.writer.add_instance(
+                StoredInstance(header, key, size, source_ae_title), replace=replace
+            )
+        except DuplicateInstanceError:
+            self.storage.delete(key)
+            raise
+        except SQLAlchemyError as exc:
+            self.storage.delete(key)
+            LOGGER.error(
+                "Index update failed for %s; the new file was removed",
+                header.sop_instance_uid,
+                exc_info=True,
+            )
+            raise IndexUnavailableError(
+                f"Cannot index {header.sop_instance_uid}: the index database failed"
+            ) from exc
+        if outcome.replaced_storage_key:
+            self.storage.delete(outcome.replaced_storage_key)
+
+        self.events.publish(
+            InstanceStored(
+                sop_instance_uid=header.sop_instance_uid,
+                sop_class_uid=header.sop_class_uid,
+                study_instance_uid=header.study_instance_uid,
+                transfer_syntax_uid=transfer_syntax_uid,
+                size=size,
+                source_ae_title=source_ae_title,
+                replaced=outcome.replaced,
+            )
+        )
+        return StoreResult(header.sop_instance_uid, key, size, outcome.replaced, tuple(warnings))
+
+    def _instance_exists(self, sop_instance_uid: str) -> bool:
+        try:
+            return self.writer.instance_exists(sop_instance_uid)
+        except SQLAlchemyError as exc:
+            raise IndexUnavailableError(
+                f"Cannot check whether {sop_instance_uid} exists: the index database failed"
+            ) from exc
+
+    def search(self, query: Query) -> Iterator[SearchResult]:
+        """Yield the index entries matching ``query``; see :class:`IndexSearch`.
+
+        Raises
+        ------
+        IndexUnavailableError
+            If the index database fails.
+        """
+        try:
+            yield from self.searcher.search(query)
+        except SQLAlchemyError as exc:
+            raise IndexUnavailableError(f"The index database failed: {exc}") from exc
+
+
+def new_storage_key() -> str:
+    """Return a new unique storage key spread over two folder levels."""
+    name = uuid.uuid4().hex
+    return f"{name[:2]}/{name[2:4]}/{name}.dcm"

@@ -1,0 +1,177 @@
+"""The ``dicomvault`` command line: serve, config."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Annotated, Any
+
+import typer
+
+from dicomvault import __version__
+from dicomvault.archive import Archive
+from dicomvault.config import ConfigError, Settings, describe_settings, load_settings
+from dicomvault.dimse.server import DimseServer
+from dicomvault.index.database import DatabaseError, open_index_engine
+from dicomvault.logging_setup import configure_logging
+from dicomvault.storage.filesystem import FilesystemStorage
+
+LOGGER = logging.getLogger(__name__)
+
+app = typer.Typer(
+    name="dicomvault",
+    help="dicomvault: a DICOM archive with DIMSE services and an SQL index.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option("--config", help="TOML configuration file (default: $DICOMVAULT_CONFIG)."),
+]
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    typer.echo(f"Error: {message}", err=True)
+    return typer.Exit(code)
+
+
+def _settings(config: Path | None, overrides: dict[str, Any] | None = None) -> Settings:
+    try:
+        return load_settings(config, overrides=overrides)
+    except ConfigError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        typer.echo(f"dicomvault {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+def serve(
+    config: ConfigOption = None,
+    data_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--data-dir",
+            help="Directory of the embedded index and stored files [storage.data_dir].",
+        ),
+    ] = None,
+    ae_title: Annotated[
+        str | None, typer.Option("--ae-title", help="AE title of the archive [dimse.ae_title].")
+    ] = None,
+    port: Annotated[
+        str | None, typer.Option("--port", help="TCP port of the DIMSE service [dimse.port].")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="IP address to listen on [dimse.host].")
+    ] = None,
+    index_url: Annotated[
+        str | None,
+        typer.Option(
+            "--index-url", help="Database URL, e.g. postgresql://user:pw@host/db [index.url]."
+        ),
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Log at DEBUG level [logging.level].")
+    ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option("--log-format", help="Log line format: text or json [logging.format]."),
+    ] = None,
+) -> None:
+    """Start the archive: DIMSE C-ECHO, C-STORE and C-FIND SCPs.
+
+    Runs until SIGTERM or Ctrl-C, then finishes the associations in flight.
+    """
+    settings = _settings(
+        config,
+        {
+            "storage.data_dir": data_dir,
+            "dimse.ae_title": ae_title,
+            "dimse.port": port,
+            "dimse.host": host,
+            "index.url": index_url,
+            "logging.level": "DEBUG" if verbose else None,
+            "logging.format": log_format,
+        },
+    )
+    configure_logging(settings.logging.level, settings.logging.format)
+    raise typer.Exit(run_server(settings))
+
+
+def run_server(settings: Settings) -> int:
+    """Open storage and index, serve until a stop signal, and return the exit code."""
+    data_dir = settings.data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        storage = FilesystemStorage(data_dir / "storage")
+    except OSError as exc:
+        LOGGER.error("Cannot use data directory %s: %s", data_dir, exc.strerror or exc)
+        return 1
+    storage.remove_temporary_files()
+
+    try:
+        engine = open_index_engine(settings.index_url)
+    except DatabaseError as exc:
+        LOGGER.error("%s", exc)
+        return 1
+
+    archive = Archive(settings, engine, storage)
+    server = DimseServer(archive)
+    try:
+        server.start()
+    except OSError as exc:
+        LOGGER.error(
+            "Cannot listen on %s:%d: %s; choose another port with --port",
+            settings.dimse.host,
+            settings.dimse.port,
+            exc.strerror or exc,
+        )
+        engine.dispose()
+        return 1
+    LOGGER.info(
+        "dicomvault %s serving; data in %s, index %s, storage %s",
+        __version__,
+        data_dir,
+        engine.url.render_as_string(hide_password=True),
+        storage.describe(),
+    )
+
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        LOGGER.info("Received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    while not stop.wait(1.0):
+        pass
+    server.stop()
+    engine.dispose()
+    return 0
+
+
+@app.command("config")
+def show_config(config: ConfigOption = None) -> None:
+    """Print the effective settings and where each value comes from (secrets masked)."""
+    settings = _settings(config)
+    rows = describe_settings(settings)
+    width = max(len(name) for name, _, _ in rows)
+    for name, value, source in rows:
+        typer.echo(f"{name.ljust(width)} = {value}    # {source}")
+
+
+def main() -> None:
+    """Run the command line."""
+    app()

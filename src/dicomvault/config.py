@@ -1,0 +1,454 @@
+"""Settings: defaults, a TOML file, DICOMVAULT_* environment variables and options.
+
+Every setting is defined once in ``SETTINGS`` with its type, default and
+meaning. Sources are applied in this order, later ones winning: defaults, the
+TOML file, environment variables, command line options. An invalid value raises
+:class:`ConfigError` naming the setting and the accepted form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "DICOMVAULT_"
+CONFIG_ENV_VAR = "DICOMVAULT_CONFIG"
+
+_AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
+
+
+class ConfigError(ValueError):
+    """A setting has an invalid value, or the configuration file is unreadable."""
+
+
+def _parse_str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a string, got {value!r}")
+    return value
+
+
+def _parse_int_range(low: int, high: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"must be an integer from {low} to {high}, got {value!r}")
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be an integer from {low} to {high}, got {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be an integer from {low} to {high}, got {number}")
+        return number
+
+    return parse
+
+
+def _parse_float_range(low: float, high: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"must be a number from {low} to {high}, got {value!r}") from None
+        if not low <= number <= high:
+            raise ValueError(f"must be a number from {low} to {high}, got {number}")
+        return number
+
+    return parse
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"must be true or false, got {value!r}")
+
+
+def _parse_choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+def _parse_ae_title(value: Any) -> str:
+    text = str(value).strip()
+    if not _AE_TITLE_RE.match(text):
+        raise ValueError(
+            f"must be 1 to 16 printable ASCII characters without backslash, got {value!r}"
+        )
+    return text
+
+
+def _parse_ae_title_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        items = [item for item in re.split(r"[,\s]+", value) if item]
+    elif isinstance(value, list):
+        items = [str(item) for item in value]
+    else:
+        raise ValueError(f"must be a list of AE titles, got {value!r}")
+    return [_parse_ae_title(item) for item in items]
+
+
+def _parse_host(value: Any) -> str:
+    text = str(value).strip()
+    if text == "localhost":
+        return text
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise ValueError(f"must be an IP address such as 127.0.0.1, got {value!r}") from None
+    return text
+
+
+def _parse_path(value: Any) -> str:
+    text = str(value).strip()
+    if not text:
+        raise ValueError("must be a non-empty path")
+    return text
+
+
+def _parse_log_level(value: Any) -> str:
+    text = str(value).strip().upper()
+    if text not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+        raise ValueError(f"must be one of DEBUG, INFO, WARNING, ERROR, got {value!r}")
+    return text
+
+
+@dataclasses.dataclass(frozen=True)
+class SettingDefinition:
+    """One setting: where it lives in the TOML file, its parser and default."""
+
+    section: str
+    key: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    secret: bool = False
+
+    @property
+    def name(self) -> str:
+        """The dotted name used in messages and in ``dicomvault config``."""
+        return f"{self.section}.{self.key}"
+
+    @property
+    def env_var(self) -> str:
+        """The environment variable that overrides this setting."""
+        return f"{ENV_PREFIX}{self.section.upper()}_{self.key.upper()}"
+
+
+SETTINGS: tuple[SettingDefinition, ...] = (
+    SettingDefinition(
+        "dimse", "ae_title", _parse_ae_title, "DICOMVAULT", "AE title of the archive's SCP"
+    ),
+    SettingDefinition(
+        "dimse", "host", _parse_host, "127.0.0.1", "IP address the DIMSE service listens on"
+    ),
+    SettingDefinition(
+        "dimse", "port", _parse_int_range(1, 65535), 11112, "TCP port of the DIMSE service"
+    ),
+    SettingDefinition(
+        "dimse",
+        "allowed_calling_ae_titles",
+        _parse_ae_title_list,
+        [],
+        "calling AE titles allowed to associate; empty allows any",
+    ),
+    SettingDefinition(
+        "dimse",
+        "max_associations",
+        _parse_int_range(1, 1000),
+        32,
+        "maximum number of concurrent associations",
+    ),
+    SettingDefinition(
+        "dimse",
+        "max_pdu_size",
+        _parse_int_range(0, 2**32 - 1),
+        262144,
+        "maximum PDU size in bytes the archive receives; 0 means no limit",
+    ),
+    SettingDefinition(
+        "dimse",
+        "acse_timeout",
+        _parse_float_range(1, 3600),
+        30.0,
+        "seconds to wait for association messages",
+    ),
+    SettingDefinition(
+        "dimse",
+        "dimse_timeout",
+        _parse_float_range(1, 3600),
+        60.0,
+        "seconds to wait for DIMSE messages",
+    ),
+    SettingDefinition(
+        "dimse",
+        "network_timeout",
+        _parse_float_range(1, 3600),
+        60.0,
+        "seconds an idle association is kept open",
+    ),
+    SettingDefinition(
+        "dimse",
+        "shutdown_timeout",
+        _parse_float_range(0, 3600),
+        30.0,
+        "seconds a stop waits for associations in flight to finish",
+    ),
+    SettingDefinition(
+        "storage",
+        "data_dir",
+        _parse_path,
+        "./data",
+        "directory of the embedded index and stored files",
+    ),
+    SettingDefinition(
+        "storage",
+        "duplicate_policy",
+        _parse_choice("replace", "reject"),
+        "replace",
+        "what a C-STORE of an existing SOP Instance UID does: replace or reject",
+    ),
+    SettingDefinition(
+        "index",
+        "url",
+        _parse_str,
+        "",
+        "SQLAlchemy database URL; empty uses SQLite at DATA_DIR/index.sqlite",
+    ),
+    SettingDefinition(
+        "query",
+        "max_matches",
+        _parse_int_range(1, 10_000_000),
+        10000,
+        "maximum number of C-FIND matches returned for one request",
+    ),
+    SettingDefinition(
+        "query",
+        "person_name_case_insensitive",
+        _parse_bool,
+        True,
+        "match Person Name (PN) values without regard to case",
+    ),
+    SettingDefinition(
+        "logging", "level", _parse_log_level, "INFO", "log level: DEBUG, INFO, WARNING or ERROR"
+    ),
+    SettingDefinition(
+        "logging", "format", _parse_choice("text", "json"), "text", "log line format: text or json"
+    ),
+)
+
+_BY_NAME = {definition.name: definition for definition in SETTINGS}
+
+
+@dataclasses.dataclass(frozen=True)
+class DimseSettings:
+    """Settings of the DIMSE service."""
+
+    ae_title: str
+    host: str
+    port: int
+    allowed_calling_ae_titles: list[str]
+    max_associations: int
+    max_pdu_size: int
+    acse_timeout: float
+    dimse_timeout: float
+    network_timeout: float
+    shutdown_timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class StorageSettings:
+    """Settings of the file storage."""
+
+    data_dir: str
+    duplicate_policy: str
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexSettings:
+    """Settings of the SQL index."""
+
+    url: str
+
+
+@dataclasses.dataclass(frozen=True)
+class QuerySettings:
+    """Settings of C-FIND matching."""
+
+    max_matches: int
+    person_name_case_insensitive: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingSettings:
+    """Settings of log output."""
+
+    level: str
+    format: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The effective settings, and where each value came from."""
+
+    dimse: DimseSettings
+    storage: StorageSettings
+    index: IndexSettings
+    query: QuerySettings
+    logging: LoggingSettings
+    sources: Mapping[str, str]
+
+    @property
+    def data_dir(self) -> Path:
+        """The data directory as an absolute path."""
+        return Path(self.storage.data_dir).expanduser().resolve()
+
+    @property
+    def index_url(self) -> str:
+        """The database URL, with the embedded SQLite default filled in."""
+        if self.index.url:
+            return self.index.url
+        return f"sqlite:///{self.data_dir / 'index.sqlite'}"
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build the effective settings from defaults, file, environment and options.
+
+    Parameters
+    ----------
+    config_file : str or Path, optional
+        TOML file to read. When None, the path in ``DICOMVAULT_CONFIG`` is used
+        if that variable is set.
+    environ : Mapping, optional
+        Environment variables; ``os.environ`` when None.
+    overrides : Mapping, optional
+        Values from command line options by dotted name (``"dimse.port"``);
+        None values are ignored.
+
+    Returns
+    -------
+    Settings
+
+    Raises
+    ------
+    ConfigError
+        If the file cannot be read or a value is invalid. The message names
+        the setting and where its value came from.
+    """
+    env = os.environ if environ is None else environ
+    values: dict[str, Any] = {d.name: d.default for d in SETTINGS}
+    sources: dict[str, str] = {d.name: "default" for d in SETTINGS}
+
+    if config_file is None and env.get(CONFIG_ENV_VAR):
+        config_file = env[CONFIG_ENV_VAR]
+    if config_file is not None:
+        file_values = _read_config_file(Path(config_file))
+        _apply(values, sources, file_values, f"file {config_file}")
+
+    env_values = {d.name: env[d.env_var] for d in SETTINGS if d.env_var in env}
+    _apply(values, sources, env_values, "environment", via_env=True)
+
+    option_values = {k: v for k, v in (overrides or {}).items() if v is not None}
+    _apply(values, sources, option_values, "command line")
+
+    def section(name: str, cls: type[Any]) -> Any:
+        fields = {f.name: values[f"{name}.{f.name}"] for f in dataclasses.fields(cls)}
+        return cls(**fields)
+
+    return Settings(
+        dimse=section("dimse", DimseSettings),
+        storage=section("storage", StorageSettings),
+        index=section("index", IndexSettings),
+        query=section("query", QuerySettings),
+        logging=section("logging", LoggingSettings),
+        sources=sources,
+    )
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    """Read a TOML file into a flat mapping of dotted setting names."""
+    try:
+        with path.open("rb") as file:
+            document = tomllib.load(file)
+    except FileNotFoundError:
+        raise ConfigError(f"Configuration file {path} not found") from None
+    except OSError as exc:
+        raise ConfigError(f"Cannot read configuration file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"Configuration file {path} is not valid TOML: {exc}") from exc
+
+    flat: dict[str, Any] = {}
+    for section, table in document.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"Configuration file {path}: '{section}' must be a table such as "
+                f"[{section}], got a value"
+            )
+        for key, value in table.items():
+            flat[f"{section}.{key}"] = value
+    return flat
+
+
+def _apply(
+    values: dict[str, Any],
+    sources: dict[str, str],
+    new_values: Mapping[str, Any],
+    source: str,
+    via_env: bool = False,
+) -> None:
+    for name, raw in new_values.items():
+        definition = _BY_NAME.get(name)
+        if definition is None:
+            known = ", ".join(sorted(_BY_NAME))
+            raise ConfigError(f"Unknown setting '{name}' in {source}; known settings: {known}")
+        try:
+            values[name] = definition.parse(raw)
+        except ValueError as exc:
+            where = f"{definition.env_var}" if via_env else f"'{name}' ({source})"
+            raise ConfigError(f"Invalid setting {where}: {exc}") from None
+        sources[name] = definition.env_var if via_env else source
+
+
+def describe_settings(settings: Settings) -> list[tuple[str, str, str]]:
+    """List (name, value, source) for every setting, with secrets masked."""
+    rows = []
+    for definition in SETTINGS:
+        section = getattr(settings, definition.section)
+        value = getattr(section, definition.key)
+        shown = "********" if definition.secret and value else _format_value(value)
+        if definition.name == "index.url":
+            shown = mask_url_password(settings.index_url)
+        rows.append((definition.name, shown, settings.sources[definition.name]))
+    return rows
+
+
+def mask_url_password(url: str) -> str:
+    """Replace the password in a database URL with asterisks."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1********@", url)
+
+
+def _format_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list):
+        return "[" + ", ".join(f'"{item}"' for item in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return str(value)

@@ -1,0 +1,249 @@
+"""Read a received dataset's header without pixel data, and describe it for the index."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import logging
+import zlib
+from typing import Any
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_file_meta_info
+from pydicom.tag import BaseTag
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+
+from dicomvault import __version__
+from dicomvault.dicom.attributes import COLUMN_ATTRIBUTES, ColumnAttribute, Level
+
+LOGGER = logging.getLogger(__name__)
+
+# Our implementation identity in the File Meta Information (PS3.7 D.3.3.2); a
+# UUID-derived UID under the 2.25 root (PS3.5 B.2), so no registration is needed.
+IMPLEMENTATION_CLASS_UID = "2.25.292915759559138144961029623549807813583"
+IMPLEMENTATION_VERSION_NAME = f"DICOMVAULT_{__version__}"[:16]
+
+PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+BULK_DATA_THRESHOLD = 1024
+UNDEFINED_LENGTH = 0xFFFFFFFF
+_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+class InvalidDatasetError(ValueError):
+    """The received dataset cannot be stored; the message says what is wrong."""
+
+
+class MissingAttributeError(InvalidDatasetError):
+    """The dataset lacks an attribute the archive needs to store it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceHeader:
+    """What the index needs from one instance, read once from its header.
+
+    Attributes
+    ----------
+    sop_class_uid, sop_instance_uid, study_instance_uid, series_instance_uid : str
+        The identifying UIDs.
+    transfer_syntax_uid : str
+        Transfer syntax of the stored dataset.
+    values : dict
+        Column attribute keyword to its DICOM string value ('' when absent);
+        multiple values are joined with backslashes.
+    specific_character_set : str
+        The dataset's Specific Character Set, backslash-joined.
+    header_json : dict
+        The whole header as DICOM JSON without pixel data; other binary values
+        larger than ``BULK_DATA_THRESHOLD`` are replaced by a BulkDataURI.
+    """
+
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    values: dict[str, str]
+    specific_character_set: str
+    header_json: dict[str, Any]
+
+    def level_values(self, level: Level) -> dict[str, str]:
+        """Return the column values of one level, by column name."""
+        return {
+            attribute.column: self.values.get(attribute.keyword, "")
+            for attribute in COLUMN_ATTRIBUTES
+            if attribute.level is level
+        }
+
+
+def read_header(data: bytes, transfer_syntax_uid: str) -> Dataset:
+    """Parse a dataset encoded in ``transfer_syntax_uid``, stopping before pixel data.
+
+    Also checks that the pixel data element, when present, is complete.
+    Non-conformant values are read tolerantly; pydicom reports them as
+    warnings, which the command line sends to the log.
+
+    Returns
+    -------
+    Dataset
+        The header, without pixel data.
+
+    Raises
+    ------
+    InvalidDatasetError
+        If the bytes are not a dataset in that transfer syntax, or are truncated.
+    """
+    syntax = UID(transfer_syntax_uid)
+    stream = data
+    if syntax == DeflatedExplicitVRLittleEndian:
+        try:
+            stream = zlib.decompress(data, -zlib.MAX_WBITS)
+        except zlib.error as exc:
+            raise InvalidDatasetError(f"The deflated dataset cannot be inflated: {exc}") from exc
+        is_implicit, is_little = False, True
+    else:
+        try:
+            is_implicit, is_little = syntax.is_implicit_VR, syntax.is_little_endian
+        except ValueError:
+            raise InvalidDatasetError(f"Unknown transfer syntax {transfer_syntax_uid}") from None
+
+    pixel_position: list[tuple[int, int]] = []
+
+    def stop_at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
+        if int(tag) in PIXEL_DATA_TAGS:
+            pixel_position.append((fp.tell(), length))
+            return True
+        return False
+
+    fp = io.BytesIO(stream)
+    try:
+        ds = read_dataset(fp, is_implicit, is_little, stop_when=stop_at_pixel_data)
+        # Values are decoded lazily; touching each element finds corrupt ones now.
+        for _ in ds.iterall():
+            pass
+    except Exception as exc:
+        raise InvalidDatasetError(f"The dataset cannot be parsed: {exc}") from exc
+    _check_pixel_data_complete(stream, pixel_position)
+    if fp.tell() == 0 or len(ds) == 0:
+        raise InvalidDatasetError("The dataset is empty")
+    return ds
+
+
+def _check_pixel_data_complete(stream: bytes, pixel_position: list[tuple[int, int]]) -> None:
+    if not pixel_position:
+        return
+    value_start, length = pixel_position[0]
+    if length == UNDEFINED_LENGTH:
+        if stream.rfind(_SEQUENCE_DELIMITER, value_start) < 0:
+            raise InvalidDatasetError(
+                "The dataset is truncated: encapsulated Pixel Data has no sequence delimiter"
+            )
+    elif value_start + length > len(stream):
+        raise InvalidDatasetError(
+            f"The dataset is truncated: Pixel Data declares {length} bytes but "
+            f"{len(stream) - value_start} follow"
+        )
+
+
+def describe_instance(ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
+    """Extract the identifying UIDs, column values and DICOM JSON of a header.
+
+    Raises
+    ------
+    InvalidDatasetError
+        If SOP Class, SOP Instance, Study Instance or Series Instance UID is
+        missing or empty.
+    """
+    uids = {}
+    for keyword, tag in (
+        ("SOPClassUID", "(0008,0016)"),
+        ("SOPInstanceUID", "(0008,0018)"),
+        ("StudyInstanceUID", "(0020,000D)"),
+        ("SeriesInstanceUID", "(0020,000E)"),
+    ):
+        value = str(ds.get(keyword, "") or "").strip(" \x00")
+        if not value:
+            raise MissingAttributeError(
+                f"The dataset has no {_spaced(keyword)} {tag}; the sender must include it"
+            )
+        uids[keyword] = value
+
+    values = {attribute.keyword: _string_value(ds, attribute) for attribute in COLUMN_ATTRIBUTES}
+    charset = ds.get("SpecificCharacterSet", "")
+    if not isinstance(charset, str):
+        charset = "\\".join(str(item) for item in charset)
+    return InstanceHeader(
+        sop_class_uid=uids["SOPClassUID"],
+        sop_instance_uid=uids["SOPInstanceUID"],
+        study_instance_uid=uids["StudyInstanceUID"],
+        series_instance_uid=uids["SeriesInstanceUID"],
+        transfer_syntax_uid=transfer_syntax_uid,
+        values=values,
+        specific_character_set=charset,
+        header_json=header_to_json(ds),
+    )
+
+
+def _spaced(keyword: str) -> str:
+    return {
+        "SOPClassUID": "SOP Class UID",
+        "SOPInstanceUID": "SOP Instance UID",
+        "StudyInstanceUID": "Study Instance UID",
+        "SeriesInstanceUID": "Series Instance UID",
+    }[keyword]
+
+
+def _string_value(ds: Dataset, attribute: ColumnAttribute) -> str:
+    element = ds.get(attribute.tag)
+    if element is None or element.value is None:
+        return ""
+    value = element.value
+    if isinstance(value, (bytes, bytearray)):
+        return ""
+    if element.VM > 1 and not isinstance(value, str):
+        text = "\\".join(str(item) for item in value)
+    else:
+        text = str(value)
+    return text.strip(" \x00")
+
+
+def header_to_json(ds: Dataset) -> dict[str, Any]:
+    """Return the header as a DICOM JSON object (PS3.18 F.2) without bulk data.
+
+    Elements pydicom cannot convert (invalid values) are left out.
+    """
+
+    def bulk_data_uri(element: Any) -> str:
+        return f"bulkdata/{int(element.tag):08X}"
+
+    result: dict[str, Any] = ds.to_json_dict(
+        bulk_data_threshold=BULK_DATA_THRESHOLD,
+        bulk_data_element_handler=bulk_data_uri,
+        suppress_invalid_tags=True,
+    )
+    return result
+
+
+def encode_file_meta(
+    sop_class_uid: str,
+    sop_instance_uid: str,
+    transfer_syntax_uid: str,
+    source_ae_title: str = "",
+) -> bytes:
+    """Encode a 128-byte preamble, 'DICM' and the File Meta Information (PS3.10 7.1)."""
+    meta = FileMetaDataset()
+    meta.FileMetaInformationVersion = b"\x00\x01"
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
+    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    if source_ae_title:
+        meta.SourceApplicationEntityTitle = source_ae_title
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()

@@ -1,0 +1,1 @@
+"""DIMSE services: the SCP handlers and the association server."""

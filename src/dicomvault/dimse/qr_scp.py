@@ -1,0 +1,158 @@
+"""Query/Retrieve SCP: C-FIND over the Patient Root and Study Root information models."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+
+from dicomvault.archive import Archive, IndexUnavailableError
+from dicomvault.dicom.charset import charset_terms
+from dicomvault.dicom.matching import MatchOptions, QueryError, parse_identifier
+from dicomvault.dimse.identifiers import build_identifier
+from dicomvault.dimse.status import Status, status_dataset
+from dicomvault.events import QueryPerformed
+
+LOGGER = logging.getLogger(__name__)
+
+INFORMATION_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelFind): "PATIENT",
+    str(StudyRootQueryRetrieveInformationModelFind): "STUDY",
+}
+FIND_SOP_CLASSES = tuple(INFORMATION_MODELS)
+
+# Extended negotiation for C-FIND (PS3.4 C.5.1.1.1): byte 1 relational
+# queries, byte 2 combined date and time matching, byte 3 fuzzy semantic
+# matching of person names, byte 4 timezone query adjustment.
+_COMBINED_DATE_TIME_BYTE = 1
+
+
+class ExtendedNegotiation:
+    """Accepts combined date-time matching and remembers it per association."""
+
+    def __init__(self) -> None:
+        self._combined: weakref.WeakKeyDictionary[Any, bool] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def handle(self, event: Any) -> dict[str, bytes]:
+        """Answer SOP Class Extended Negotiation (bound to ``evt.EVT_SOP_EXTENDED``).
+
+        Only combined date and time range matching is offered; relational
+        queries, fuzzy semantic matching and timezone adjustment are declined.
+        """
+        accepted: dict[str, bytes] = {}
+        for sop_class, info in (event.app_info or {}).items():
+            if str(sop_class) not in INFORMATION_MODELS:
+                continue
+            wants_combined = len(info) > _COMBINED_DATE_TIME_BYTE and bool(
+                info[_COMBINED_DATE_TIME_BYTE]
+            )
+            accepted[sop_class] = bytes([0, 1 if wants_combined else 0])
+            if wants_combined:
+                with self._lock:
+                    self._combined[event.assoc] = True
+        return accepted
+
+    def combined_date_time(self, assoc: Any) -> bool:
+        """Return whether the association negotiated combined date-time matching."""
+        with self._lock:
+            return self._combined.get(assoc, False)
+
+
+def handle_find(
+    event: Any,
+    archive: Archive,
+    negotiation: ExtendedNegotiation,
+) -> Iterator[tuple[Dataset | int, Dataset | None]]:
+    """Handle a C-FIND request (bound to ``evt.EVT_C_FIND``).
+
+    Notes
+    -----
+    Statuses returned (PS3.4 C.4.1.1.4):
+
+    - 0xFF00 Pending: one per match, with the response Identifier.
+    - 0x0000 Success: all matches sent.
+    - 0xFE00 Cancel: a C-CANCEL arrived; no more matches are sent.
+    - 0xA900 Failure: the Identifier is invalid (level, range, list), with
+      an Error Comment naming the key.
+    - 0xA700 Failure: more than ``query.max_matches`` matches; the first
+      ones were sent and the Error Comment says the answer is incomplete.
+    - 0xC000 Failure: the index database failed.
+    """
+    settings = archive.settings
+    calling_ae = event.assoc.requestor.ae_title
+    model = INFORMATION_MODELS.get(str(event.request.AffectedSOPClassUID), "STUDY")
+    try:
+        identifier = event.identifier
+        options = MatchOptions(
+            person_name_case_insensitive=settings.query.person_name_case_insensitive,
+            combined_date_time=negotiation.combined_date_time(event.assoc),
+        )
+        query = parse_identifier(identifier, model, options)
+        requested_charset = charset_terms(identifier.get("SpecificCharacterSet", ""))
+    except QueryError as exc:
+        LOGGER.error("C-FIND from %s rejected with 0xA900: %s", calling_ae, exc)
+        yield status_dataset(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
+        return
+    except Exception as exc:  # a malformed identifier pydicom cannot decode
+        LOGGER.error("C-FIND from %s has an undecodable identifier: %s", calling_ae, exc)
+        yield (
+            status_dataset(
+                Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, f"Cannot decode the identifier: {exc}"
+            ),
+            None,
+        )
+        return
+
+    keys = tuple(sorted(query.keywords))
+    LOGGER.debug("C-FIND from %s at %s level, keys %s", calling_ae, query.level.name, keys)
+    max_matches = settings.query.max_matches
+    sent = 0
+    try:
+        for result in archive.search(query):
+            if event.is_cancelled:
+                LOGGER.info("C-FIND from %s cancelled after %d matches", calling_ae, sent)
+                yield Status.CANCEL, None
+                return
+            if sent >= max_matches:
+                LOGGER.warning(
+                    "C-FIND from %s stopped at query.max_matches = %d; the answer is incomplete",
+                    calling_ae,
+                    max_matches,
+                )
+                yield (
+                    status_dataset(
+                        Status.FIND_OUT_OF_RESOURCES,
+                        f"More than {max_matches} matches; refine the query",
+                    ),
+                    None,
+                )
+                return
+            yield (
+                Status.PENDING,
+                build_identifier(
+                    result,
+                    query.return_keys,
+                    query.level.name,
+                    settings.dimse.ae_title,
+                    requested_charset,
+                ),
+            )
+            sent += 1
+    except IndexUnavailableError as exc:
+        LOGGER.error("C-FIND from %s failed with 0xC000: %s", calling_ae, exc)
+        yield status_dataset(Status.UNABLE_TO_PROCESS, "The index database failed"), None
+        return
+    finally:
+        archive.events.publish(QueryPerformed(query.level.name, keys, sent, calling_ae))
+
+    LOGGER.info("C-FIND from %s at %s level: %d matches", calling_ae, query.level.name, sent)
+    yield Status.SUCCESS, None

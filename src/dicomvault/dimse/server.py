@@ -1,0 +1,167 @@
+"""The DIMSE association server: presentation contexts, handlers, start and graceful stop."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pydicom.uid import (
+    UID,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicomvault.archive import Archive
+from dicomvault.dimse.qr_scp import FIND_SOP_CLASSES, ExtendedNegotiation, handle_find
+from dicomvault.dimse.storage_scp import handle_store
+
+LOGGER = logging.getLogger(__name__)
+
+SHUTDOWN_POLL_SECONDS = 0.1
+
+
+def readable_transfer_syntaxes() -> list[str]:
+    """Return the transfer syntaxes pydicom can read a header in, in order of preference.
+
+    pynetdicom accepts, for each proposed presentation context, the first
+    syntax of this list that the requestor proposed. Encapsulated
+    (compressed) syntaxes come first, so a sender that proposes its file's
+    compressed syntax beside uncompressed ones sends the file as it is rather
+    than decompressing it; then Explicit VR Little Endian, Deflated, Implicit
+    VR Little Endian and Explicit VR Big Endian.
+    """
+    readable = []
+    for uid in ALL_TRANSFER_SYNTAXES:
+        try:
+            UID(uid).is_implicit_VR  # noqa: B018 - raises for syntaxes pydicom does not know
+        except ValueError:
+            continue
+        readable.append(UID(uid))
+    uncompressed_order = [
+        ExplicitVRLittleEndian,
+        DeflatedExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+    ]
+    compressed = [uid for uid in readable if uid not in uncompressed_order]
+    return [str(uid) for uid in compressed + [u for u in uncompressed_order if u in readable]]
+
+
+def storage_sop_classes() -> list[str]:
+    """Return every storage SOP Class UID pynetdicom knows."""
+    return [str(context.abstract_syntax) for context in AllStoragePresentationContexts]
+
+
+class DimseServer:
+    """Runs the archive's SCPs on one TCP port until :meth:`stop`."""
+
+    def __init__(self, archive: Archive) -> None:
+        self.archive = archive
+        self.settings = archive.settings.dimse
+        self.negotiation = ExtendedNegotiation()
+        self.ae = self._build_ae()
+        self._server: Any = None
+
+    def _build_ae(self) -> AE:
+        ae = AE(ae_title=self.settings.ae_title)
+        ae.maximum_associations = self.settings.max_associations
+        ae.maximum_pdu_size = self.settings.max_pdu_size
+        ae.acse_timeout = self.settings.acse_timeout
+        ae.dimse_timeout = self.settings.dimse_timeout
+        ae.network_timeout = self.settings.network_timeout
+        if self.settings.allowed_calling_ae_titles:
+            ae.require_calling_aet = list(self.settings.allowed_calling_ae_titles)
+
+        syntaxes = readable_transfer_syntaxes()
+        ae.add_supported_context(Verification, syntaxes)
+        for sop_class in storage_sop_classes():
+            ae.add_supported_context(sop_class, syntaxes)
+        for sop_class in FIND_SOP_CLASSES:
+            ae.add_supported_context(sop_class, syntaxes)
+        return ae
+
+    def handlers(self) -> list[tuple[Any, ...]]:
+        """Return the pynetdicom event handlers of the SCPs and the association log."""
+        return [
+            (evt.EVT_C_ECHO, _handle_echo),
+            (evt.EVT_C_STORE, handle_store, [self.archive]),
+            (evt.EVT_C_FIND, handle_find, [self.archive, self.negotiation]),
+            (evt.EVT_SOP_EXTENDED, self.negotiation.handle),
+            (evt.EVT_ACCEPTED, _log_accepted),
+            (evt.EVT_REJECTED, _log_rejected),
+            (evt.EVT_RELEASED, _log_released),
+            (evt.EVT_ABORTED, _log_aborted),
+        ]
+
+    def start(self) -> None:
+        """Listen on the configured address; returns once the port is open.
+
+        Raises
+        ------
+        OSError
+            If the address cannot be bound (in use, or not local).
+        """
+        address = (self.settings.host, self.settings.port)
+        self._server = self.ae.start_server(address, block=False, evt_handlers=self.handlers())
+        LOGGER.info(
+            "DIMSE service %s listening on %s:%d",
+            self.settings.ae_title,
+            self.settings.host,
+            self.settings.port,
+        )
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop accepting associations, wait for those in flight, then abort the rest."""
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.shutdown()
+        deadline = time.monotonic() + (
+            self.settings.shutdown_timeout if timeout is None else timeout
+        )
+        active = server.active_associations
+        if active:
+            LOGGER.info(
+                "Waiting up to %.0f s for %d associations to finish",
+                max(0.0, deadline - time.monotonic()),
+                len(active),
+            )
+        while active and time.monotonic() < deadline:
+            time.sleep(SHUTDOWN_POLL_SECONDS)
+            active = server.active_associations
+        for assoc in active:
+            LOGGER.warning("Aborting association with %s at shutdown", _peer(assoc))
+            assoc.abort()
+        LOGGER.info("DIMSE service stopped")
+
+
+def _peer(assoc: Any) -> str:
+    requestor = assoc.requestor
+    return f"{requestor.ae_title} @ {requestor.address}:{requestor.port}"
+
+
+def _handle_echo(event: Any) -> int:
+    LOGGER.debug("C-ECHO from %s", _peer(event.assoc))
+    return 0x0000
+
+
+def _log_accepted(event: Any) -> None:
+    LOGGER.info("Association accepted from %s", _peer(event.assoc))
+
+
+def _log_rejected(event: Any) -> None:
+    LOGGER.warning("Association rejected from %s", _peer(event.assoc))
+
+
+def _log_released(event: Any) -> None:
+    LOGGER.info("Association released by %s", _peer(event.assoc))
+
+
+def _log_aborted(event: Any) -> None:
+    LOGGER.warning("Association aborted with %s", _peer(event.assoc))

@@ -1,0 +1,38 @@
+"""DIMSE status codes the archive returns, with their meaning (PS3.4 Annex B and C, PS3.7 C)."""
+
+from __future__ import annotations
+
+import enum
+
+from pydicom.dataset import Dataset
+
+MAX_ERROR_COMMENT_LENGTH = 64  # Error Comment (0000,0902) is LO
+
+
+class Status(enum.IntEnum):
+    """Status values used by the SCPs."""
+
+    SUCCESS = 0x0000
+    PENDING = 0xFF00
+    CANCEL = 0xFE00
+    # General failures (PS3.7 C)
+    PROCESSING_FAILURE = 0x0110
+    DUPLICATE_SOP_INSTANCE = 0x0111
+    # C-STORE (PS3.4 B.2.3)
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    WARNING_DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xB007
+    # C-FIND (PS3.4 C.4.1.1.4)
+    FIND_OUT_OF_RESOURCES = 0xA700
+    IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    UNABLE_TO_PROCESS = 0xC000
+
+
+def status_dataset(status: int, comment: str = "") -> Dataset:
+    """Return a status Dataset with an Error Comment cut to its maximum length."""
+    ds = Dataset()
+    ds.Status = int(status)
+    if comment:
+        ds.ErrorComment = comment[:MAX_ERROR_COMMENT_LENGTH]
+    return ds

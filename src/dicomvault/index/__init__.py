@@ -1,0 +1,1 @@
+"""The SQL index of the Patient / Study / Series / Instance hierarchy."""

@@ -1,0 +1,121 @@
+"""Open the index database: engine set-up for SQLite and PostgreSQL, and migrations."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.pool import NullPool
+
+from dicomvault.config import mask_url_password
+
+LOGGER = logging.getLogger(__name__)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class DatabaseError(RuntimeError):
+    """The index database cannot be opened or migrated."""
+
+
+def normalize_url(url: str) -> str:
+    """Select the psycopg 3 driver for plain ``postgresql://`` URLs."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def create_index_engine(url: str) -> Engine:
+    """Create an engine for the index with the settings each back-end needs.
+
+    SQLite runs in WAL mode with synchronous=FULL, so a committed transaction
+    survives a power loss; writers take the database lock at BEGIN
+    (``BEGIN IMMEDIATE``) when the connection has the ``write`` execution
+    option, which avoids lock upgrade deadlocks between concurrent stores.
+
+    Raises
+    ------
+    DatabaseError
+        If the URL is malformed or names an unsupported database.
+    """
+    url = normalize_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise DatabaseError(f"Invalid index URL {mask_url_password(url)!r}: {exc}") from None
+
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database:
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            poolclass=NullPool if parsed.database in (None, "", ":memory:") else None,
+        )
+        _configure_sqlite(engine)
+        return engine
+    if parsed.get_backend_name() == "postgresql":
+        return create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+    raise DatabaseError(
+        f"Unsupported index database '{parsed.get_backend_name()}': use sqlite:///PATH or "
+        "postgresql://USER:PASSWORD@HOST/DATABASE"
+    )
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's "begin" event below issue BEGIN itself.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Any) -> None:
+        if connection.get_execution_options().get("write"):
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        else:
+            connection.exec_driver_sql("BEGIN")
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision with Alembic.
+
+    Raises
+    ------
+    DatabaseError
+        If the database is unreachable or a migration fails.
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except OperationalError as exc:
+        raise DatabaseError(
+            f"Cannot open the index database {mask_url_password(str(engine.url))}: {exc.orig}"
+        ) from exc
+    LOGGER.info(
+        "Index database %s is at the newest schema revision",
+        mask_url_password(engine.url.render_as_string(hide_password=True)),
+    )
+
+
+def open_index_engine(url: str) -> Engine:
+    """Create the engine and migrate the schema; the one call ``serve`` makes."""
+    engine = create_index_engine(url)
+    migrate(engine)
+    return engine

@@ -1,0 +1,114 @@
+"""Tables of the index, as SQLAlchemy Core metadata.
+
+The tables mirror the DICOM hierarchy. Key attributes of each level are
+columns (see ``dicomvault.dicom.attributes``); ``*_match`` columns hold the
+normalized form used for SQL matching. Each instance row keeps its whole
+header as DICOM JSON. Schema changes go through the Alembic migrations in
+``migrations/versions``; this module describes the newest revision.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+METADATA = MetaData()
+
+# Columns are unbounded Text: values received from real devices may exceed
+# the lengths the standard allows, and the index keeps them as they arrived.
+_text = Text
+
+HeaderJSON = JSON().with_variant(JSONB(), "postgresql")
+
+patients = Table(
+    "patients",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("patient_key", Text, nullable=False, unique=True),
+    Column("patient_id", _text, nullable=False, default=""),
+    Column("issuer_of_patient_id", _text, nullable=False, default=""),
+    Column("patient_name", _text, nullable=False, default=""),
+    Column("patient_name_match", _text, nullable=False, default=""),
+    Column("patient_birth_date", Text, nullable=False, default=""),
+    Column("patient_sex", Text, nullable=False, default=""),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_patients_patient_id", "patient_id"),
+    Index("ix_patients_patient_name_match", "patient_name_match"),
+)
+
+studies = Table(
+    "studies",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("patient_pk", Integer, ForeignKey("patients.pk"), nullable=False),
+    Column("study_instance_uid", Text, nullable=False, unique=True),
+    Column("study_date", Text, nullable=False, default=""),
+    Column("study_time", _text, nullable=False, default=""),
+    Column("study_time_match", Text, nullable=False, default=""),
+    Column("accession_number", _text, nullable=False, default=""),
+    Column("study_id", _text, nullable=False, default=""),
+    Column("study_description", _text, nullable=False, default=""),
+    Column("referring_physician_name", _text, nullable=False, default=""),
+    Column("referring_physician_name_match", _text, nullable=False, default=""),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_studies_patient_pk", "patient_pk"),
+    Index("ix_studies_study_date", "study_date"),
+    Index("ix_studies_accession_number", "accession_number"),
+)
+
+series = Table(
+    "series",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("study_pk", Integer, ForeignKey("studies.pk"), nullable=False),
+    Column("series_instance_uid", Text, nullable=False, unique=True),
+    Column("modality", _text, nullable=False, default=""),
+    Column("series_number", _text, nullable=False, default=""),
+    Column("series_description", _text, nullable=False, default=""),
+    Column("series_date", Text, nullable=False, default=""),
+    Column("series_time", _text, nullable=False, default=""),
+    Column("series_time_match", Text, nullable=False, default=""),
+    Column("body_part_examined", _text, nullable=False, default=""),
+    Column("protocol_name", _text, nullable=False, default=""),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_series_study_pk", "study_pk"),
+    Index("ix_series_modality", "modality"),
+)
+
+instances = Table(
+    "instances",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("series_pk", Integer, ForeignKey("series.pk"), nullable=False),
+    Column("sop_instance_uid", Text, nullable=False, unique=True),
+    Column("sop_class_uid", Text, nullable=False),
+    Column("instance_number", _text, nullable=False, default=""),
+    Column("content_date", Text, nullable=False, default=""),
+    Column("content_time", _text, nullable=False, default=""),
+    Column("content_time_match", Text, nullable=False, default=""),
+    Column("acquisition_datetime", _text, nullable=False, default=""),
+    Column("acquisition_datetime_match", Text, nullable=False, default=""),
+    Column("number_of_frames", _text, nullable=False, default=""),
+    Column("transfer_syntax_uid", Text, nullable=False),
+    Column("specific_character_set", _text, nullable=False, default=""),
+    Column("storage_key", Text, nullable=False),
+    Column("size", BigInteger, nullable=False),
+    Column("source_ae_title", Text, nullable=False, default=""),
+    Column("received_at", DateTime(timezone=True), nullable=False),
+    Column("header", HeaderJSON, nullable=False),
+    Index("ix_instances_series_pk", "series_pk"),
+    Index("ix_instances_sop_class_uid", "sop_class_uid"),
+)
+
+TABLES = {"patients": patients, "studies": studies, "series": series, "instances": instances}

@@ -1,0 +1,46 @@
+"""Configure log output for the command line: text or JSON lines on stderr."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats each record as one JSON object per line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Return the record as a JSON line with time, level, logger and message."""
+        entry = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def configure_logging(level: str, log_format: str) -> None:
+    """Send log records at ``level`` and above to stderr in ``log_format``.
+
+    pynetdicom's own loggers stay at WARNING unless ``level`` is DEBUG,
+    because at INFO they print every PDU exchange.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
+    logging.getLogger("alembic").setLevel("WARNING")
+    # pydicom reports non-conformant values it reads as warnings; log them.
+    logging.captureWarnings(True)

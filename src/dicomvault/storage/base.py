@@ -1,0 +1,57 @@
+"""The storage protocol every back-end implements: put, open, delete, exists."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import BinaryIO, Protocol
+
+
+class StorageError(OSError):
+    """A storage operation failed; the message names the key and the cause."""
+
+
+class StorageFullError(StorageError):
+    """The storage has no space left for a new object."""
+
+
+class Storage(Protocol):
+    """Where the bytes of stored instances live, addressed by opaque keys.
+
+    Keys are relative, slash-separated names chosen by the archive, such as
+    ``ab/cd/abcd...ef.dcm``. ``put`` is atomic: after it returns the object is
+    durable and complete, and a failure leaves no object under the key.
+    """
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> int:
+        """Write the concatenated chunks under ``key`` durably; return the size in bytes.
+
+        Raises
+        ------
+        StorageFullError
+            If there is no space left.
+        StorageError
+            On any other write failure.
+        """
+        ...
+
+    def open(self, key: str) -> BinaryIO:
+        """Open the object for reading.
+
+        Raises
+        ------
+        FileNotFoundError
+            If no object has this key.
+        """
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove the object; a missing object is not an error."""
+        ...
+
+    def exists(self, key: str) -> bool:
+        """Return whether an object has this key."""
+        ...
+
+    def describe(self) -> str:
+        """Return a one-line description for logs, without secrets."""
+        ...

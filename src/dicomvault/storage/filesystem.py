@@ -1,0 +1,127 @@
+"""Filesystem storage: objects as files under a root folder, written atomically."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterable
+from pathlib import Path
+from typing import BinaryIO
+
+from dicomvault.storage.base import StorageError, StorageFullError
+
+LOGGER = logging.getLogger(__name__)
+
+TEMP_DIR_NAME = ".tmp"
+_KEY_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+_NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+
+
+class FilesystemStorage:
+    """Stores each object as a file under ``root``.
+
+    ``put`` writes to a temporary file in ``root/.tmp``, flushes it to disk
+    with fsync, renames it into place and fsyncs the parent folder, so a
+    crash leaves either the complete file or none (plus a temporary file that
+    :meth:`remove_temporary_files` cleans up at start-up).
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.temp_dir = self.root / TEMP_DIR_NAME
+        self.temp_dir.mkdir(parents=True, exist_ok=True)
+
+    def describe(self) -> str:
+        """Return a one-line description for logs."""
+        return f"filesystem at {self.root}"
+
+    def path_for(self, key: str) -> Path:
+        """Return the file path of a key.
+
+        Raises
+        ------
+        ValueError
+            If the key is not a relative name of safe characters.
+        """
+        if not _KEY_RE.match(key) or any(part in {".", ".."} for part in key.split("/")):
+            raise ValueError(
+                f"Invalid storage key {key!r}: expected a relative name such as 'ab/cd/name.dcm'"
+            )
+        return self.root / key
+
+    def put(self, key: str, chunks: Iterable[bytes]) -> int:
+        """Write the chunks to ``key`` atomically and durably; return the size in bytes."""
+        path = self.path_for(key)
+        temp_path = self.temp_dir / f"{uuid.uuid4().hex}.part"
+        size = 0
+        try:
+            with temp_path.open("wb") as file:
+                for chunk in chunks:
+                    file.write(chunk)
+                    size += len(chunk)
+                file.flush()
+                os.fsync(file.fileno())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp_path, path)
+            _fsync_directory(path.parent)
+        except OSError as exc:
+            _remove_quietly(temp_path)
+            if exc.errno in _NO_SPACE_ERRNOS:
+                raise StorageFullError(f"No space left to store {key} in {self.root}") from exc
+            raise StorageError(f"Cannot write {key} in {self.root}: {exc.strerror or exc}") from exc
+        except BaseException:
+            _remove_quietly(temp_path)
+            raise
+        return size
+
+    def open(self, key: str) -> BinaryIO:
+        """Open the file of ``key`` for reading."""
+        return self.path_for(key).open("rb")
+
+    def delete(self, key: str) -> None:
+        """Remove the file of ``key``; a missing file is not an error."""
+        _remove_quietly(self.path_for(key))
+
+    def exists(self, key: str) -> bool:
+        """Return whether the file of ``key`` exists."""
+        return self.path_for(key).is_file()
+
+    def remove_temporary_files(self, older_than: float = 0.0) -> int:
+        """Delete temporary files left by an interrupted write; return how many.
+
+        Only call this when no write is in progress (at start-up), or with
+        ``older_than`` seconds larger than any write takes.
+        """
+        removed = 0
+        now = time.time()
+        for path in self.temp_dir.glob("*.part"):
+            try:
+                if now - path.stat().st_mtime >= older_than:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        if removed:
+            LOGGER.warning("Removed %d temporary files left in %s", removed, self.temp_dir)
+        return removed
+
+
+def _fsync_directory(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        LOGGER.warning("Cannot remove %s: %s", path, exc)
