@@ -13,7 +13,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag
-from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
+from pydicom.uid import UID
 
 from dicomvault import __version__
 from dicomvault.dicom.attributes import COLUMN_ATTRIBUTES, ColumnAttribute, Level
@@ -25,6 +25,10 @@ LOGGER = logging.getLogger(__name__)
 IMPLEMENTATION_CLASS_UID = "2.25.292915759559138144961029623549807813583"
 IMPLEMENTATION_VERSION_NAME = f"DICOMVAULT_{__version__}"[:16]
 
+# JPIP Referenced Deflate and JPIP HTJ2K Referenced Deflate encode the whole
+# dataset deflated, like Deflated Explicit VR Little Endian; pydicom 3.0 does
+# not mark them as deflated.
+DEFLATED_JPIP_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"})
 PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 BULK_DATA_THRESHOLD = 1024
 UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -96,7 +100,7 @@ def read_header(data: bytes, transfer_syntax_uid: str) -> Dataset:
     """
     syntax = UID(transfer_syntax_uid)
     stream = data
-    if syntax == DeflatedExplicitVRLittleEndian:
+    if syntax.is_deflated or syntax in DEFLATED_JPIP_SYNTAXES:
         try:
             stream = zlib.decompress(data, -zlib.MAX_WBITS)
         except zlib.error as exc:
