@@ -219,6 +219,22 @@ def parse_identifier(
     options = options or MatchOptions()
     level = _parse_level(identifier, information_model)
 
+    try:
+        conditions, return_keys = _parse_keys(identifier, level, options)
+    except QueryError:
+        raise
+    except Exception as exc:  # pydicom raises many types for undecodable values
+        raise QueryError(f"The identifier has a value that cannot be decoded: {exc}") from exc
+
+    if options.combined_date_time:
+        conditions = _combine_date_time(conditions)
+    _reject_reversed_time_ranges(conditions)
+    return Query(level, tuple(conditions), tuple(return_keys), information_model)
+
+
+def _parse_keys(
+    identifier: Dataset, level: Level, options: MatchOptions
+) -> tuple[list[Condition], list[ReturnKey]]:
     conditions: list[Condition] = []
     return_keys: list[ReturnKey] = []
     for element in identifier:
@@ -237,11 +253,7 @@ def parse_identifier(
         condition = parse_condition(element, options)
         if condition is not None:
             conditions.append(condition)
-
-    if options.combined_date_time:
-        conditions = _combine_date_time(conditions)
-    _reject_reversed_time_ranges(conditions)
-    return Query(level, tuple(conditions), tuple(return_keys), information_model)
+    return conditions, return_keys
 
 
 def _parse_level(identifier: Dataset, information_model: str) -> Level:

@@ -92,17 +92,7 @@ def handle_find(
     model = INFORMATION_MODELS.get(str(event.request.AffectedSOPClassUID), "STUDY")
     try:
         identifier = event.identifier
-        options = MatchOptions(
-            person_name_case_insensitive=settings.query.person_name_case_insensitive,
-            combined_date_time=negotiation.combined_date_time(event.assoc),
-        )
-        query = parse_identifier(identifier, model, options)
-        requested_charset = charset_terms(identifier.get("SpecificCharacterSet", ""))
-    except QueryError as exc:
-        LOGGER.error("C-FIND from %s rejected with 0xA900: %s", calling_ae, exc)
-        yield status_dataset(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
-        return
-    except Exception as exc:  # a malformed identifier pydicom cannot decode
+    except Exception as exc:  # pydicom cannot decode the identifier bytes
         LOGGER.error("C-FIND from %s has an undecodable identifier: %s", calling_ae, exc)
         yield (
             status_dataset(
@@ -111,6 +101,18 @@ def handle_find(
             None,
         )
         return
+
+    options = MatchOptions(
+        person_name_case_insensitive=settings.query.person_name_case_insensitive,
+        combined_date_time=negotiation.combined_date_time(event.assoc),
+    )
+    try:
+        query = parse_identifier(identifier, model, options)
+    except QueryError as exc:
+        LOGGER.error("C-FIND from %s rejected with 0xA900: %s", calling_ae, exc)
+        yield status_dataset(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, str(exc)), None
+        return
+    requested_charset = charset_terms(identifier.get("SpecificCharacterSet", ""))
 
     keys = tuple(sorted(query.keywords))
     LOGGER.debug("C-FIND from %s at %s level, keys %s", calling_ae, query.level.name, keys)

@@ -125,7 +125,7 @@ class DimseServer:
         deadline = time.monotonic() + (
             self.settings.shutdown_timeout if timeout is None else timeout
         )
-        active = server.active_associations
+        active = _established(server)
         if active:
             LOGGER.info(
                 "Waiting up to %.0f s for %d associations to finish",
@@ -134,11 +134,19 @@ class DimseServer:
             )
         while active and time.monotonic() < deadline:
             time.sleep(SHUTDOWN_POLL_SECONDS)
-            active = server.active_associations
+            active = _established(server)
         for assoc in active:
             LOGGER.warning("Aborting association with %s at shutdown", _peer(assoc))
             assoc.abort()
+        # Connections still negotiating (or that never sent an A-ASSOCIATE-RQ,
+        # such as port probes) have no work in flight.
+        for assoc in server.active_associations:
+            assoc.abort()
         LOGGER.info("DIMSE service stopped")
+
+
+def _established(server: Any) -> list[Any]:
+    return [assoc for assoc in server.active_associations if assoc.is_established]
 
 
 def _peer(assoc: Any) -> str:

@@ -1,0 +1,149 @@
+"""The C-FIND handler with an in-process archive: cancel, limits and failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
+from pydicom.uid import ExplicitVRLittleEndian
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+)
+
+from dicomvault.archive import Archive
+from dicomvault.config import load_settings
+from dicomvault.dimse.qr_scp import ExtendedNegotiation, handle_find
+from dicomvault.dimse.status import Status
+from dicomvault.index.database import open_index_engine
+from dicomvault.storage.filesystem import FilesystemStorage
+
+STUDIES = 6
+
+
+def encode(ds: Dataset) -> bytes:
+    """Encode a dataset in Explicit VR Little Endian without File Meta Information."""
+    buffer = DicomBytesIO()
+    buffer.is_little_endian = True
+    buffer.is_implicit_VR = False
+    write_dataset(buffer, ds)
+    return bytes(buffer.getvalue())
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Archive:
+    settings = load_settings(
+        environ={},
+        overrides={
+            "storage.data_dir": str(tmp_path),
+            "query.max_matches": 4,
+        },
+    )
+    engine = open_index_engine(settings.index_url)
+    archive = Archive(settings, engine, FilesystemStorage(tmp_path / "storage"))
+    for number in range(STUDIES):
+        ds = Dataset()
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = f"1.2.3.{number}.1"
+        ds.StudyInstanceUID = f"1.2.3.{number}"
+        ds.SeriesInstanceUID = f"1.2.3.{number}.2"
+        ds.PatientName = f"FIND^{number}"
+        ds.PatientID = f"P{number}"
+        ds.Modality = "CT"
+        archive.store(encode(ds), ExplicitVRLittleEndian)
+    return archive
+
+
+class FakeAssociation:
+    """The association attributes the handler reads; weak references work on it."""
+
+    def __init__(self) -> None:
+        self.requestor = SimpleNamespace(ae_title="TESTSCU")
+
+
+class FakeEvent:
+    """Enough of a pynetdicom C-FIND event; cancels after ``cancel_after`` checks."""
+
+    def __init__(self, identifier: Dataset, cancel_after: int | None = None) -> None:
+        self.identifier = identifier
+        self.assoc = FakeAssociation()
+        self.request = SimpleNamespace(
+            AffectedSOPClassUID=StudyRootQueryRetrieveInformationModelFind
+        )
+        self._cancel_after = cancel_after
+        self._checks = 0
+
+    @property
+    def is_cancelled(self) -> bool:
+        self._checks += 1
+        return self._cancel_after is not None and self._checks > self._cancel_after
+
+
+def study_identifier(**keys: Any) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = ""
+    ds.PatientName = ""
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def statuses(responses: list[tuple[Any, Any]]) -> list[int]:
+    return [
+        int(status) if isinstance(status, int) else int(status.Status) for status, _ in responses
+    ]
+
+
+class TestHandleFind:
+    def test_cancel_stops_responses(self, archive: Archive) -> None:
+        event = FakeEvent(study_identifier(PatientName="FIND^*"), cancel_after=0)
+        responses = list(handle_find(event, archive, ExtendedNegotiation()))
+
+        assert statuses(responses) == [Status.CANCEL]
+
+    def test_cancel_after_two_matches(self, archive: Archive) -> None:
+        event = FakeEvent(study_identifier(PatientName="FIND^*"), cancel_after=2)
+        responses = list(handle_find(event, archive, ExtendedNegotiation()))
+
+        assert statuses(responses) == [Status.PENDING, Status.PENDING, Status.CANCEL]
+
+    def test_limit_ends_with_failure(self, archive: Archive) -> None:
+        event = FakeEvent(study_identifier(PatientName="FIND^*"))
+        responses = list(handle_find(event, archive, ExtendedNegotiation()))
+
+        assert statuses(responses) == [Status.PENDING] * 4 + [Status.FIND_OUT_OF_RESOURCES]
+        assert responses[-1][0].ErrorComment == "More than 4 matches; refine the query"
+
+    def test_invalid_level_fails(self, archive: Archive) -> None:
+        event = FakeEvent(study_identifier(QueryRetrieveLevel="FOO"))
+        responses = list(handle_find(event, archive, ExtendedNegotiation()))
+
+        assert statuses(responses) == [Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS]
+        assert responses[0][0].ErrorComment.startswith("Query/Retrieve Level (0008,0052)")
+
+    def test_responses_carry_keys(self, archive: Archive) -> None:
+        event = FakeEvent(study_identifier(PatientName="FIND^2"))
+        responses = list(handle_find(event, archive, ExtendedNegotiation()))
+
+        identifier = responses[0][1]
+        assert statuses(responses) == [Status.PENDING, Status.SUCCESS]
+        assert identifier.PatientName == "FIND^2"
+        assert identifier.StudyInstanceUID == "1.2.3.2"
+        assert identifier.QueryRetrieveLevel == "STUDY"
+        assert identifier.RetrieveAETitle == "DICOMVAULT"
+
+    def test_database_failure_reported(self, archive: Archive) -> None:
+        archive.engine.dispose()
+        (Path(archive.settings.data_dir) / "index.sqlite").unlink()
+        (Path(archive.settings.data_dir) / "index.sqlite").write_bytes(b"")
+        event = FakeEvent(study_identifier(PatientName="FIND^*"))
+        responses = list(handle_find(event, archive, ExtendedNegotiation()))
+
+        assert statuses(responses) == [Status.UNABLE_TO_PROCESS]
+        assert responses[0][0].ErrorComment == "The index database failed"
