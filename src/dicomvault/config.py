@@ -50,6 +50,8 @@ def _parse_int_range(low: int, high: int) -> Callable[[Any], int]:
 
 def _parse_float_range(low: float, high: float) -> Callable[[Any], float]:
     def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"must be a number from {low} to {high}, got {value!r}")
         try:
             number = float(value)
         except (TypeError, ValueError):
@@ -93,7 +95,8 @@ def _parse_ae_title(value: Any) -> str:
 
 def _parse_ae_title_list(value: Any) -> list[str]:
     if isinstance(value, str):
-        items = [item for item in re.split(r"[,\s]+", value) if item]
+        # AE titles may contain inner spaces, so only commas separate them.
+        items = [item.strip() for item in value.split(",") if item.strip()]
     elif isinstance(value, list):
         items = [str(item) for item in value]
     else:
@@ -393,6 +396,10 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"Cannot read configuration file {path}: {exc.strerror}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"Configuration file {path} is not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"Configuration file {path} is not UTF-8 text: invalid byte at offset {exc.start}"
+        ) from exc
 
     flat: dict[str, Any] = {}
     for section, table in document.items():
@@ -440,8 +447,8 @@ def describe_settings(settings: Settings) -> list[tuple[str, str, str]]:
 
 
 def mask_url_password(url: str) -> str:
-    """Replace the password in a database URL with asterisks."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1********@", url)
+    """Replace the password in a database URL with asterisks, also in a malformed URL."""
+    return re.sub(r"(?<=:)[^:@/]*(?=@)", "********", url)
 
 
 def _format_value(value: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import struct
 import zlib
 from typing import Any
 
@@ -32,7 +33,6 @@ DEFLATED_JPIP_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2
 PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
 BULK_DATA_THRESHOLD = 1024
 UNDEFINED_LENGTH = 0xFFFFFFFF
-_SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 
 
 class InvalidDatasetError(ValueError):
@@ -84,9 +84,10 @@ class InstanceHeader:
 def read_header(data: bytes, transfer_syntax_uid: str) -> Dataset:
     """Parse a dataset encoded in ``transfer_syntax_uid``, stopping before pixel data.
 
-    Also checks that the pixel data element, when present, is complete.
-    Non-conformant values are read tolerantly; pydicom reports them as
-    warnings, which the command line sends to the log.
+    The whole byte stream is checked for completeness: every element value
+    has its declared length, Pixel Data is complete, and elements after it
+    are well formed. Non-conformant values are read tolerantly; pydicom
+    reports them as warnings, which the command line sends to the log.
 
     Returns
     -------
@@ -98,20 +99,7 @@ def read_header(data: bytes, transfer_syntax_uid: str) -> Dataset:
     InvalidDatasetError
         If the bytes are not a dataset in that transfer syntax, or are truncated.
     """
-    syntax = UID(transfer_syntax_uid)
-    stream = data
-    if syntax.is_deflated or syntax in DEFLATED_JPIP_SYNTAXES:
-        try:
-            stream = zlib.decompress(data, -zlib.MAX_WBITS)
-        except zlib.error as exc:
-            raise InvalidDatasetError(f"The deflated dataset cannot be inflated: {exc}") from exc
-        is_implicit, is_little = False, True
-    else:
-        try:
-            is_implicit, is_little = syntax.is_implicit_VR, syntax.is_little_endian
-        except ValueError:
-            raise InvalidDatasetError(f"Unknown transfer syntax {transfer_syntax_uid}") from None
-
+    stream, is_implicit, is_little = _decode_stream(data, transfer_syntax_uid)
     pixel_position: list[tuple[int, int]] = []
 
     def stop_at_pixel_data(tag: BaseTag, vr: str | None, length: int) -> bool:
@@ -123,30 +111,113 @@ def read_header(data: bytes, transfer_syntax_uid: str) -> Dataset:
     fp = io.BytesIO(stream)
     try:
         ds = read_dataset(fp, is_implicit, is_little, stop_when=stop_at_pixel_data)
+    except Exception as exc:
+        raise InvalidDatasetError(f"The dataset cannot be parsed: {exc}") from exc
+    if len(ds) == 0:
+        raise InvalidDatasetError("The dataset is empty")
+
+    _check_values_complete(ds)
+    if pixel_position:
+        end = _pixel_data_end(stream, *pixel_position[0])
+        _check_trailing_elements(stream, end, is_implicit, is_little)
+    else:
+        _check_stream_end(ds, fp.tell(), len(stream))
+
+    try:
         # Values are decoded lazily; touching each element finds corrupt ones now.
         for _ in ds.iterall():
             pass
     except Exception as exc:
         raise InvalidDatasetError(f"The dataset cannot be parsed: {exc}") from exc
-    _check_pixel_data_complete(stream, pixel_position)
-    if fp.tell() == 0 or len(ds) == 0:
-        raise InvalidDatasetError("The dataset is empty")
     return ds
 
 
-def _check_pixel_data_complete(stream: bytes, pixel_position: list[tuple[int, int]]) -> None:
-    if not pixel_position:
-        return
-    value_start, length = pixel_position[0]
-    if length == UNDEFINED_LENGTH:
-        if stream.rfind(_SEQUENCE_DELIMITER, value_start) < 0:
+def _decode_stream(data: bytes, transfer_syntax_uid: str) -> tuple[bytes, bool, bool]:
+    """Return the dataset bytes (inflated if deflated), implicit VR and little endian flags."""
+    syntax = UID(transfer_syntax_uid)
+    try:
+        deflated = syntax.is_deflated or syntax in DEFLATED_JPIP_SYNTAXES
+        is_implicit, is_little = syntax.is_implicit_VR, syntax.is_little_endian
+    except ValueError:
+        raise InvalidDatasetError(f"Unknown transfer syntax {transfer_syntax_uid}") from None
+    if not deflated:
+        return data, is_implicit, is_little
+    try:
+        return zlib.decompress(data, -zlib.MAX_WBITS), False, True
+    except zlib.error as exc:
+        raise InvalidDatasetError(f"The deflated dataset cannot be inflated: {exc}") from exc
+
+
+def _check_values_complete(ds: Dataset) -> None:
+    # pydicom returns a short value when the stream ends inside it.
+    for element in ds.elements():
+        length = getattr(element, "length", UNDEFINED_LENGTH)
+        value = getattr(element, "value", None)
+        if length == UNDEFINED_LENGTH or not isinstance(value, bytes):
+            continue
+        if len(value) < length:
             raise InvalidDatasetError(
-                "The dataset is truncated: encapsulated Pixel Data has no sequence delimiter"
+                f"The dataset is truncated: {element.tag} declares {length} bytes but "
+                f"{len(value)} follow"
             )
-    elif value_start + length > len(stream):
+
+
+def _pixel_data_end(stream: bytes, value_start: int, length: int) -> int:
+    """Return the offset after the Pixel Data value, checking that it is complete."""
+    if length != UNDEFINED_LENGTH:
+        if value_start + length > len(stream):
+            raise InvalidDatasetError(
+                f"The dataset is truncated: Pixel Data declares {length} bytes but "
+                f"{len(stream) - value_start} follow"
+            )
+        return value_start + length
+
+    # Encapsulated Pixel Data (PS3.5 A.4): items, then a sequence delimiter.
+    position = value_start
+    while position + 8 <= len(stream):
+        group, element, item_length = struct.unpack_from("<HHI", stream, position)
+        if (group, element) == (0xFFFE, 0xE0DD):
+            return position + 8
+        if (group, element) != (0xFFFE, 0xE000):
+            raise InvalidDatasetError(
+                f"Encapsulated Pixel Data has an unexpected tag ({group:04X},{element:04X}) "
+                f"at byte {position}"
+            )
+        position += 8 + item_length
+    raise InvalidDatasetError(
+        "The dataset is truncated: encapsulated Pixel Data has no sequence delimiter"
+    )
+
+
+def _check_trailing_elements(stream: bytes, end: int, is_implicit: bool, is_little: bool) -> None:
+    """Check that the elements after Pixel Data (such as trailing padding) are complete."""
+    if end >= len(stream):
+        return
+    fp = io.BytesIO(stream[end:])
+    try:
+        tail = read_dataset(fp, is_implicit, is_little)
+    except Exception as exc:
+        raise InvalidDatasetError(f"The elements after Pixel Data cannot be parsed: {exc}") from exc
+    _check_values_complete(tail)
+    _check_stream_end(tail, fp.tell(), len(stream) - end)
+
+
+def _check_stream_end(ds: Dataset, position: int, size: int) -> None:
+    """Check that the last element parsed ends where the stream ends.
+
+    pydicom stops without an error when the stream ends inside an element
+    header, so the end of the last complete element is compared instead.
+    """
+    elements = list(ds.elements())
+    last = elements[-1] if elements else None
+    value_tell = getattr(last, "value_tell", None)
+    length = getattr(last, "length", UNDEFINED_LENGTH)
+    if value_tell is not None and length != UNDEFINED_LENGTH:
+        position = value_tell + length
+    if position != size:
         raise InvalidDatasetError(
-            f"The dataset is truncated: Pixel Data declares {length} bytes but "
-            f"{len(stream) - value_start} follow"
+            f"The dataset is truncated or has trailing bytes: the last complete element "
+            f"ends at byte {position} of {size}"
         )
 
 
@@ -218,6 +289,8 @@ def header_to_json(ds: Dataset) -> dict[str, Any]:
     Elements pydicom cannot convert (invalid values) are left out.
     """
 
+    # NOTE: the URI names the tag only, so equal tags in different sequence
+    # items share one URI; WADO-RS bulk data retrieval must resolve them.
     def bulk_data_uri(element: Any) -> str:
         return f"bulkdata/{int(element.tag):08X}"
 

@@ -34,5 +34,15 @@ def status_dataset(status: int, comment: str = "") -> Dataset:
     ds = Dataset()
     ds.Status = int(status)
     if comment:
-        ds.ErrorComment = comment[:MAX_ERROR_COMMENT_LENGTH]
+        ds.ErrorComment = shorten_comment(comment)
     return ds
+
+
+def shorten_comment(comment: str) -> str:
+    """Cut a message to the 64 characters of an LO value, at a word boundary with '...'."""
+    if len(comment) <= MAX_ERROR_COMMENT_LENGTH:
+        return comment
+    cut = comment[: MAX_ERROR_COMMENT_LENGTH - 3]
+    if " " in cut:
+        cut = cut[: cut.rindex(" ")]
+    return cut.rstrip(" ;,:") + "..."

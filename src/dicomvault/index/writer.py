@@ -53,6 +53,7 @@ class IndexWriter:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._upserts: dict[tuple[str, str, tuple[str, ...]], Any] = {}
 
     def instance_exists(self, sop_instance_uid: str) -> bool:
         """Return whether an instance with this SOP Instance UID is indexed."""
@@ -185,12 +186,22 @@ class IndexWriter:
         return IndexOutcome(replaced=True, replaced_storage_key=old_key)
 
     def _upsert(self, connection: Connection, table: Table, key: str, row: dict[str, Any]) -> int:
-        insert = self._insert(table).values(**row)
-        statement = insert.on_conflict_do_update(
-            index_elements=[key],
-            set_={name: insert.excluded[name] for name in row if name != key},
-        ).returning(table.c.pk)
-        return int(connection.execute(statement).scalar_one())
+        statement = self._upsert_statement(table, key, tuple(row))
+        return int(connection.execute(statement, row).scalar_one())
+
+    def _upsert_statement(self, table: Table, key: str, columns: tuple[str, ...]) -> Any:
+        # Building an ON CONFLICT statement costs more than running it, so
+        # each shape is built once; values are bound at execution.
+        cache_key = (table.name, key, columns)
+        statement = self._upserts.get(cache_key)
+        if statement is None:
+            insert = self._insert(table)
+            statement = insert.on_conflict_do_update(
+                index_elements=[key],
+                set_={name: insert.excluded[name] for name in columns if name != key},
+            ).returning(table.c.pk)
+            self._upserts[cache_key] = statement
+        return statement
 
 
 def patient_key(header: InstanceHeader) -> str:
@@ -212,6 +223,10 @@ def _level_row(header: InstanceHeader, level: Level) -> dict[str, str]:
         if attribute.level is not level:
             continue
         value = header.values.get(attribute.keyword, "")
+        if attribute.vr == "DA":
+            # Dates are kept as YYYYMMDD (an ACR-NEMA 'YYYY.MM.DD' is rewritten)
+            # so that SQL range conditions compare them as strings.
+            value = normalize_stored_time(value, "DA") or value
         row[attribute.column] = value
         if attribute.match_column is not None:
             row[attribute.match_column] = match_form(value, attribute.vr)

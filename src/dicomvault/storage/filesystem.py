@@ -17,7 +17,7 @@ from dicomvault.storage.base import StorageError, StorageFullError
 LOGGER = logging.getLogger(__name__)
 
 TEMP_DIR_NAME = ".tmp"
-_KEY_RE = re.compile(r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+_KEY_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 _NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -47,9 +47,12 @@ class FilesystemStorage:
         ValueError
             If the key is not a relative name of safe characters.
         """
-        if not _KEY_RE.match(key) or any(part in {".", ".."} for part in key.split("/")):
+        parts = key.split("/")
+        # Names starting with '.' are reserved (such as the temporary folder).
+        if not _KEY_RE.fullmatch(key) or any(part.startswith(".") for part in parts):
             raise ValueError(
-                f"Invalid storage key {key!r}: expected a relative name such as 'ab/cd/name.dcm'"
+                f"Invalid storage key {key!r}: expected a relative name such as "
+                "'ab/cd/name.dcm' whose parts do not start with '.'"
             )
         return self.root / key
 
@@ -67,7 +70,12 @@ class FilesystemStorage:
                 os.fsync(file.fileno())
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(temp_path, path)
-            _fsync_directory(path.parent)
+            try:
+                _fsync_directory(path.parent)
+            except OSError:
+                # The rename may not survive a crash; keep no object under the key.
+                _remove_quietly(path)
+                raise
         except OSError as exc:
             _remove_quietly(temp_path)
             if exc.errno in _NO_SPACE_ERRNOS:

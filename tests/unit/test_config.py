@@ -1,0 +1,424 @@
+"""Unit tests for settings: defaults, TOML file, environment variables and options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from dicomvault.config import (
+    SETTINGS,
+    ConfigError,
+    Settings,
+    describe_settings,
+    load_settings,
+    mask_url_password,
+)
+
+KNOWN_SETTINGS = ", ".join(sorted(definition.name for definition in SETTINGS))
+AE_TITLE_FORM = "must be 1 to 16 printable ASCII characters without backslash"
+
+
+def write_config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "dicomvault.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def described(settings: Settings) -> dict[str, tuple[str, str]]:
+    """Return describe_settings rows as name -> (displayed value, source)."""
+    return {name: (value, source) for name, value, source in describe_settings(settings)}
+
+
+class TestDefaults:
+    def test_ae_title(self) -> None:
+        settings = load_settings(environ={})
+        assert settings.dimse.ae_title == "DICOMVAULT"
+
+    def test_listen_address(self) -> None:
+        settings = load_settings(environ={})
+        assert settings.dimse.host == "127.0.0.1"
+        assert settings.dimse.port == 11112
+
+    def test_data_dir(self) -> None:
+        settings = load_settings(environ={})
+        assert settings.storage.data_dir == "./data"
+        assert settings.data_dir == (Path.cwd() / "data").resolve()
+
+    def test_sqlite_url_under_data_dir(self, tmp_path: Path) -> None:
+        settings = load_settings(environ={}, overrides={"storage.data_dir": str(tmp_path)})
+        assert settings.index.url == ""
+        assert settings.index_url == f"sqlite:///{tmp_path.resolve() / 'index.sqlite'}"
+
+    def test_no_calling_ae_title_restriction(self) -> None:
+        settings = load_settings(environ={})
+        assert settings.dimse.allowed_calling_ae_titles == []
+
+    def test_duplicate_policy_replace(self) -> None:
+        settings = load_settings(environ={})
+        assert settings.storage.duplicate_policy == "replace"
+
+    def test_sources_are_default(self) -> None:
+        settings = load_settings(environ={})
+        assert set(settings.sources.values()) == {"default"}
+
+
+class TestConfigFile:
+    def test_values_read(self, tmp_path: Path) -> None:
+        path = write_config(
+            tmp_path,
+            '[dimse]\nae_title = "ARCHIVE1"\nport = 11113\n'
+            'allowed_calling_ae_titles = ["CT01", "MR02"]\n'
+            '[storage]\nduplicate_policy = "reject"\n'
+            "[query]\nperson_name_case_insensitive = false\n",
+        )
+        settings = load_settings(path, environ={})
+        assert settings.dimse.ae_title == "ARCHIVE1"
+        assert settings.dimse.port == 11113
+        assert settings.dimse.allowed_calling_ae_titles == ["CT01", "MR02"]
+        assert settings.storage.duplicate_policy == "reject"
+        assert settings.query.person_name_case_insensitive is False
+
+    def test_source_names_file(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, "[dimse]\nport = 11113\n")
+        settings = load_settings(path, environ={})
+        assert settings.sources["dimse.port"] == f"file {path}"
+        assert settings.sources["dimse.host"] == "default"
+
+    def test_path_from_environment(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, "[dimse]\nport = 11113\n")
+        settings = load_settings(environ={"DICOMVAULT_CONFIG": str(path)})
+        assert settings.dimse.port == 11113
+
+    def test_index_url_used_as_given(self, tmp_path: Path) -> None:
+        url = "postgresql://dicomvault:secret@127.0.0.1/dicomvault"
+        path = write_config(tmp_path, f'[index]\nurl = "{url}"\n')
+        settings = load_settings(path, environ={})
+        assert settings.index_url == url
+
+
+class TestPrecedence:
+    def test_environment_wins_over_file(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, "[dimse]\nport = 11113\n")
+        settings = load_settings(path, environ={"DICOMVAULT_DIMSE_PORT": "11114"})
+        assert settings.dimse.port == 11114
+        assert settings.sources["dimse.port"] == "DICOMVAULT_DIMSE_PORT"
+
+    def test_options_win_over_environment(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, "[dimse]\nport = 11113\n")
+        settings = load_settings(
+            path,
+            environ={"DICOMVAULT_DIMSE_PORT": "11114"},
+            overrides={"dimse.port": 11115},
+        )
+        assert settings.dimse.port == 11115
+        assert settings.sources["dimse.port"] == "command line"
+
+    def test_none_option_ignored(self) -> None:
+        settings = load_settings(
+            environ={"DICOMVAULT_DIMSE_PORT": "11114"}, overrides={"dimse.port": None}
+        )
+        assert settings.dimse.port == 11114
+
+    @pytest.mark.parametrize(
+        ("variable", "value", "section", "key", "expected"),
+        [
+            pytest.param(
+                "DICOMVAULT_DIMSE_AE_TITLE", "STORE1", "dimse", "ae_title", "STORE1", id="ae_title"
+            ),
+            pytest.param("DICOMVAULT_DIMSE_HOST", "::1", "dimse", "host", "::1", id="host"),
+            pytest.param(
+                "DICOMVAULT_DIMSE_ACSE_TIMEOUT", "2.5", "dimse", "acse_timeout", 2.5, id="float"
+            ),
+            pytest.param(
+                "DICOMVAULT_QUERY_PERSON_NAME_CASE_INSENSITIVE",
+                "no",
+                "query",
+                "person_name_case_insensitive",
+                False,
+                id="bool",
+            ),
+            pytest.param(
+                "DICOMVAULT_LOGGING_LEVEL", "debug", "logging", "level", "DEBUG", id="log_level"
+            ),
+            pytest.param(
+                "DICOMVAULT_STORAGE_DUPLICATE_POLICY",
+                "Reject",
+                "storage",
+                "duplicate_policy",
+                "reject",
+                id="choice",
+            ),
+        ],
+    )
+    def test_environment_value_parsed(
+        self, variable: str, value: str, section: str, key: str, expected: object
+    ) -> None:
+        settings = load_settings(environ={variable: value})
+        assert getattr(getattr(settings, section), key) == expected
+
+    def test_unrelated_environment_ignored(self) -> None:
+        settings = load_settings(environ={"DICOMVAULT_DIMSE_COLOUR": "blue", "PATH": "/bin"})
+        assert set(settings.sources.values()) == {"default"}
+
+
+class TestInvalidValues:
+    def test_port_from_environment(self) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ={"DICOMVAULT_DIMSE_PORT": "abc"})
+        assert str(excinfo.value) == (
+            "Invalid setting DICOMVAULT_DIMSE_PORT: must be an integer from 1 to 65535, got 'abc'"
+        )
+
+    def test_port_out_of_range_in_file(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, "[dimse]\nport = 70000\n")
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(path, environ={})
+        assert str(excinfo.value) == (
+            f"Invalid setting 'dimse.port' (file {path}): "
+            "must be an integer from 1 to 65535, got 70000"
+        )
+
+    def test_port_from_options(self) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ={}, overrides={"dimse.port": 0})
+        assert str(excinfo.value) == (
+            "Invalid setting 'dimse.port' (command line): must be an integer from 1 to 65535, got 0"
+        )
+
+    def test_unknown_key_in_file(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, '[dimse]\ncolour = "blue"\n')
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(path, environ={})
+        assert str(excinfo.value) == (
+            f"Unknown setting 'dimse.colour' in file {path}; known settings: {KNOWN_SETTINGS}"
+        )
+
+    def test_unknown_option(self) -> None:
+        with pytest.raises(ConfigError, match=r"^Unknown setting 'dimse\.colour' in command line;"):
+            load_settings(environ={}, overrides={"dimse.colour": "blue"})
+
+    def test_bad_toml(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, "[dimse\nport = 11113\n")
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(path, environ={})
+        assert str(excinfo.value) == (
+            f"Configuration file {path} is not valid TOML: "
+            "Expected ']' at the end of a table declaration (at line 1, column 7)"
+        )
+
+    def test_file_not_utf8(self, tmp_path: Path) -> None:
+        # TOML files must be UTF-8, so a Latin-1 byte is an error that ConfigError should name.
+        path = tmp_path / "dicomvault.toml"
+        path.write_bytes(b"# Caf\xe9 archive\n[dimse]\nport = 11113\n")
+        with pytest.raises(ConfigError, match=f"^Configuration file {path} "):
+            load_settings(path, environ={})
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "absent.toml"
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(path, environ={})
+        assert str(excinfo.value) == f"Configuration file {path} not found"
+
+    def test_missing_file_from_environment(self, tmp_path: Path) -> None:
+        path = tmp_path / "absent.toml"
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ={"DICOMVAULT_CONFIG": str(path)})
+        assert str(excinfo.value) == f"Configuration file {path} not found"
+
+    def test_unreadable_file(self, tmp_path: Path) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(tmp_path, environ={})
+        assert str(excinfo.value) == f"Cannot read configuration file {tmp_path}: Is a directory"
+
+    def test_value_outside_table(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, "port = 11113\n")
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(path, environ={})
+        assert str(excinfo.value) == (
+            f"Configuration file {path}: 'port' must be a table such as [port], got a value"
+        )
+
+    @pytest.mark.parametrize(
+        ("toml", "message"),
+        [
+            pytest.param(
+                'port = "abc"',
+                "'dimse.port' (file {path}): must be an integer from 1 to 65535, got 'abc'",
+                id="port_string",
+            ),
+            pytest.param(
+                "port = true",
+                "'dimse.port' (file {path}): must be an integer from 1 to 65535, got True",
+                id="port_bool",
+            ),
+            pytest.param(
+                "acse_timeout = 0.5",
+                "'dimse.acse_timeout' (file {path}): must be a number from 1 to 3600, got 0.5",
+                id="timeout_too_short",
+            ),
+            pytest.param(
+                "acse_timeout = true",
+                "'dimse.acse_timeout' (file {path}): must be a number from 1 to 3600, got True",
+                id="timeout_bool",
+            ),
+            pytest.param(
+                'host = "archive.example"',
+                "'dimse.host' (file {path}): "
+                "must be an IP address such as 127.0.0.1, got 'archive.example'",
+                id="host_name",
+            ),
+            pytest.param(
+                "allowed_calling_ae_titles = 5",
+                "'dimse.allowed_calling_ae_titles' (file {path}): "
+                "must be a list of AE titles, got 5",
+                id="ae_title_list_number",
+            ),
+        ],
+    )
+    def test_dimse_value(self, tmp_path: Path, toml: str, message: str) -> None:
+        path = write_config(tmp_path, f"[dimse]\n{toml}\n")
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(path, environ={})
+        assert str(excinfo.value) == "Invalid setting " + message.format(path=path)
+
+    @pytest.mark.parametrize(
+        ("variable", "value", "reason"),
+        [
+            pytest.param(
+                "DICOMVAULT_STORAGE_DUPLICATE_POLICY",
+                "ignore",
+                "must be one of replace, reject, got 'ignore'",
+                id="duplicate_policy",
+            ),
+            pytest.param(
+                "DICOMVAULT_QUERY_PERSON_NAME_CASE_INSENSITIVE",
+                "maybe",
+                "must be true or false, got 'maybe'",
+                id="bool",
+            ),
+            pytest.param(
+                "DICOMVAULT_LOGGING_LEVEL",
+                "TRACE",
+                "must be one of DEBUG, INFO, WARNING, ERROR, got 'TRACE'",
+                id="log_level",
+            ),
+            pytest.param(
+                "DICOMVAULT_STORAGE_DATA_DIR", " ", "must be a non-empty path", id="data_dir"
+            ),
+            pytest.param(
+                "DICOMVAULT_QUERY_MAX_MATCHES",
+                "0",
+                "must be an integer from 1 to 10000000, got 0",
+                id="max_matches",
+            ),
+        ],
+    )
+    def test_environment_value(self, variable: str, value: str, reason: str) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ={variable: value})
+        assert str(excinfo.value) == f"Invalid setting {variable}: {reason}"
+
+
+class TestAeTitles:
+    @pytest.mark.parametrize(
+        "value",
+        [
+            pytest.param("A", id="one_char"),
+            pytest.param("ABCDEFGHIJKLMNOP", id="16_chars"),
+            pytest.param("STORE SCP", id="inner_space"),
+        ],
+    )
+    def test_valid(self, value: str) -> None:
+        settings = load_settings(environ={"DICOMVAULT_DIMSE_AE_TITLE": value})
+        assert settings.dimse.ae_title == value
+
+    def test_padding_removed(self) -> None:
+        settings = load_settings(environ={"DICOMVAULT_DIMSE_AE_TITLE": "  STORE1 "})
+        assert settings.dimse.ae_title == "STORE1"
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            pytest.param("ABCDEFGHIJKLMNOPQ", id="17_chars"),
+            pytest.param("STORE\\SCP", id="backslash"),
+            pytest.param("", id="empty"),
+            pytest.param("   ", id="only_spaces"),
+            pytest.param("STÖRE", id="non_ascii"),
+            pytest.param("STORE\tSCP", id="control_char"),
+        ],
+    )
+    def test_invalid(self, value: str) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ={"DICOMVAULT_DIMSE_AE_TITLE": value})
+        assert str(excinfo.value) == (
+            f"Invalid setting DICOMVAULT_DIMSE_AE_TITLE: {AE_TITLE_FORM}, got {value!r}"
+        )
+
+    def test_allowed_list_from_environment(self) -> None:
+        environ = {"DICOMVAULT_DIMSE_ALLOWED_CALLING_AE_TITLES": "CT01, MR02,US03"}
+        settings = load_settings(environ=environ)
+        assert settings.dimse.allowed_calling_ae_titles == ["CT01", "MR02", "US03"]
+
+    def test_allowed_list_with_inner_space(self) -> None:
+        # An AE title may contain inner spaces, so only commas separate the titles.
+        environ = {"DICOMVAULT_DIMSE_ALLOWED_CALLING_AE_TITLES": "STORE SCU,CT01"}
+        settings = load_settings(environ=environ)
+        assert settings.dimse.allowed_calling_ae_titles == ["STORE SCU", "CT01"]
+
+    def test_allowed_list_invalid_item(self) -> None:
+        environ = {"DICOMVAULT_DIMSE_ALLOWED_CALLING_AE_TITLES": "CT01,ABCDEFGHIJKLMNOPQ"}
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ=environ)
+        assert str(excinfo.value) == (
+            "Invalid setting DICOMVAULT_DIMSE_ALLOWED_CALLING_AE_TITLES: "
+            f"{AE_TITLE_FORM}, got 'ABCDEFGHIJKLMNOPQ'"
+        )
+
+
+class TestDescribeSettings:
+    def test_every_setting_listed(self) -> None:
+        rows = describe_settings(load_settings(environ={}))
+        assert [name for name, _, _ in rows] == [definition.name for definition in SETTINGS]
+
+    def test_postgresql_password_masked(self) -> None:
+        url = "postgresql://dicomvault:s3cret@127.0.0.1:5432/dicomvault"
+        settings = load_settings(environ={"DICOMVAULT_INDEX_URL": url})
+        displayed, source = described(settings)["index.url"]
+        assert displayed == "postgresql://dicomvault:********@127.0.0.1:5432/dicomvault"
+        assert source == "DICOMVAULT_INDEX_URL"
+
+    def test_default_sqlite_url_shown(self, tmp_path: Path) -> None:
+        settings = load_settings(environ={}, overrides={"storage.data_dir": str(tmp_path)})
+        displayed, source = described(settings)["index.url"]
+        assert displayed == f"sqlite:///{tmp_path.resolve() / 'index.sqlite'}"
+        assert source == "default"
+
+    @pytest.mark.parametrize(
+        ("name", "displayed"),
+        [
+            pytest.param("dimse.ae_title", '"DICOMVAULT"', id="string"),
+            pytest.param("dimse.port", "11112", id="integer"),
+            pytest.param("dimse.allowed_calling_ae_titles", "[]", id="list"),
+            pytest.param("query.person_name_case_insensitive", "true", id="bool"),
+        ],
+    )
+    def test_value_format(self, name: str, displayed: str) -> None:
+        assert described(load_settings(environ={}))[name][0] == displayed
+
+    @pytest.mark.parametrize(
+        ("url", "masked"),
+        [
+            pytest.param(
+                "postgresql+psycopg://user:pw@db:5432/index",
+                "postgresql+psycopg://user:********@db:5432/index",
+                id="driver",
+            ),
+            pytest.param(
+                "postgresql://user@db/index", "postgresql://user@db/index", id="no_password"
+            ),
+            pytest.param("sqlite:///data/index.sqlite", "sqlite:///data/index.sqlite", id="sqlite"),
+        ],
+    )
+    def test_mask_url_password(self, url: str, masked: str) -> None:
+        assert mask_url_password(url) == masked
