@@ -111,6 +111,16 @@ def serve(
 
 def run_server(settings: Settings) -> int:
     """Open storage and index, serve until a stop signal, and return the exit code."""
+    # Handlers go in first, so a stop signal during start-up also ends cleanly.
+    stop = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        LOGGER.info("Received %s; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
     data_dir = settings.data_dir
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -147,14 +157,6 @@ def run_server(settings: Settings) -> int:
         storage.describe(),
     )
 
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        LOGGER.info("Received %s; stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     while not stop.wait(1.0):
         pass
     server.stop()

@@ -172,4 +172,12 @@ def _log_released(event: Any) -> None:
 
 
 def _log_aborted(event: Any) -> None:
+    if not event.assoc.requestor.ae_title:
+        # A connection that closed before any A-ASSOCIATE-RQ, such as a port check.
+        LOGGER.debug(
+            "Connection from %s:%s closed before association",
+            event.assoc.requestor.address,
+            event.assoc.requestor.port,
+        )
+        return
     LOGGER.warning("Association aborted with %s", _peer(event.assoc))

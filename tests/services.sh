@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Install and start what the integration tests need: the DCMTK command line
+# tools and a PostgreSQL 15 cluster with a login role for the tests.
+#
+# Safe to run again: each step checks its state first. Runs as root, the way
+# CI and the development machines run it.
+
+set -euo pipefail
+
+PG_VERSION=15
+PG_CLUSTER=main
+PG_PORT=5432
+PG_ROLE=dicomvault
+PG_PASSWORD=dicomvault
+PG_READY_TIMEOUT_SECONDS=60
+
+log() {
+    printf 'services.sh: %s\n' "$*"
+}
+
+install_dcmtk() {
+    if command -v storescu >/dev/null 2>&1; then
+        log "DCMTK found: $(command -v storescu)"
+        return
+    fi
+    log "storescu not found, installing the dcmtk package"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update
+    apt-get install -y dcmtk
+}
+
+cluster_status() {
+    # Prints the Status column of pg_lsclusters for our cluster ("online",
+    # "down", ...), or nothing when the cluster does not exist.
+    pg_lsclusters --no-header 2>/dev/null \
+        | awk -v version="$PG_VERSION" -v cluster="$PG_CLUSTER" \
+            '$1 == version && $2 == cluster { print $4 }'
+}
+
+start_postgres() {
+    local status
+    status="$(cluster_status)"
+    if [[ -z "$status" ]]; then
+        log "PostgreSQL cluster $PG_VERSION/$PG_CLUSTER not found (pg_lsclusters); install postgresql-$PG_VERSION"
+        exit 1
+    fi
+    if [[ "$status" == online* ]]; then
+        log "PostgreSQL $PG_VERSION/$PG_CLUSTER already running"
+    else
+        log "starting PostgreSQL $PG_VERSION/$PG_CLUSTER (status: $status)"
+        pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start
+    fi
+}
+
+wait_for_postgres() {
+    local deadline=$((SECONDS + PG_READY_TIMEOUT_SECONDS))
+    until pg_isready --quiet --host 127.0.0.1 --port "$PG_PORT"; do
+        if ((SECONDS >= deadline)); then
+            log "PostgreSQL on 127.0.0.1:$PG_PORT not ready after ${PG_READY_TIMEOUT_SECONDS}s"
+            exit 1
+        fi
+        sleep 0.5
+    done
+    log "PostgreSQL ready on 127.0.0.1:$PG_PORT"
+}
+
+psql_as_postgres() {
+    runuser -u postgres -- psql --no-psqlrc --quiet --set ON_ERROR_STOP=1 \
+        --port "$PG_PORT" --dbname postgres "$@"
+}
+
+create_role() {
+    local exists
+    exists="$(psql_as_postgres --tuples-only --no-align \
+        --command "SELECT 1 FROM pg_roles WHERE rolname = '$PG_ROLE'")"
+    if [[ "$exists" == "1" ]]; then
+        # Reset the password and rights so a role left by an older setup works too.
+        psql_as_postgres --command \
+            "ALTER ROLE $PG_ROLE WITH LOGIN CREATEDB PASSWORD '$PG_PASSWORD'"
+        log "role $PG_ROLE exists, password and CREATEDB reset"
+    else
+        psql_as_postgres --command \
+            "CREATE ROLE $PG_ROLE WITH LOGIN CREATEDB PASSWORD '$PG_PASSWORD'"
+        log "role $PG_ROLE created"
+    fi
+}
+
+install_dcmtk
+start_postgres
+wait_for_postgres
+create_role
