@@ -45,8 +45,9 @@ def ct_dataset() -> Dataset:
     return ds
 
 
-def store_event(data: bytes, sop_class_uid: str = CTImageStorage,
-                sop_instance_uid: str = SOP_INSTANCE_UID) -> SimpleNamespace:
+def store_event(
+    data: bytes, sop_class_uid: str = CTImageStorage, sop_instance_uid: str = SOP_INSTANCE_UID
+) -> SimpleNamespace:
     """Enough of a pynetdicom C-STORE event for the handler."""
     return SimpleNamespace(
         request=SimpleNamespace(
@@ -78,8 +79,7 @@ class TestStatuses:
         assert len(stored_files(archive)) == 1
 
     def test_sop_class_mismatch_warns(self, archive: Archive) -> None:
-        rsp = handle_store(store_event(encode(ct_dataset()), sop_class_uid=MRImageStorage),
-                           archive)
+        rsp = handle_store(store_event(encode(ct_dataset()), sop_class_uid=MRImageStorage), archive)
 
         assert rsp.Status == 0xB007
         assert rsp.ErrorComment == "SOP Class UID of request and dataset differ"
@@ -137,11 +137,16 @@ class TestStatuses:
         assert stored_files(archive) == []
 
     def test_duplicate_rejected(self, tmp_path: Path) -> None:
-        settings = load_settings(environ={}, overrides={
-            "storage.data_dir": str(tmp_path), "storage.duplicate_policy": "reject",
-        })
-        archive = Archive(settings, open_index_engine(settings.index_url),
-                          FilesystemStorage(tmp_path / "storage"))
+        settings = load_settings(
+            environ={},
+            overrides={
+                "storage.data_dir": str(tmp_path),
+                "storage.duplicate_policy": "reject",
+            },
+        )
+        archive = Archive(
+            settings, open_index_engine(settings.index_url), FilesystemStorage(tmp_path / "storage")
+        )
         first = handle_store(store_event(encode(ct_dataset())), archive)
         second = handle_store(store_event(encode(ct_dataset())), archive)
 
