@@ -1,6 +1,6 @@
 """The archive service layer: store an instance and search the index.
 
-DIMSE, DICOMweb and the console call this layer; it holds the rules once. It
+DIMSE, DICOMweb and the console call this layer, so the rules live in one place. It
 raises the domain errors below, which each protocol translates at its edge.
 """
 
@@ -93,8 +93,8 @@ class Archive:
         """Store an encoded dataset as received and index it.
 
         The bytes are written unchanged after a new File Meta Information
-        header; the file is durable before the index transaction, and the
-        index commit is the point of success. On any failure nothing of the
+        header. The file is durable before the index transaction starts, and
+        the index commit is the point of success. On any failure nothing of the
         new instance is left and a replaced instance is intact.
 
         Parameters

@@ -144,7 +144,7 @@ CONTROL_KEYWORDS = frozenset(
 
 
 def level_of_keyword(keyword: str) -> Level | None:
-    """Return the level whose table holds ``keyword``, or None if it has no column."""
+    """Return the level whose table contains ``keyword``, or None if it has no column."""
     column = COLUMN_BY_KEYWORD.get(keyword)
     if column is not None:
         return column.level

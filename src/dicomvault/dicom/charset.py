@@ -41,8 +41,8 @@ def choose_response_charset(requested: Sequence[str], texts: Iterable[str]) -> l
     """Return the character set for a response carrying ``texts``.
 
     The requested character set is kept when it can encode every value, so a
-    client gets the encoding it asked for; otherwise UTF-8 (ISO_IR 192), which
-    encodes any value, is used. An empty list means the default repertoire.
+    client gets the encoding it requested. Otherwise the response uses UTF-8
+    (ISO_IR 192), which encodes any value. An empty list means the default repertoire.
     """
     non_ascii = [text for text in texts if not text.isascii()]
     if not non_ascii:

@@ -56,7 +56,7 @@ _DT_RE = re.compile(
 
 
 class QueryError(ValueError):
-    """The identifier cannot be used for matching; the message says which key and why."""
+    """The identifier cannot be used for matching; the message names the key and the reason."""
 
 
 class MatchKind(enum.Enum):
@@ -385,7 +385,12 @@ def _parse_date_time(keyword: str, vr: str, raw: str) -> Condition:
             raise QueryError(
                 f"Invalid range '{text}' in {keyword}: the lower bound is after the upper bound"
             )
-        form = "closed" if low is not None and high is not None else "from" if low else "to"
+        if low is not None and high is not None:
+            form = "closed"
+        elif low is not None:
+            form = "from"
+        else:
+            form = "to"
         return Condition(keyword, vr, MatchKind.RANGE, low=low, high=high, range_form=form)
 
     low = normalize_bound(text, vr, upper=False, keyword=keyword)

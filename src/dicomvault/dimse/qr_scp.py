@@ -43,7 +43,7 @@ class ExtendedNegotiation:
         self._lock = threading.Lock()
 
     def handle(self, event: Any) -> dict[str, bytes]:
-        """Answer SOP Class Extended Negotiation (bound to ``evt.EVT_SOP_EXTENDED``).
+        """Accept or decline SOP Class Extended Negotiation (bound to ``evt.EVT_SOP_EXTENDED``).
 
         Only combined date and time range matching is offered; relational
         queries, fuzzy semantic matching and timezone adjustment are declined.
@@ -84,7 +84,7 @@ def handle_find(
     - 0xA900 Failure: the Identifier is invalid (level, range, list), with
       an Error Comment naming the key.
     - 0xA700 Failure: more than ``query.max_matches`` matches; the first
-      ones were sent and the Error Comment says the answer is incomplete.
+      ones were sent and the Error Comment states that the answer is incomplete.
     - 0xC000 Failure: the index database failed.
     """
     settings = archive.settings

@@ -1,4 +1,4 @@
-"""C-STORE SCP: receive an instance, make it durable, index it, answer the status."""
+"""C-STORE SCP: receive an instance, make it durable, index it, return the status."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Run a :class:`~dicomvault.dicom.matching.Query` against the index.
 
 Conditions on column attributes become SQL that selects a superset of the
-matches; every candidate is then checked with ``Query.matches``, which holds
-the exact rules. Results are read in pages of ``page_size`` rows so that a
+matches. Every candidate is then checked with ``Query.matches``, which
+applies the exact rules. Results are read in pages of ``page_size`` rows so that a
 large answer never sits in memory and no transaction stays open while the
 caller sends responses.
 """

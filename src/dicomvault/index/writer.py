@@ -37,7 +37,7 @@ class StoredInstance:
 
 @dataclasses.dataclass(frozen=True)
 class IndexOutcome:
-    """What indexing one instance changed.
+    """The changes that indexing one instance made.
 
     ``replaced_storage_key`` is the key of the file the new one replaces; the
     caller deletes it once the transaction has committed.

@@ -15,7 +15,7 @@ class StorageFullError(StorageError):
 
 
 class Storage(Protocol):
-    """Where the bytes of stored instances live, addressed by opaque keys.
+    """Storage of the bytes of stored instances, addressed by opaque keys.
 
     Keys are relative, slash-separated names chosen by the archive, such as
     ``ab/cd/abcd...ef.dcm``. ``put`` is atomic: after it returns the object is
