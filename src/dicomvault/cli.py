@@ -1,4 +1,4 @@
-"""The ``dicomvault`` command line: serve, config."""
+"""The ``dicomvault`` command line: serve, config, node."""
 
 from __future__ import annotations
 
@@ -14,9 +14,12 @@ import typer
 from dicomvault import __version__
 from dicomvault.archive import Archive
 from dicomvault.config import ConfigError, Settings, describe_settings, load_settings
+from dicomvault.dimse.echo_scu import echo
 from dicomvault.dimse.server import DimseServer
 from dicomvault.index.database import DatabaseError, open_index_engine
+from dicomvault.index.nodes import NodeExistsError, NodeNotFoundError, NodeRegistry
 from dicomvault.logging_setup import configure_logging
+from dicomvault.nodes import make_node
 from dicomvault.storage.filesystem import FilesystemStorage
 
 LOGGER = logging.getLogger(__name__)
@@ -136,6 +139,13 @@ def run_server(settings: Settings) -> int:
         LOGGER.error("%s", exc)
         return 1
 
+    try:
+        NodeRegistry(engine).add_all(settings.nodes)
+    except DatabaseError as exc:
+        LOGGER.error("Cannot register the configured nodes: %s", exc)
+        engine.dispose()
+        return 1
+
     archive = Archive(settings, engine, storage)
     server = DimseServer(archive)
     try:
@@ -172,6 +182,128 @@ def show_config(config: ConfigOption = None) -> None:
     width = max(len(name) for name, _, _ in rows)
     for name, value, source in rows:
         typer.echo(f"{name.ljust(width)} = {value}    # {source}")
+
+
+node_app = typer.Typer(
+    help="Manage remote DICOM nodes (C-MOVE destinations) kept in the index database.",
+    no_args_is_help=True,
+)
+app.add_typer(node_app, name="node")
+
+DataDirOption = Annotated[
+    str | None, typer.Option("--data-dir", help="Data directory [storage.data_dir].")
+]
+IndexUrlOption = Annotated[
+    str | None, typer.Option("--index-url", help="Database URL [index.url].")
+]
+
+
+def _node_registry(
+    config: Path | None, data_dir: str | None, index_url: str | None
+) -> tuple[Settings, NodeRegistry]:
+    settings = _settings(config, {"storage.data_dir": data_dir, "index.url": index_url})
+    # The command prints its own result; only warnings go to the log, and
+    # pynetdicom's connection errors repeat what the command prints.
+    configure_logging("WARNING", settings.logging.format)
+    logging.getLogger("pynetdicom").setLevel("CRITICAL")
+    try:
+        engine = open_index_engine(settings.index_url)
+    except DatabaseError as exc:
+        raise _fail(str(exc), code=1) from None
+    return settings, NodeRegistry(engine)
+
+
+@node_app.command("add")
+def node_add(
+    ae_title: Annotated[str, typer.Argument(help="AE title of the remote node.")],
+    host: Annotated[str, typer.Option("--host", help="Host name or IP address of the node.")],
+    port: Annotated[str, typer.Option("--port", help="TCP port of the node's DIMSE service.")],
+    description: Annotated[str, typer.Option("--description", help="Free text.")] = "",
+    tls: Annotated[bool, typer.Option("--tls", help="The node requires DICOM over TLS.")] = False,
+    replace: Annotated[
+        bool,
+        typer.Option("--replace", help="Update the node if the AE title is already registered."),
+    ] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """Register a remote node by AE title, host and port."""
+    try:
+        node = make_node(ae_title, host, port, description, tls)
+    except ValueError as exc:
+        raise _fail(f"Invalid node {ae_title!r}: {exc}") from None
+    _, registry = _node_registry(config, data_dir, index_url)
+    try:
+        registry.add(node, replace=replace)
+    except NodeExistsError:
+        raise _fail(
+            f"A node with AE title {node.ae_title!r} is already registered; "
+            "use --replace to update it"
+        ) from None
+    typer.echo(f"Registered {node.describe()}")
+
+
+@node_app.command("list")
+def node_list(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """List the registered nodes."""
+    _, registry = _node_registry(config, data_dir, index_url)
+    nodes = registry.list()
+    if not nodes:
+        typer.echo("No nodes registered; add one with 'dicomvault node add AE --host H --port P'")
+        return
+    rows = [("AE title", "host", "port", "TLS", "description")] + [
+        (n.ae_title, n.host, str(n.port), "yes" if n.tls else "no", n.description) for n in nodes
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        cells = [row[i].ljust(widths[i]) for i in range(4)] + [row[4]]
+        typer.echo("  ".join(cells).rstrip())
+
+
+@node_app.command("remove")
+def node_remove(
+    ae_title: Annotated[str, typer.Argument(help="AE title of the node to remove.")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """Remove a registered node."""
+    _, registry = _node_registry(config, data_dir, index_url)
+    try:
+        registry.remove(ae_title)
+    except NodeNotFoundError:
+        raise _fail(
+            f"No node with AE title {ae_title!r}; 'dicomvault node list' shows them"
+        ) from None
+    typer.echo(f"Removed {ae_title}")
+
+
+@node_app.command("echo")
+def node_echo(
+    ae_title: Annotated[str, typer.Argument(help="AE title of a registered node.")],
+    timeout: Annotated[float, typer.Option("--timeout", help="Seconds to wait.")] = 10.0,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """Send a C-ECHO to a registered node and print the result and round-trip time."""
+    settings, registry = _node_registry(config, data_dir, index_url)
+    node = registry.get(ae_title)
+    if node is None:
+        raise _fail(f"No node with AE title {ae_title!r}; 'dicomvault node list' shows them")
+    result = echo(node, settings.dimse.ae_title, timeout)
+    if not result.success:
+        raise _fail(
+            f"C-ECHO to {node.describe()} failed after {result.seconds * 1000:.0f} ms: "
+            f"{result.message}",
+            code=1,
+        )
+    typer.echo(f"C-ECHO to {node.describe()} succeeded in {result.seconds * 1000:.1f} ms")
 
 
 def main() -> None:

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from dicomvault.nodes import RemoteNode, nodes_from_config
+
 ENV_PREFIX = "DICOMVAULT_"
 CONFIG_ENV_VAR = "DICOMVAULT_CONFIG"
 
@@ -313,6 +315,7 @@ class Settings:
     query: QuerySettings
     logging: LoggingSettings
     sources: Mapping[str, str]
+    nodes: tuple[RemoteNode, ...] = ()
 
     @property
     def data_dir(self) -> Path:
@@ -359,11 +362,16 @@ def load_settings(
     values: dict[str, Any] = {d.name: d.default for d in SETTINGS}
     sources: dict[str, str] = {d.name: "default" for d in SETTINGS}
 
+    nodes: tuple[RemoteNode, ...] = ()
     if config_file is None and env.get(CONFIG_ENV_VAR):
         config_file = env[CONFIG_ENV_VAR]
     if config_file is not None:
-        file_values = _read_config_file(Path(config_file))
+        file_values, node_tables = _read_config_file(Path(config_file))
         _apply(values, sources, file_values, f"file {config_file}")
+        try:
+            nodes = nodes_from_config(node_tables)
+        except ValueError as exc:
+            raise ConfigError(f"Invalid node in file {config_file}: {exc}") from None
 
     env_values = {d.name: env[d.env_var] for d in SETTINGS if d.env_var in env}
     _apply(values, sources, env_values, "environment", via_env=True)
@@ -382,11 +390,12 @@ def load_settings(
         query=section("query", QuerySettings),
         logging=section("logging", LoggingSettings),
         sources=sources,
+        nodes=nodes,
     )
 
 
-def _read_config_file(path: Path) -> dict[str, Any]:
-    """Read a TOML file into a flat mapping of dotted setting names."""
+def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read a TOML file into a flat mapping of dotted setting names, and the [nodes] tables."""
     try:
         with path.open("rb") as file:
             document = tomllib.load(file)
@@ -402,6 +411,11 @@ def _read_config_file(path: Path) -> dict[str, Any]:
         ) from exc
 
     flat: dict[str, Any] = {}
+    nodes = document.pop("nodes", {})
+    if not isinstance(nodes, dict):
+        raise ConfigError(
+            f"Configuration file {path}: 'nodes' must contain tables such as [nodes.STORESCP]"
+        )
     for section, table in document.items():
         if not isinstance(table, dict):
             raise ConfigError(
@@ -410,7 +424,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
             )
         for key, value in table.items():
             flat[f"{section}.{key}"] = value
-    return flat
+    return flat, nodes
 
 
 def _apply(
@@ -443,6 +457,9 @@ def describe_settings(settings: Settings) -> list[tuple[str, str, str]]:
         if definition.name == "index.url":
             shown = mask_url_password(settings.index_url)
         rows.append((definition.name, shown, settings.sources[definition.name]))
+    for node in settings.nodes:
+        tls = ", TLS" if node.tls else ""
+        rows.append((f"nodes.{node.ae_title}", f"{node.host}:{node.port}{tls}", "file"))
     return rows
 
 

@@ -2,30 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.network import LOOPBACK, free_port
-from tests.support.process import ToolRun, run_tool
 
 pytestmark = pytest.mark.integration
-
-CLI_TIMEOUT_SECONDS = 30
-# The console script that `pip install` put next to the interpreter running the tests.
-DICOMVAULT = str(Path(sys.executable).parent / "dicomvault")
-
-
-def run_cli(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> ToolRun:
-    """Run the dicomvault command with only the DICOMVAULT_* variables in `env`."""
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
-    # Wide enough that no output line wraps.
-    environ["COLUMNS"] = "200"
-    environ.update(env or {})
-    return run_tool([DICOMVAULT, *args], timeout=CLI_TIMEOUT_SECONDS, env=environ, cwd=cwd)
 
 
 def setting_line(output: str, name: str) -> str:

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     CTImageStorage,
@@ -31,7 +33,7 @@ from dicomvault.index.database import (
     migrate,
     normalize_url,
 )
-from dicomvault.index.schema import instances, patients, series, studies
+from dicomvault.index.schema import METADATA, instances, patients, series, studies
 from dicomvault.index.search import IndexSearch, SearchResult
 from dicomvault.index.writer import (
     DuplicateInstanceError,
@@ -181,7 +183,7 @@ class TestMigrate:
         migrate(index_engine)
         with index_engine.connect() as connection:
             version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        assert version == "0001"
+        assert version == "0002"
 
     def test_idempotent(self, index_engine: Engine) -> None:
         migrate(index_engine)
@@ -773,3 +775,12 @@ class TestStoredValueForms:
         store(archive, ds)
         results = search(archive.engine, "STUDY", StudyTime="1030-1045")
         assert first_values(results, "StudyInstanceUID") == [ds.StudyInstanceUID]
+
+
+class TestSchemaMatchesMigrations:
+    def test_no_difference(self, index_engine: Engine) -> None:
+        # schema.py describes the newest revision; a change to it needs a migration.
+        migrate(index_engine)
+        with index_engine.connect() as connection:
+            differences = compare_metadata(MigrationContext.configure(connection), METADATA)
+        assert differences == []

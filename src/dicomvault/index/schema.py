@@ -12,6 +12,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -111,4 +112,23 @@ instances = Table(
     Index("ix_instances_sop_class_uid", "sop_class_uid"),
 )
 
-TABLES = {"patients": patients, "studies": studies, "series": series, "instances": instances}
+# Remote DICOM nodes: C-MOVE destinations and C-ECHO peers.
+nodes = Table(
+    "nodes",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("ae_title", Text, nullable=False, unique=True),
+    Column("host", Text, nullable=False),
+    Column("port", Integer, nullable=False),
+    Column("description", Text, nullable=False, default=""),
+    Column("tls", Boolean, nullable=False, default=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+TABLES = {
+    "patients": patients,
+    "studies": studies,
+    "series": series,
+    "instances": instances,
+    "nodes": nodes,
+}

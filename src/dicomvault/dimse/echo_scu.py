@@ -1,0 +1,58 @@
+"""Verification SCU: send a C-ECHO to a remote node and time the round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from dicomvault.nodes import RemoteNode
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class EchoResult:
+    """The outcome of one C-ECHO: success, round-trip time and the reason of a failure."""
+
+    success: bool
+    seconds: float
+    message: str
+
+
+def echo(node: RemoteNode, calling_ae_title: str, timeout: float = 10.0) -> EchoResult:
+    """Associate with ``node``, send one C-ECHO and release.
+
+    Network failures do not raise; they are returned as an unsuccessful
+    result whose message states what failed.
+    """
+    ae = AE(ae_title=calling_ae_title)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = timeout
+    ae.add_requested_context(Verification)
+
+    started = time.monotonic()
+    assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
+    if not assoc.is_established:
+        elapsed = time.monotonic() - started
+        if assoc.is_rejected:
+            reason = "the node rejected the association; check its AE title and allow-list"
+        else:
+            reason = "no association: the connection was refused, timed out or aborted"
+        LOGGER.info("C-ECHO to %s failed: %s", node.describe(), reason)
+        return EchoResult(False, elapsed, reason)
+
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    elapsed = time.monotonic() - started
+    if status is None or "Status" not in status:
+        return EchoResult(False, elapsed, "no C-ECHO response before the timeout")
+    if status.Status != 0x0000:
+        return EchoResult(False, elapsed, f"C-ECHO answered status 0x{status.Status:04X}")
+    return EchoResult(True, elapsed, "success")

@@ -1,0 +1,108 @@
+"""Remote DICOM nodes the archive knows: AE title, address and options."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Mapping
+from typing import Any
+
+_AE_TITLE_RE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
+_HOST_RE = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
+_NODE_KEYS = frozenset({"host", "port", "description", "tls"})
+
+
+@dataclasses.dataclass(frozen=True)
+class RemoteNode:
+    """A remote DICOM node: a C-MOVE destination and a peer for C-ECHO.
+
+    ``tls`` marks nodes that require DICOM over TLS; it is kept for the
+    secure transport and has no effect on connections yet.
+    """
+
+    ae_title: str
+    host: str
+    port: int
+    description: str = ""
+    tls: bool = False
+
+    def describe(self) -> str:
+        """Return 'AE @ host:port' for messages and logs."""
+        return f"{self.ae_title} @ {self.host}:{self.port}"
+
+
+def validate_ae_title(value: str) -> str:
+    """Return the AE title without padding spaces.
+
+    Raises
+    ------
+    ValueError
+        If it is empty, longer than 16 characters, or has a backslash or
+        control character.
+    """
+    text = value.strip()
+    if not _AE_TITLE_RE.fullmatch(text):
+        raise ValueError(
+            "an AE title must be 1 to 16 printable ASCII characters without backslash, "
+            f"got {value!r}"
+        )
+    return text
+
+
+def make_node(
+    ae_title: str, host: str, port: Any, description: str = "", tls: Any = False
+) -> RemoteNode:
+    """Validate the fields of a node and build it.
+
+    Raises
+    ------
+    ValueError
+        If a field is invalid; the message names the field and the accepted form.
+    """
+    title = validate_ae_title(ae_title)
+    host_text = str(host).strip()
+    if not _HOST_RE.fullmatch(host_text):
+        raise ValueError(f"'host' must be a host name or IP address, got {host!r}")
+    if isinstance(port, bool) or not str(port).strip().isdigit():
+        raise ValueError(f"'port' must be an integer from 1 to 65535, got {port!r}")
+    port_number = int(port)
+    if not 1 <= port_number <= 65535:
+        raise ValueError(f"'port' must be an integer from 1 to 65535, got {port_number}")
+    if not isinstance(tls, bool):
+        raise ValueError(f"'tls' must be true or false, got {tls!r}")
+    return RemoteNode(title, host_text, port_number, str(description), tls)
+
+
+def nodes_from_config(table: Mapping[str, Any]) -> tuple[RemoteNode, ...]:
+    """Build nodes from the ``[nodes.<AE title>]`` tables of the configuration file.
+
+    Raises
+    ------
+    ValueError
+        If a node is invalid; the message names the node and the field.
+    """
+    nodes = []
+    for ae_title, fields in table.items():
+        if not isinstance(fields, Mapping):
+            raise ValueError(f"[nodes.{ae_title}] must be a table with host and port")
+        unknown = set(fields) - _NODE_KEYS
+        if unknown:
+            raise ValueError(
+                f"[nodes.{ae_title}] has unknown keys {', '.join(sorted(unknown))}; "
+                f"known keys: {', '.join(sorted(_NODE_KEYS))}"
+            )
+        if "host" not in fields or "port" not in fields:
+            raise ValueError(f"[nodes.{ae_title}] needs both 'host' and 'port'")
+        try:
+            nodes.append(
+                make_node(
+                    ae_title,
+                    fields["host"],
+                    fields["port"],
+                    fields.get("description", ""),
+                    fields.get("tls", False),
+                )
+            )
+        except ValueError as exc:
+            raise ValueError(f"[nodes.{ae_title}]: {exc}") from None
+    return tuple(nodes)
