@@ -16,11 +16,13 @@ from dicomvault.archive import Archive
 from dicomvault.config import ConfigError, Settings, describe_settings, load_settings
 from dicomvault.dimse.echo_scu import echo
 from dicomvault.dimse.server import DimseServer
+from dicomvault.events import log_store_events
 from dicomvault.index.database import DatabaseError, open_index_engine
 from dicomvault.index.nodes import NodeExistsError, NodeNotFoundError, NodeRegistry
 from dicomvault.logging_setup import configure_logging
 from dicomvault.nodes import make_node
 from dicomvault.storage.filesystem import FilesystemStorage
+from dicomvault.storage.lock import DataDirInUseError, lock_data_dir
 
 LOGGER = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help text: rich markup would swallow the [section.key] setting names.
+    rich_markup_mode=None,
 )
 
 ConfigOption = Annotated[
@@ -127,10 +131,15 @@ def run_server(settings: Settings) -> int:
     data_dir = settings.data_dir
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
+        lock = lock_data_dir(data_dir)
         storage = FilesystemStorage(data_dir / "storage")
+    except DataDirInUseError as exc:
+        LOGGER.error("%s", exc)
+        return 1
     except OSError as exc:
         LOGGER.error("Cannot use data directory %s: %s", data_dir, exc.strerror or exc)
         return 1
+    # Safe only because the lock guarantees no other process writes here.
     storage.remove_temporary_files()
 
     try:
@@ -147,6 +156,7 @@ def run_server(settings: Settings) -> int:
         return 1
 
     archive = Archive(settings, engine, storage)
+    log_store_events(archive.events)
     server = DimseServer(archive)
     try:
         server.start()
@@ -171,13 +181,33 @@ def run_server(settings: Settings) -> int:
         pass
     server.stop()
     engine.dispose()
+    lock.close()
     return 0
 
 
 @app.command("config")
-def show_config(config: ConfigOption = None) -> None:
-    """Print the effective settings and where each value comes from (secrets masked)."""
-    settings = _settings(config)
+def show_config(
+    config: ConfigOption = None,
+    data_dir: Annotated[str | None, typer.Option("--data-dir", help="As for serve.")] = None,
+    ae_title: Annotated[str | None, typer.Option("--ae-title", help="As for serve.")] = None,
+    port: Annotated[str | None, typer.Option("--port", help="As for serve.")] = None,
+    host: Annotated[str | None, typer.Option("--host", help="As for serve.")] = None,
+    index_url: Annotated[str | None, typer.Option("--index-url", help="As for serve.")] = None,
+) -> None:
+    """Print the effective settings and where each value comes from (secrets masked).
+
+    Takes the options of serve, to show what serve would use with them.
+    """
+    settings = _settings(
+        config,
+        {
+            "storage.data_dir": data_dir,
+            "dimse.ae_title": ae_title,
+            "dimse.port": port,
+            "dimse.host": host,
+            "index.url": index_url,
+        },
+    )
     rows = describe_settings(settings)
     width = max(len(name) for name, _, _ in rows)
     for name, value, source in rows:

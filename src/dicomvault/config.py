@@ -367,12 +367,14 @@ def load_settings(
         config_file = env[CONFIG_ENV_VAR]
     if config_file is not None:
         file_values, node_tables = _read_config_file(Path(config_file))
+        _resolve_relative_paths(file_values, Path(config_file).parent)
         _apply(values, sources, file_values, f"file {config_file}")
         try:
             nodes = nodes_from_config(node_tables)
         except ValueError as exc:
             raise ConfigError(f"Invalid node in file {config_file}: {exc}") from None
 
+    _reject_unknown_variables(env)
     env_values = {d.name: env[d.env_var] for d in SETTINGS if d.env_var in env}
     _apply(values, sources, env_values, "environment", via_env=True)
 
@@ -392,6 +394,25 @@ def load_settings(
         sources=sources,
         nodes=nodes,
     )
+
+
+def _reject_unknown_variables(env: Mapping[str, str]) -> None:
+    """Stop on a misspelled DICOMVAULT_* variable, as an unknown key in the file does."""
+    known = {d.env_var for d in SETTINGS} | {CONFIG_ENV_VAR}
+    unknown = sorted(name for name in env if name.startswith(ENV_PREFIX) and name not in known)
+    if unknown:
+        raise ConfigError(
+            f"Unknown environment variable {unknown[0]}; known variables: "
+            f"{', '.join(sorted(known))}"
+        )
+
+
+def _resolve_relative_paths(file_values: dict[str, Any], base: Path) -> None:
+    # A relative data_dir in the file is relative to the file, not to the
+    # working directory of whatever starts the server.
+    data_dir = file_values.get("storage.data_dir")
+    if isinstance(data_dir, str) and data_dir and not Path(data_dir).expanduser().is_absolute():
+        file_values["storage.data_dir"] = str(base.resolve() / data_dir)
 
 
 def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -455,7 +476,7 @@ def describe_settings(settings: Settings) -> list[tuple[str, str, str]]:
         value = getattr(section, definition.key)
         shown = "********" if definition.secret and value else _format_value(value)
         if definition.name == "index.url":
-            shown = mask_url_password(settings.index_url)
+            shown = f'"{mask_url_password(settings.index_url)}"'
         rows.append((definition.name, shown, settings.sources[definition.name]))
     for node in settings.nodes:
         tls = ", TLS" if node.tls else ""

@@ -14,6 +14,8 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from pydicom.uid import UID
+
 LOGGER = logging.getLogger(__name__)
 
 EventT = TypeVar("EventT")
@@ -49,6 +51,29 @@ class QueryPerformed:
     keys: tuple[str, ...]
     matches: int
     source_ae_title: str
+
+
+def log_store_events(bus: EventBus) -> None:
+    """Log one INFO line per stored instance and one WARNING per rejected one."""
+
+    def stored(event: InstanceStored) -> None:
+        action = "Replaced" if event.replaced else "Stored"
+        LOGGER.info(
+            "%s %s (%s) of study %s from %s, %s bytes",
+            action,
+            event.sop_instance_uid,
+            _sop_class_name(event.sop_class_uid),
+            event.study_instance_uid,
+            event.source_ae_title,
+            event.size,
+        )
+
+    bus.subscribe(InstanceStored, stored)
+
+
+def _sop_class_name(uid: str) -> str:
+    name = UID(uid).name
+    return name if name != uid else uid
 
 
 class EventBus:

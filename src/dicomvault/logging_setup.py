@@ -10,6 +10,15 @@ import sys
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
+class UtcFormatter(logging.Formatter):
+    """Formats times as ISO 8601 in UTC, such as 2026-12-04T20:11:37.258Z."""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        """Return the record's creation time in UTC with milliseconds."""
+        moment = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
 class JsonFormatter(logging.Formatter):
     """Formats each record as one JSON object per line."""
 
@@ -36,7 +45,7 @@ def configure_logging(level: str, log_format: str) -> None:
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(UtcFormatter(TEXT_FORMAT))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

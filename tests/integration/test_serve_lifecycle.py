@@ -10,9 +10,10 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from tests.support.corpus import make_uid, stored_file_for, write_instance
+from tests.support.corpus import PYDICOM_TEST_FILES, make_uid, stored_file_for, write_instance
 from tests.support.dcmtk import FindRun, echoscu, findscu, format_status, is_failure, storescu
-from tests.support.server import DicomvaultServer, ServerFactory
+from tests.support.scu import send_file_unchanged
+from tests.support.server import DicomvaultServer, ServerFactory, ServerStartError
 
 pytestmark = pytest.mark.integration
 
@@ -141,3 +142,28 @@ def test_restart_keeps_index(start_server: ServerFactory, tmp_path: Path) -> Non
     second_server = start_server(data_dir=first_server.data_dir, index_url=first_server.index_url)
 
     assert len(find_instance(second_server, ds).responses) == 1
+
+
+def test_second_server_on_data_dir_rejected(start_server: ServerFactory, tmp_path: Path) -> None:
+    first = start_server()
+    second = DicomvaultServer(tmp_path / "second", first.index_url, data_dir=first.data_dir)
+
+    with pytest.raises(ServerStartError):
+        second.start()
+
+    assert second.returncode == 1
+    assert "is in use by another dicomvault process" in second.log_text()
+
+
+def test_store_logged_at_info(start_server: ServerFactory, tmp_path: Path) -> None:
+    server = start_server()
+    path = PYDICOM_TEST_FILES / "CT_small.dcm"
+
+    rsp = send_file_unchanged(server.port, path, server.ae_title)
+
+    assert rsp.status == 0x0000
+    expected = (
+        "INFO    dicomvault.events: Stored 1.3.6.1.4.1.5962.1.1.1.1.1.20040119072730.12322 "
+        "(CT Image Storage) of study"
+    )
+    assert expected in server.log_text()

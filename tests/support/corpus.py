@@ -34,6 +34,7 @@ _INDEX_DATABASE_NAMES = (
     "index.sqlite-wal",
     "index.sqlite-shm",
     "index.sqlite-journal",
+    "dicomvault.lock",
 )
 
 
@@ -162,7 +163,7 @@ def stored_file_for(data_dir: Path, sop_instance_uid: str) -> list[Path]:
 
 
 def leftover_files(data_dir: Path) -> list[str]:
-    """List files under `data_dir` other than the SQLite index, relative to it."""
+    """List files under `data_dir` other than the SQLite index and the lock, relative to it."""
     if not data_dir.exists():
         return []
     return sorted(

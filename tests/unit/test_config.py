@@ -158,7 +158,7 @@ class TestPrecedence:
         assert getattr(getattr(settings, section), key) == expected
 
     def test_unrelated_environment_ignored(self) -> None:
-        settings = load_settings(environ={"DICOMVAULT_DIMSE_COLOUR": "blue", "PATH": "/bin"})
+        settings = load_settings(environ={"PATH": "/bin", "DICOM_PORT": "104"})
         assert set(settings.sources.values()) == {"default"}
 
 
@@ -385,13 +385,13 @@ class TestDescribeSettings:
         url = "postgresql://dicomvault:s3cret@127.0.0.1:5432/dicomvault"
         settings = load_settings(environ={"DICOMVAULT_INDEX_URL": url})
         displayed, source = described(settings)["index.url"]
-        assert displayed == "postgresql://dicomvault:********@127.0.0.1:5432/dicomvault"
+        assert displayed == '"postgresql://dicomvault:********@127.0.0.1:5432/dicomvault"'
         assert source == "DICOMVAULT_INDEX_URL"
 
     def test_default_sqlite_url_shown(self, tmp_path: Path) -> None:
         settings = load_settings(environ={}, overrides={"storage.data_dir": str(tmp_path)})
         displayed, source = described(settings)["index.url"]
-        assert displayed == f"sqlite:///{tmp_path.resolve() / 'index.sqlite'}"
+        assert displayed == f'"sqlite:///{tmp_path.resolve() / "index.sqlite"}"'
         assert source == "default"
 
     @pytest.mark.parametrize(
@@ -422,3 +422,28 @@ class TestDescribeSettings:
     )
     def test_mask_url_password(self, url: str, masked: str) -> None:
         assert mask_url_password(url) == masked
+
+
+class TestEnvironmentNames:
+    def test_unknown_variable_rejected(self) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ={"DICOMVAULT_DIMSE_PORTT": "4242"})
+        assert str(excinfo.value).startswith(
+            "Unknown environment variable DICOMVAULT_DIMSE_PORTT; known variables: "
+        )
+
+
+class TestRelativeDataDir:
+    def test_relative_to_config_file(self, tmp_path: Path) -> None:
+        config = tmp_path / "etc" / "dicomvault.toml"
+        config.parent.mkdir()
+        config.write_text('[storage]\ndata_dir = "archive"\n', encoding="utf-8")
+
+        settings = load_settings(config, environ={})
+
+        assert settings.data_dir == (tmp_path / "etc" / "archive").resolve()
+
+    def test_option_relative_to_working_directory(self, tmp_path: Path) -> None:
+        settings = load_settings(environ={}, overrides={"storage.data_dir": "archive"})
+
+        assert settings.data_dir == (Path.cwd() / "archive").resolve()
