@@ -54,6 +54,23 @@ def _settings(config: Path | None, overrides: dict[str, Any] | None = None) -> S
         raise _fail(str(exc)) from None
 
 
+def _common_overrides(
+    data_dir: str | None,
+    ae_title: str | None,
+    port: str | None,
+    host: str | None,
+    index_url: str | None,
+) -> dict[str, Any]:
+    """Map the options that serve and config share to their settings."""
+    return {
+        "storage.data_dir": data_dir,
+        "dimse.ae_title": ae_title,
+        "dimse.port": port,
+        "dimse.host": host,
+        "index.url": index_url,
+    }
+
+
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
@@ -103,11 +120,7 @@ def serve(
     settings = _settings(
         config,
         {
-            "storage.data_dir": data_dir,
-            "dimse.ae_title": ae_title,
-            "dimse.port": port,
-            "dimse.host": host,
-            "index.url": index_url,
+            **_common_overrides(data_dir, ae_title, port, host, index_url),
             "logging.level": "DEBUG" if verbose else None,
             "logging.format": log_format,
         },
@@ -198,16 +211,7 @@ def show_config(
 
     Takes the options of serve, to show what serve would use with them.
     """
-    settings = _settings(
-        config,
-        {
-            "storage.data_dir": data_dir,
-            "dimse.ae_title": ae_title,
-            "dimse.port": port,
-            "dimse.host": host,
-            "index.url": index_url,
-        },
-    )
+    settings = _settings(config, _common_overrides(data_dir, ae_title, port, host, index_url))
     rows = describe_settings(settings)
     width = max(len(name) for name, _, _ in rows)
     for name, value, source in rows:

@@ -8,8 +8,6 @@ from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
@@ -22,17 +20,9 @@ from dicomvault.dimse.qr_scp import ExtendedNegotiation, handle_find
 from dicomvault.dimse.status import Status
 from dicomvault.index.database import open_index_engine
 from dicomvault.storage.filesystem import FilesystemStorage
+from tests.support.datasets import encode_dataset
 
 STUDIES = 6
-
-
-def encode(ds: Dataset) -> bytes:
-    """Encode a dataset in Explicit VR Little Endian without File Meta Information."""
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    write_dataset(buffer, ds)
-    return bytes(buffer.getvalue())
 
 
 @pytest.fixture
@@ -55,7 +45,7 @@ def archive(tmp_path: Path) -> Archive:
         ds.PatientName = f"FIND^{number}"
         ds.PatientID = f"P{number}"
         ds.Modality = "CT"
-        archive.store(encode(ds), ExplicitVRLittleEndian)
+        archive.store(encode_dataset(ds), ExplicitVRLittleEndian)
     return archive
 
 

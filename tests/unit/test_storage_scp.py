@@ -9,8 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.filebase import DicomBytesIO
-from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom.sop_class import CTImageStorage, MRImageStorage  # type: ignore[attr-defined]
 from sqlalchemy.exc import OperationalError
@@ -23,16 +21,9 @@ from dicomvault.index.database import open_index_engine
 from dicomvault.index.writer import IndexWriter
 from dicomvault.storage.base import StorageError, StorageFullError
 from dicomvault.storage.filesystem import FilesystemStorage
+from tests.support.datasets import encode_dataset
 
 SOP_INSTANCE_UID = "1.2.3.4.5"
-
-
-def encode(ds: Dataset) -> bytes:
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    write_dataset(buffer, ds)
-    return bytes(buffer.getvalue())
 
 
 def ct_dataset() -> Dataset:
@@ -73,19 +64,23 @@ def stored_files(archive: Archive) -> list[Path]:
 
 class TestStatuses:
     def test_success(self, archive: Archive) -> None:
-        rsp = handle_store(store_event(encode(ct_dataset())), archive)
+        rsp = handle_store(store_event(encode_dataset(ct_dataset())), archive)
 
         assert rsp.Status == Status.SUCCESS
         assert len(stored_files(archive)) == 1
 
     def test_sop_class_mismatch_warns(self, archive: Archive) -> None:
-        rsp = handle_store(store_event(encode(ct_dataset()), sop_class_uid=MRImageStorage), archive)
+        rsp = handle_store(
+            store_event(encode_dataset(ct_dataset()), sop_class_uid=MRImageStorage), archive
+        )
 
         assert rsp.Status == 0xB007
         assert rsp.ErrorComment == "SOP Class UID of request and dataset differ"
 
     def test_sop_instance_mismatch_fails(self, archive: Archive) -> None:
-        rsp = handle_store(store_event(encode(ct_dataset()), sop_instance_uid="9.9.9"), archive)
+        rsp = handle_store(
+            store_event(encode_dataset(ct_dataset()), sop_instance_uid="9.9.9"), archive
+        )
 
         assert rsp.Status == 0xA900
         assert stored_files(archive) == []
@@ -93,7 +88,7 @@ class TestStatuses:
     def test_missing_uid_fails(self, archive: Archive) -> None:
         ds = ct_dataset()
         del ds.SeriesInstanceUID
-        rsp = handle_store(store_event(encode(ds)), archive)
+        rsp = handle_store(store_event(encode_dataset(ds)), archive)
 
         assert rsp.Status == 0xA900
         assert rsp.ErrorComment == "The dataset has no Series Instance UID (0020,000E); the..."
@@ -111,7 +106,7 @@ class TestStatuses:
             raise StorageFullError(f"No space left to store {key}")
 
         monkeypatch.setattr(archive.storage, "put", full)
-        rsp = handle_store(store_event(encode(ct_dataset())), archive)
+        rsp = handle_store(store_event(encode_dataset(ct_dataset())), archive)
 
         assert rsp.Status == 0xA700
         assert rsp.ErrorComment.startswith("No space left to store")
@@ -121,7 +116,7 @@ class TestStatuses:
             raise StorageError(f"Cannot write {key}: Input/output error")
 
         monkeypatch.setattr(archive.storage, "put", broken)
-        rsp = handle_store(store_event(encode(ct_dataset())), archive)
+        rsp = handle_store(store_event(encode_dataset(ct_dataset())), archive)
 
         assert rsp.Status == 0x0110
 
@@ -130,7 +125,7 @@ class TestStatuses:
             raise OperationalError("INSERT", {}, Exception("database is unavailable"))
 
         monkeypatch.setattr(IndexWriter, "add_instance", fail)
-        rsp = handle_store(store_event(encode(ct_dataset())), archive)
+        rsp = handle_store(store_event(encode_dataset(ct_dataset())), archive)
 
         assert rsp.Status == 0x0110
         assert rsp.ErrorComment == f"Cannot index {SOP_INSTANCE_UID}: the index database failed"
@@ -147,8 +142,8 @@ class TestStatuses:
         archive = Archive(
             settings, open_index_engine(settings.index_url), FilesystemStorage(tmp_path / "storage")
         )
-        first = handle_store(store_event(encode(ct_dataset())), archive)
-        second = handle_store(store_event(encode(ct_dataset())), archive)
+        first = handle_store(store_event(encode_dataset(ct_dataset())), archive)
+        second = handle_store(store_event(encode_dataset(ct_dataset())), archive)
 
         assert first.Status == Status.SUCCESS
         assert second.Status == 0x0111
