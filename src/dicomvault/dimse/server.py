@@ -19,6 +19,11 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomvault.archive import Archive
 from dicomvault.dimse.qr_scp import FIND_SOP_CLASSES, ExtendedNegotiation, handle_find
+from dicomvault.dimse.retrieve_scp import (
+    RETRIEVE_SOP_CLASSES,
+    RetrieveAE,
+    install_retrieve_service,
+)
 from dicomvault.dimse.storage_scp import handle_store
 
 LOGGER = logging.getLogger(__name__)
@@ -69,7 +74,9 @@ class DimseServer:
         self._server: Any = None
 
     def _build_ae(self) -> AE:
-        ae = AE(ae_title=self.settings.ae_title)
+        install_retrieve_service()
+        ae = RetrieveAE(ae_title=self.settings.ae_title)
+        ae.archive = self.archive
         ae.maximum_associations = self.settings.max_associations
         ae.maximum_pdu_size = self.settings.max_pdu_size
         ae.acse_timeout = self.settings.acse_timeout
@@ -80,9 +87,11 @@ class DimseServer:
 
         syntaxes = readable_transfer_syntaxes()
         ae.add_supported_context(Verification, syntaxes)
+        # SCP/SCU role selection is accepted so that a C-GET SCU can take the
+        # Storage SCP role on the same association (PS3.7 D.3.3.4).
         for sop_class in storage_sop_classes():
-            ae.add_supported_context(sop_class, syntaxes)
-        for sop_class in FIND_SOP_CLASSES:
+            ae.add_supported_context(sop_class, syntaxes, scu_role=True, scp_role=True)
+        for sop_class in FIND_SOP_CLASSES + RETRIEVE_SOP_CLASSES:
             ae.add_supported_context(sop_class, syntaxes)
         return ae
 

@@ -81,6 +81,8 @@ class SearchResult:
         Primary keys of the entity and its parents by level.
     storage_key : str
         The stored file, for IMAGE level results.
+    transfer_syntax_uid : str
+        The transfer syntax of the stored file, for IMAGE level results.
     """
 
     level: Level
@@ -88,6 +90,7 @@ class SearchResult:
     elements: dict[int, dict[str, Any]]
     pks: dict[Level, int]
     storage_key: str = ""
+    transfer_syntax_uid: str = ""
 
 
 class IndexSearch:
@@ -152,6 +155,7 @@ class IndexSearch:
             elif current is Level.IMAGE:
                 from_clause = from_clause.join(instances, instances.c.series_pk == series.c.pk)
                 columns.append(instances.c.storage_key.label("_storage_key"))
+                columns.append(instances.c.transfer_syntax_uid.label("_transfer_syntax_uid"))
         return select(*columns).select_from(from_clause)
 
     @staticmethod
@@ -162,7 +166,9 @@ class IndexSearch:
                 value = row[attribute.keyword] or ""
                 record[attribute.keyword] = _split_values(value, attribute.vr)
         pks = {lvl: row[label] for lvl, label in _PK_LABELS.items() if label in row}
-        return SearchResult(level, record, {}, pks, row.get("_storage_key", ""))
+        return SearchResult(
+            level, record, {}, pks, row.get("_storage_key", ""), row.get("_transfer_syntax_uid", "")
+        )
 
     def _add_computed(
         self, connection: Any, level: Level, results: list[SearchResult], needed: set[str]

@@ -1,0 +1,522 @@
+"""Retrieve SCP: C-MOVE to registered nodes and C-GET, with C-STORE sub-operations.
+
+pynetdicom's own C-MOVE and C-GET service takes decoded datasets and sets
+the archive's AE title as Move Originator, so the archive runs the
+sub-operations itself (PS3.4 C.4.2.3 and C.4.3.3): stored files are sent
+as they are when the peer accepts their transfer syntax, and decoded and
+converted only when it does not. The class below replaces pynetdicom's
+Query/Retrieve service class for the retrieve SOP classes; C-FIND still runs
+through pynetdicom's implementation and the archive's C-FIND handler.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from io import BytesIO
+from typing import Any
+
+import numpy as np
+import pydicom
+import pynetdicom.association
+from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filereader import read_dataset
+from pydicom.filewriter import write_dataset
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+from pynetdicom import AE, _config
+from pynetdicom.dimse_primitives import C_GET, C_MOVE
+from pynetdicom.dsutils import decode, encode
+from pynetdicom.service_class import QueryRetrieveServiceClass
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from dicomvault.archive import Archive, IndexUnavailableError
+from dicomvault.dicom.attributes import UNIQUE_KEYS, Level
+from dicomvault.dicom.matching import MatchKind, Query, QueryError, parse_identifier
+from dicomvault.dimse.status import shorten_comment
+from dicomvault.index.nodes import NodeRegistry
+from dicomvault.nodes import RemoteNode
+
+LOGGER = logging.getLogger(__name__)
+
+MOVE_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelMove): "PATIENT",
+    str(StudyRootQueryRetrieveInformationModelMove): "STUDY",
+}
+GET_MODELS = {
+    str(PatientRootQueryRetrieveInformationModelGet): "PATIENT",
+    str(StudyRootQueryRetrieveInformationModelGet): "STUDY",
+}
+RETRIEVE_SOP_CLASSES = tuple(MOVE_MODELS) + tuple(GET_MODELS)
+UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
+CONVERTIBLE = (*UNCOMPRESSED, ExplicitVRBigEndian)
+MAX_SUB_OPERATIONS = 65535  # Number of Remaining Sub-operations is US
+MAX_PRESENTATION_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1 to 255
+
+# Statuses of PS3.4 C.4.2.1.5 and C.4.3.1.4.
+PENDING = 0xFF00
+SUCCESS = 0x0000
+CANCEL = 0xFE00
+WARNING_SUB_OPERATIONS = 0xB000
+UNABLE_TO_PERFORM = 0xA702
+DESTINATION_UNKNOWN = 0xA801
+IDENTIFIER_INVALID = 0xA900
+UNABLE_TO_PROCESS = 0xC000
+
+
+class RetrieveAE(AE):
+    """An AE that knows the archive, so the retrieve service can reach it."""
+
+    archive: Archive
+
+
+@dataclasses.dataclass
+class SubOperationCounts:
+    """Remaining, completed, failed and warning sub-operations, and the failed UIDs."""
+
+    remaining: int
+    completed: int = 0
+    failed: int = 0
+    warning: int = 0
+    failed_uids: list[str] = dataclasses.field(default_factory=list)
+
+    def fail(self, sop_instance_uid: str) -> None:
+        """Count one failed sub-operation."""
+        self.remaining -= 1
+        self.failed += 1
+        self.failed_uids.append(sop_instance_uid)
+
+
+@dataclasses.dataclass(frozen=True)
+class InstanceToSend:
+    """One stored instance selected by a retrieve request."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    storage_key: str
+
+
+class RetrieveServiceClass(QueryRetrieveServiceClass):
+    """Query/Retrieve service with the archive's C-MOVE and C-GET."""
+
+    def _move_scp(self, req: C_MOVE, context: Any) -> None:
+        _Retrieval(self, req, context, is_move=True).run()
+
+    def _get_scp(self, req: C_GET, context: Any) -> None:
+        _Retrieval(self, req, context, is_move=False).run()
+
+
+def install_retrieve_service() -> None:
+    """Route the C-MOVE and C-GET SOP classes to :class:`RetrieveServiceClass`.
+
+    pynetdicom chooses the service class of a request with
+    ``uid_to_service_class``; the replacement returns ours for the retrieve
+    SOP classes and defers to pynetdicom for every other UID.
+    """
+    current = pynetdicom.association.uid_to_service_class  # type: ignore[attr-defined]
+    if getattr(current, "_dicomvault", False):
+        return
+
+    def service_class_for(uid: str) -> Any:
+        if uid in RETRIEVE_SOP_CLASSES:
+            return RetrieveServiceClass
+        return current(uid)
+
+    service_class_for._dicomvault = True  # type: ignore[attr-defined]
+    pynetdicom.association.uid_to_service_class = service_class_for  # type: ignore[attr-defined]
+    # Stored files whose transfer syntax the peer accepts are streamed from
+    # disk without decoding.
+    _config.STORE_SEND_CHUNKED_DATASET = True
+
+
+class _Retrieval:
+    """One C-MOVE or C-GET request, from identifier to final response."""
+
+    def __init__(self, service: RetrieveServiceClass, req: Any, context: Any, is_move: bool):
+        self.service = service
+        self.req = req
+        self.context = context
+        self.is_move = is_move
+        self.archive: Archive = service.ae.archive  # type: ignore[attr-defined]
+        self.calling_ae = service.assoc.requestor.ae_title
+        self.operation = "C-MOVE" if is_move else "C-GET"
+
+    # --- responses --------------------------------------------------------------------
+
+    def respond(
+        self,
+        status: int,
+        counts: SubOperationCounts | None = None,
+        comment: str = "",
+        final: bool = True,
+    ) -> None:
+        """Send one C-MOVE-RSP or C-GET-RSP on the requesting association."""
+        rsp = C_MOVE() if self.is_move else C_GET()
+        rsp.MessageIDBeingRespondedTo = self.req.MessageID
+        rsp.AffectedSOPClassUID = self.req.AffectedSOPClassUID
+        rsp.Status = status
+        if comment:
+            rsp.ErrorComment = shorten_comment(comment)  # type: ignore[assignment]
+        if counts is not None:
+            if not final or status == CANCEL:
+                rsp.NumberOfRemainingSuboperations = counts.remaining
+            rsp.NumberOfCompletedSuboperations = counts.completed
+            rsp.NumberOfFailedSuboperations = counts.failed
+            rsp.NumberOfWarningSuboperations = counts.warning
+            if final and counts.failed_uids:
+                ds = Dataset()
+                ds.FailedSOPInstanceUIDList = counts.failed_uids
+                syntax = self.context.transfer_syntax[0]
+                encoded = encode(
+                    ds, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated
+                )
+                rsp.Identifier = BytesIO(encoded or b"")
+        self.service.dimse.send_msg(rsp, self.context.context_id)
+
+    # --- the operation ----------------------------------------------------------------
+
+    def run(self) -> None:
+        """Resolve the identifier, run the sub-operations and send the final response."""
+        try:
+            instances = self.select_instances()
+        except QueryError as exc:
+            LOGGER.error(
+                "%s from %s rejected with 0xA900: %s", self.operation, self.calling_ae, exc
+            )
+            self.respond(IDENTIFIER_INVALID, comment=str(exc))
+            return
+        except IndexUnavailableError as exc:
+            LOGGER.error("%s from %s failed: %s", self.operation, self.calling_ae, exc)
+            self.respond(UNABLE_TO_PROCESS, comment="The index database failed")
+            return
+        if len(instances) > MAX_SUB_OPERATIONS:
+            self.respond(
+                0xA701,
+                comment=f"More than {MAX_SUB_OPERATIONS} instances match; retrieve fewer at a time",
+            )
+            return
+
+        if self.is_move:
+            self.run_move(instances)
+        else:
+            self.run_get(instances)
+
+    def select_instances(self) -> list[InstanceToSend]:
+        """Decode the identifier and list the instances it selects.
+
+        Raises
+        ------
+        QueryError
+            If the identifier cannot be decoded, has no valid level, or lacks
+            the unique key of its level.
+        """
+        syntax = self.context.transfer_syntax[0]
+        try:
+            identifier = decode(
+                self.req.Identifier,
+                syntax.is_implicit_VR,
+                syntax.is_little_endian,
+                syntax.is_deflated,
+            )
+        except Exception as exc:  # pydicom raises many types for undecodable bytes
+            raise QueryError(f"Cannot decode the identifier: {exc}") from exc
+        if identifier is None:
+            raise QueryError("Cannot decode the identifier")
+
+        models = MOVE_MODELS if self.is_move else GET_MODELS
+        model = models.get(str(self.req.AffectedSOPClassUID), "STUDY")
+        query = parse_identifier(identifier, model)
+        _require_unique_key(query)
+
+        # Every instance below the requested entities, in insertion order.
+        image_query = Query(Level.IMAGE, query.conditions, (), model)
+        return [
+            InstanceToSend(
+                sop_instance_uid=result.record["SOPInstanceUID"][0],
+                sop_class_uid=result.record["SOPClassUID"][0],
+                transfer_syntax_uid=result.transfer_syntax_uid,
+                storage_key=result.storage_key,
+            )
+            for result in self.archive.search(image_query)
+        ]
+
+    def run_move(self, instances: list[InstanceToSend]) -> None:
+        destination_title = str(self.req.MoveDestination or "").strip()
+        node = NodeRegistry(self.archive.engine).get(destination_title)
+        if node is None:
+            LOGGER.error(
+                "C-MOVE from %s to unknown destination %r", self.calling_ae, destination_title
+            )
+            self.respond(
+                DESTINATION_UNKNOWN,
+                comment=f"Unknown move destination {destination_title}; "
+                "register it with 'dicomvault node add'",
+            )
+            return
+        if not instances:
+            self.respond(SUCCESS, SubOperationCounts(0))
+            return
+
+        store_assoc = self.associate(node, instances)
+        if store_assoc is None:
+            counts = SubOperationCounts(len(instances))
+            for item in instances:
+                counts.fail(item.sop_instance_uid)
+            self.respond(
+                UNABLE_TO_PERFORM, counts, comment=f"Cannot associate with {node.describe()}"
+            )
+            return
+        try:
+            self.send_all(store_assoc, instances)
+        finally:
+            if store_assoc.is_established:
+                store_assoc.release()
+
+    def run_get(self, instances: list[InstanceToSend]) -> None:
+        if not instances:
+            self.respond(SUCCESS, SubOperationCounts(0))
+            return
+        self.send_all(self.service.assoc, instances)
+
+    def associate(self, node: RemoteNode, instances: list[InstanceToSend]) -> Any:
+        """Open the association for the C-STORE sub-operations, or return None."""
+        ae = AE(ae_title=self.archive.settings.dimse.ae_title)
+        settings = self.archive.settings.dimse
+        ae.acse_timeout = settings.acse_timeout
+        ae.dimse_timeout = settings.dimse_timeout
+        ae.network_timeout = settings.network_timeout
+        for abstract_syntax, syntaxes in proposed_contexts(instances):
+            ae.add_requested_context(abstract_syntax, syntaxes)
+        assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
+        if not assoc.is_established:
+            LOGGER.error(
+                "C-MOVE from %s: cannot associate with %s", self.calling_ae, node.describe()
+            )
+            return None
+        LOGGER.info(
+            "C-MOVE from %s: sending %d instances to %s",
+            self.calling_ae,
+            len(instances),
+            node.describe(),
+        )
+        return assoc
+
+    def send_all(self, store_assoc: Any, instances: list[InstanceToSend]) -> None:
+        """Run the C-STORE sub-operations, with a pending response after each one."""
+        counts = SubOperationCounts(len(instances))
+        for number, item in enumerate(instances, start=1):
+            if self.service.is_cancelled(self.req.MessageID):
+                LOGGER.info(
+                    "%s from %s cancelled with %d instances left",
+                    self.operation,
+                    self.calling_ae,
+                    counts.remaining,
+                )
+                self.respond(CANCEL, counts)
+                return
+            if not store_assoc.is_established:
+                counts.fail(item.sop_instance_uid)
+                continue
+            status = self.send_one(store_assoc, item, message_id=number)
+            counts.remaining -= 1
+            if status is None or _is_failure(status):
+                counts.failed += 1
+                counts.failed_uids.append(item.sop_instance_uid)
+            elif status == SUCCESS:
+                counts.completed += 1
+            else:
+                counts.warning += 1
+            if counts.remaining:
+                self.respond(PENDING, counts, final=False)
+        self.respond(_final_status(counts), counts)
+        LOGGER.info(
+            "%s from %s finished: %d completed, %d failed, %d warnings",
+            self.operation,
+            self.calling_ae,
+            counts.completed,
+            counts.failed,
+            counts.warning,
+        )
+
+    def send_one(self, store_assoc: Any, item: InstanceToSend, message_id: int) -> int | None:
+        """Send one instance; return the C-STORE status, or None if it could not be sent."""
+        accepted = accepted_syntaxes(store_assoc, item.sop_class_uid)
+        if not accepted:
+            LOGGER.warning(
+                "%s: the peer accepted no presentation context for %s; %s not sent",
+                self.operation,
+                item.sop_class_uid,
+                item.sop_instance_uid,
+            )
+            return None
+        kwargs: dict[str, Any] = {"msg_id": message_id}
+        if self.is_move:
+            kwargs.update(originator_aet=self.calling_ae, originator_id=self.req.MessageID)
+        path = self.archive.storage.path_for(item.storage_key)  # type: ignore[attr-defined]
+        try:
+            # Deflated datasets are re-encoded: some senders store an odd-length
+            # deflated stream, and DCMTK rejects odd-length message fragments.
+            if (
+                item.transfer_syntax_uid in accepted
+                and not UID(item.transfer_syntax_uid).is_deflated
+            ):
+                rsp = store_assoc.send_c_store(path, **kwargs)
+            else:
+                rsp = store_assoc.send_c_store(convert_for(path, accepted), **kwargs)
+        except ConversionError as exc:
+            LOGGER.warning(
+                "%s: cannot convert %s for the peer: %s", self.operation, item.sop_instance_uid, exc
+            )
+            return None
+        except (OSError, ValueError, AttributeError, RuntimeError) as exc:
+            LOGGER.warning("%s: sending %s failed: %s", self.operation, item.sop_instance_uid, exc)
+            return None
+        if rsp is None or "Status" not in rsp:
+            LOGGER.warning("%s: no C-STORE response for %s", self.operation, item.sop_instance_uid)
+            return None
+        if rsp.Status != SUCCESS:
+            LOGGER.warning(
+                "%s: the peer answered 0x%04X to %s (%s)",
+                self.operation,
+                rsp.Status,
+                item.sop_instance_uid,
+                rsp.get("ErrorComment", "no Error Comment"),
+            )
+        return int(rsp.Status)
+
+
+class ConversionError(ValueError):
+    """A stored instance cannot be converted to a transfer syntax the peer accepts."""
+
+
+def convert_for(path: Any, accepted: list[str]) -> Dataset:
+    """Read a stored file and prepare it for sending in one of ``accepted``.
+
+    Compressed pixel data is decompressed (pylibjpeg plugins). The dataset
+    is then marked for the first accepted of Explicit VR Little Endian,
+    Implicit VR Little Endian and Explicit VR Big Endian, which pynetdicom
+    encodes it in.
+
+    Raises
+    ------
+    ConversionError
+        If no uncompressed syntax is accepted or decoding fails.
+    """
+    targets = [syntax for syntax in CONVERTIBLE if syntax in accepted]
+    if not targets:
+        raise ConversionError(
+            f"the peer accepts only {', '.join(accepted)}, and the archive converts only to "
+            "uncompressed transfer syntaxes"
+        )
+    target = targets[0]
+    ds = pydicom.dcmread(path)
+    syntax = ds.file_meta.TransferSyntaxUID
+    if syntax.is_compressed:
+        try:
+            # Keep the SOP Instance UID: pydicom would otherwise make a new one.
+            ds.decompress(generate_instance_uid=False)
+        except Exception as exc:  # pixel data handlers raise many types
+            raise ConversionError(f"decoding {syntax.name} failed: {exc}") from exc
+    # Encode in the target syntax and read back, so the dataset pynetdicom
+    # sends has the target as its original encoding.
+    for _ in ds.iterall():
+        pass  # decodes every raw element, so none is copied in the old encoding
+    if not syntax.is_little_endian and target.is_little_endian:
+        _swap_pixel_data_bytes(ds)
+    buffer = DicomBytesIO()
+    buffer.is_implicit_VR = target.is_implicit_VR
+    buffer.is_little_endian = target.is_little_endian
+    write_dataset(buffer, ds)
+    converted = read_dataset(
+        BytesIO(buffer.getvalue()), target.is_implicit_VR, target.is_little_endian
+    )
+    converted.file_meta = ds.file_meta
+    converted.file_meta.TransferSyntaxUID = target
+    return converted
+
+
+def _swap_pixel_data_bytes(ds: Dataset) -> None:
+    """Reorder the bytes of native Pixel Data words from big to little endian.
+
+    pydicom converts numeric values when it changes byte order but writes OB
+    and OW values as they are, so 16- and 32-bit pixel words are swapped here.
+    """
+    # NOTE: other OW values (LUT data, overlays) keep big endian byte order.
+    if "PixelData" not in ds or ds.get("BitsAllocated") not in (16, 32):
+        return
+    word = f">u{ds.BitsAllocated // 8}"
+    ds.PixelData = np.frombuffer(ds.PixelData, dtype=word).astype(word.replace(">", "<")).tobytes()
+
+
+def proposed_contexts(instances: list[InstanceToSend]) -> Iterator[tuple[str, list[str]]]:
+    """Return presentation contexts for the sub-operations.
+
+    Each SOP class gets one context per stored transfer syntax other than
+    Explicit and Implicit VR Little Endian, and one context with those two.
+    At most 128 contexts are proposed, and instances of the classes left out
+    fail.
+    """
+    by_class: dict[str, set[str]] = {}
+    for item in instances:
+        by_class.setdefault(item.sop_class_uid, set()).add(item.transfer_syntax_uid)
+    contexts: list[tuple[str, list[str]]] = []
+    for sop_class, syntaxes in by_class.items():
+        for syntax in sorted(syntaxes):
+            if syntax not in UNCOMPRESSED:
+                contexts.append((sop_class, [syntax]))
+        contexts.append((sop_class, [str(s) for s in UNCOMPRESSED]))
+    if len(contexts) > MAX_PRESENTATION_CONTEXTS:
+        LOGGER.warning(
+            "Retrieve needs %d presentation contexts; proposing the first %d",
+            len(contexts),
+            MAX_PRESENTATION_CONTEXTS,
+        )
+    yield from contexts[:MAX_PRESENTATION_CONTEXTS]
+
+
+def accepted_syntaxes(assoc: Any, sop_class_uid: str) -> list[str]:
+    """Return the transfer syntaxes accepted for sending ``sop_class_uid`` on ``assoc``."""
+    syntaxes = []
+    for context in assoc.accepted_contexts:
+        if context.abstract_syntax != sop_class_uid:
+            continue
+        # On a C-GET association the archive is the acceptor and needs the SCU role.
+        if assoc.is_acceptor and not context.as_scu:
+            continue
+        syntaxes.append(str(context.transfer_syntax[0]))
+    return syntaxes
+
+
+def _require_unique_key(query: Query) -> None:
+    keyword = UNIQUE_KEYS[query.level]
+    for condition in query.conditions:
+        if condition.keyword == keyword and condition.kind in (MatchKind.SINGLE, MatchKind.LIST):
+            return
+    raise QueryError(f"{query.level.name} level retrieve needs {keyword} (UID or list)")
+
+
+def _is_failure(status: int) -> bool:
+    return not (status == SUCCESS or 0xB000 <= status <= 0xBFFF)
+
+
+def _final_status(counts: SubOperationCounts) -> int:
+    if counts.failed == 0 and counts.warning == 0:
+        return SUCCESS
+    if counts.completed == 0 and counts.warning == 0:
+        return UNABLE_TO_PERFORM
+    return WARNING_SUB_OPERATIONS
+
+
+__all__ = ["RETRIEVE_SOP_CLASSES", "RetrieveAE", "install_retrieve_service"]

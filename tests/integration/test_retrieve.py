@@ -1,0 +1,382 @@
+"""C-MOVE to DCMTK's storescp and C-GET, with movescu, getscu and a pynetdicom SCU."""
+
+from __future__ import annotations
+
+import subprocess
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom import uid
+from pydicom.dataset import Dataset, FileMetaDataset
+from pynetdicom import AE
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from tests.support.cli import run_cli
+from tests.support.corpus import PYDICOM_TEST_FILES, BundledFile, bundled_files, make_uid
+from tests.support.network import LOOPBACK, free_port, port_accepts_connections, wait_until
+from tests.support.process import run_tool
+from tests.support.scu import send_file_unchanged
+from tests.support.server import DicomvaultServer, ServerFactory
+
+pytestmark = pytest.mark.integration
+
+DESTINATION = "STORESCP"
+TIMEOUT_SECONDS = 30
+# One bundled file per transfer syntax, among those pylibjpeg and pydicom decode.
+SYNTAXES = [
+    uid.ImplicitVRLittleEndian,
+    uid.ExplicitVRLittleEndian,
+    uid.ExplicitVRBigEndian,
+    uid.DeflatedExplicitVRLittleEndian,
+    uid.JPEGBaseline8Bit,
+    uid.JPEGLSLossless,
+    uid.JPEG2000Lossless,
+    uid.JPEG2000,
+    uid.RLELossless,
+]
+
+
+def pick_corpus() -> list[BundledFile]:
+    """Return the first bundled image file of each transfer syntax in SYNTAXES."""
+    picked: dict[str, BundledFile] = {}
+    # Several bundled files share a SOP Instance UID; the archive keeps one.
+    uids: set[str] = set()
+    for bundled in bundled_files(PYDICOM_TEST_FILES):
+        syntax = bundled.transfer_syntax_uid
+        if syntax not in SYNTAXES or syntax in picked or bundled.sop_instance_uid in uids:
+            continue
+        if decodes(bundled.path):
+            picked[syntax] = bundled
+            uids.add(bundled.sop_instance_uid)
+    return list(picked.values())
+
+
+def decodes(path: Path) -> bool:
+    """Return whether pydicom decodes the file's pixel data here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            ds = pydicom.dcmread(path)
+            if "PixelData" not in ds:
+                return False
+            ds.pixel_array  # noqa: B018
+        except Exception:
+            return False
+    return True
+
+
+def pixels(path: Path) -> np.ndarray[Any, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path).pixel_array
+
+
+CORPUS = pick_corpus()
+
+
+class Storescp:
+    """DCMTK's storescp as a C-MOVE destination on a loopback port."""
+
+    def __init__(self, out_dir: Path, options: list[str]) -> None:
+        self.port = free_port()
+        self.out_dir = out_dir
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            ["storescp", "-aet", DESTINATION, "-od", str(out_dir), *options, str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            stdin=subprocess.DEVNULL,
+        )
+        if not wait_until(lambda: port_accepts_connections(self.port), TIMEOUT_SECONDS):
+            self.stop()
+            raise AssertionError(f"storescp did not listen on {LOOPBACK}:{self.port}")
+
+    def received(self) -> dict[str, Path]:
+        """Map SOP Instance UID to each received file."""
+        files = {}
+        for path in self.out_dir.iterdir():
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            files[str(ds.SOPInstanceUID)] = path
+        return files
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=5)
+
+
+@pytest.fixture
+def archive(start_server: ServerFactory) -> DicomvaultServer:
+    """An archive holding the corpus."""
+    server = start_server()
+    for bundled in CORPUS:
+        rsp = send_file_unchanged(server.port, bundled.path, server.ae_title)
+        assert rsp.status == 0x0000, (bundled.name, rsp.error_comment)
+    return server
+
+
+def register_destination(server: DicomvaultServer, port: int, tmp_path: Path) -> None:
+    args = [
+        "node",
+        "add",
+        DESTINATION,
+        "--host",
+        LOOPBACK,
+        "--port",
+        str(port),
+        "--data-dir",
+        str(server.data_dir),
+    ]
+    if server.index_url:
+        args += ["--index-url", server.index_url]
+    run = run_cli(args, tmp_path)
+    assert run.returncode == 0, run.describe()
+
+
+@pytest.fixture
+def destination(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Storescp]:
+    options = getattr(request, "param", ["+xa"])
+    receiver = Storescp(tmp_path / "received", options)
+    yield receiver
+    receiver.stop()
+
+
+def study_identifier(study_uids: list[str]) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = "STUDY"
+    ds.StudyInstanceUID = study_uids if len(study_uids) > 1 else study_uids[0]
+    return ds
+
+
+def move(
+    server: DicomvaultServer, identifier: Dataset, destination: str, cancel_after: int | None = None
+) -> tuple[list[Dataset], Dataset, Dataset | None]:
+    """Send a Study Root C-MOVE; return the pending statuses, the final status and identifier."""
+    ae = AE(ae_title="MOVESCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_SECONDS
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+    assoc = ae.associate(LOOPBACK, server.port, ae_title=server.ae_title)
+    assert assoc.is_established, server.describe()
+    pending: list[Dataset] = []
+    final = None
+    final_identifier = None
+    try:
+        responses = assoc.send_c_move(
+            identifier, destination, StudyRootQueryRetrieveInformationModelMove, msg_id=7
+        )
+        for status, response in responses:
+            assert status is not None and "Status" in status, "no C-MOVE response"
+            if status.Status == 0xFF00:
+                pending.append(status)
+                if cancel_after is not None and len(pending) == cancel_after:
+                    assoc.send_c_cancel(7, query_model=StudyRootQueryRetrieveInformationModelMove)
+            else:
+                final, final_identifier = status, response
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    assert final is not None
+    return pending, final, final_identifier
+
+
+class TestMoveToStorescp:
+    def test_every_file_arrives_as_stored(
+        self, archive: DicomvaultServer, destination: Storescp, tmp_path: Path
+    ) -> None:
+        register_destination(archive, destination.port, tmp_path)
+        studies = sorted({b.study_instance_uid for b in CORPUS})
+
+        pending, final, _ = move(archive, study_identifier(studies), DESTINATION)
+
+        assert final.Status == 0x0000
+        assert final.NumberOfCompletedSuboperations == len(CORPUS)
+        assert final.NumberOfFailedSuboperations == 0
+        assert len(pending) == len(CORPUS) - 1
+        received = destination.received()
+        for bundled in CORPUS:
+            path = received[bundled.sop_instance_uid]
+            sent = pydicom.dcmread(path, stop_before_pixels=True)
+            # Each stored syntax is proposed and storescp +xa accepts it, but
+            # Implicit VR Little Endian shares a context with Explicit VR
+            # Little Endian, which storescp prefers, and deflated datasets are
+            # re-encoded; both arrive in Explicit VR Little Endian.
+            expected = bundled.transfer_syntax_uid
+            if expected in (uid.ImplicitVRLittleEndian, uid.DeflatedExplicitVRLittleEndian):
+                expected = uid.ExplicitVRLittleEndian
+            assert sent.file_meta.TransferSyntaxUID == expected, bundled.name
+            assert np.array_equal(pixels(path), pixels(bundled.path)), bundled.name
+
+    @pytest.mark.parametrize("destination", [["+xi"]], indirect=True, ids=["implicit-only"])
+    def test_implicit_only_destination_gets_decoded(
+        self, archive: DicomvaultServer, destination: Storescp, tmp_path: Path
+    ) -> None:
+        register_destination(archive, destination.port, tmp_path)
+        studies = sorted({b.study_instance_uid for b in CORPUS})
+
+        _, final, _ = move(archive, study_identifier(studies), DESTINATION)
+
+        assert final.Status == 0x0000, final
+        received = destination.received()
+        for bundled in CORPUS:
+            path = received[bundled.sop_instance_uid]
+            sent = pydicom.dcmread(path, stop_before_pixels=True)
+            assert sent.file_meta.TransferSyntaxUID == uid.ImplicitVRLittleEndian, bundled.name
+            assert np.array_equal(pixels(path), pixels(bundled.path)), bundled.name
+
+    def test_movescu_interoperates(
+        self, archive: DicomvaultServer, destination: Storescp, tmp_path: Path
+    ) -> None:
+        register_destination(archive, destination.port, tmp_path)
+        first = CORPUS[0]
+
+        run = run_tool(
+            [
+                "movescu",
+                "-S",
+                "-aet",
+                "MOVESCU",
+                "-aec",
+                archive.ae_title,
+                "-aem",
+                DESTINATION,
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={first.study_instance_uid}",
+                LOOPBACK,
+                str(archive.port),
+            ]
+        )
+
+        assert run.returncode == 0, run.describe()
+        assert first.sop_instance_uid in destination.received()
+
+
+class TestMoveFailures:
+    def test_unknown_destination(self, archive: DicomvaultServer) -> None:
+        _, final, _ = move(archive, study_identifier([CORPUS[0].study_instance_uid]), "NOBODY")
+
+        assert final.Status == 0xA801
+        assert final.ErrorComment.startswith("Unknown move destination NOBODY")
+
+    def test_unreachable_destination(self, archive: DicomvaultServer, tmp_path: Path) -> None:
+        register_destination(archive, free_port(), tmp_path)
+
+        _, final, identifier = move(
+            archive, study_identifier([CORPUS[0].study_instance_uid]), DESTINATION
+        )
+
+        assert final.Status == 0xA702
+        assert final.NumberOfFailedSuboperations == 1
+        assert identifier is not None
+        assert identifier.FailedSOPInstanceUIDList == CORPUS[0].sop_instance_uid
+
+    def test_missing_unique_key(self, archive: DicomvaultServer) -> None:
+        identifier = Dataset()
+        identifier.QueryRetrieveLevel = "STUDY"
+        identifier.PatientName = "*"
+
+        _, final, _ = move(archive, identifier, DESTINATION)
+
+        assert final.Status == 0xA900
+        assert final.ErrorComment == "STUDY level retrieve needs StudyInstanceUID (UID or list)"
+
+
+class TestGet:
+    def test_getscu_receives_study(self, archive: DicomvaultServer, tmp_path: Path) -> None:
+        first = CORPUS[0]
+        out_dir = tmp_path / "get"
+        out_dir.mkdir()
+
+        run = run_tool(
+            [
+                "getscu",
+                "-S",
+                "-aet",
+                "GETSCU",
+                "-aec",
+                archive.ae_title,
+                "-od",
+                str(out_dir),
+                "-k",
+                "QueryRetrieveLevel=STUDY",
+                "-k",
+                f"StudyInstanceUID={first.study_instance_uid}",
+                LOOPBACK,
+                str(archive.port),
+            ]
+        )
+
+        assert run.returncode == 0, run.describe()
+        received = [
+            pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in out_dir.iterdir()
+        ]
+        assert received == [first.sop_instance_uid]
+
+
+CANCEL_STUDY_SIZE = 40
+
+
+def store_generated_study(server: DicomvaultServer, size: int) -> str:
+    """Store `size` small CT instances of one new study; return its Study Instance UID."""
+    study_uid = make_uid("retrieve-cancel", "study")
+    ae = AE(ae_title="LOADSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_SECONDS
+    ae.add_requested_context(CTImageStorage, uid.ExplicitVRLittleEndian)
+    assoc = ae.associate(LOOPBACK, server.port, ae_title=server.ae_title)
+    assert assoc.is_established, server.describe()
+    try:
+        for number in range(size):
+            ds = Dataset()
+            ds.SOPClassUID = CTImageStorage
+            ds.SOPInstanceUID = make_uid("retrieve-cancel", str(number))
+            ds.StudyInstanceUID = study_uid
+            ds.SeriesInstanceUID = make_uid("retrieve-cancel", "series")
+            ds.PatientID = "CANCEL-1"
+            ds.Modality = "CT"
+            ds.Rows = ds.Columns = 64
+            ds.BitsAllocated = ds.BitsStored = 16
+            ds.HighBit = 15
+            ds.PixelRepresentation = 0
+            ds.SamplesPerPixel = 1
+            ds.PhotometricInterpretation = "MONOCHROME2"
+            ds.PixelData = np.full((64, 64), number, dtype=np.uint16).tobytes()
+            ds.file_meta = FileMetaDataset()
+            ds.file_meta.TransferSyntaxUID = uid.ExplicitVRLittleEndian
+            assert assoc.send_c_store(ds).Status == 0x0000
+    finally:
+        assoc.release()
+    return study_uid
+
+
+def test_cancel_stops_between_instances(
+    start_server: ServerFactory, destination: Storescp, tmp_path: Path
+) -> None:
+    server = start_server()
+    study_uid = store_generated_study(server, CANCEL_STUDY_SIZE)
+    register_destination(server, destination.port, tmp_path)
+
+    pending, final, _ = move(server, study_identifier([study_uid]), DESTINATION, cancel_after=1)
+
+    assert final.Status == 0xFE00, final
+    assert final.NumberOfRemainingSuboperations > 0
+    assert len(pending) < CANCEL_STUDY_SIZE
+    total = (
+        final.NumberOfCompletedSuboperations
+        + final.NumberOfFailedSuboperations
+        + final.NumberOfWarningSuboperations
+        + final.NumberOfRemainingSuboperations
+    )
+    assert total == CANCEL_STUDY_SIZE
+    assert len(destination.received()) == final.NumberOfCompletedSuboperations

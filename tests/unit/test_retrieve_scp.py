@@ -1,0 +1,109 @@
+"""Pure parts of the retrieve SCP: contexts to propose, final statuses, conversion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import (
+    JPEG2000,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
+
+from dicomvault.dimse.retrieve_scp import (
+    ConversionError,
+    InstanceToSend,
+    SubOperationCounts,
+    _final_status,
+    convert_for,
+    proposed_contexts,
+)
+from tests.support.corpus import PYDICOM_TEST_FILES
+
+CT = "1.2.840.10008.5.1.4.1.1.2"
+MR = "1.2.840.10008.5.1.4.1.1.4"
+
+
+def instance(sop_class: str, syntax: str, number: int = 1) -> InstanceToSend:
+    return InstanceToSend(f"1.2.3.{number}", sop_class, syntax, "ab/cd/x.dcm")
+
+
+class TestProposedContexts:
+    def test_stored_syntax_and_uncompressed(self) -> None:
+        contexts = list(
+            proposed_contexts(
+                [
+                    instance(CT, JPEG2000, 1),
+                    instance(CT, ExplicitVRLittleEndian, 2),
+                    instance(MR, ExplicitVRBigEndian, 3),
+                ]
+            )
+        )
+
+        assert contexts == [
+            (CT, [JPEG2000]),
+            (CT, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+            (MR, [ExplicitVRBigEndian]),
+            (MR, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+        ]
+
+    def test_limited_to_128(self) -> None:
+        items = [instance(f"1.2.3.4.{n}", RLELossless, n) for n in range(100)]
+
+        assert len(list(proposed_contexts(items))) == 128
+
+
+class TestFinalStatus:
+    @pytest.mark.parametrize(
+        ("completed", "failed", "warning", "status"),
+        [
+            (3, 0, 0, 0x0000),
+            (2, 1, 0, 0xB000),
+            (2, 0, 1, 0xB000),
+            (0, 3, 0, 0xA702),
+            (0, 2, 1, 0xB000),
+            (0, 0, 0, 0x0000),
+        ],
+        ids=[
+            "all-completed",
+            "some-failed",
+            "some-warnings",
+            "all-failed",
+            "failed-and-warning",
+            "nothing-matched",
+        ],
+    )
+    def test_status(self, completed: int, failed: int, warning: int, status: int) -> None:
+        counts = SubOperationCounts(0, completed, failed, warning)
+        assert _final_status(counts) == status
+
+
+class TestConvertFor:
+    def test_jpeg2000_decoded(self) -> None:
+        path = PYDICOM_TEST_FILES / "JPEG2000.dcm"
+        converted = convert_for(path, [ExplicitVRLittleEndian])
+        original = pydicom.dcmread(path)
+
+        assert converted.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
+        assert converted.SOPInstanceUID == original.SOPInstanceUID
+        assert np.array_equal(converted.pixel_array, original.pixel_array)
+
+    def test_big_endian_to_implicit(self) -> None:
+        path = PYDICOM_TEST_FILES / "MR_small_bigendian.dcm"
+        converted = convert_for(path, [ImplicitVRLittleEndian])
+
+        assert converted.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
+        assert np.array_equal(converted.pixel_array, pydicom.dcmread(path).pixel_array)
+
+    def test_no_uncompressed_accepted(self, tmp_path: Path) -> None:
+        with pytest.raises(ConversionError) as excinfo:
+            convert_for(PYDICOM_TEST_FILES / "CT_small.dcm", [JPEG2000])
+        assert str(excinfo.value) == (
+            f"the peer accepts only {JPEG2000}, and the archive converts only to "
+            "uncompressed transfer syntaxes"
+        )
