@@ -6,7 +6,7 @@ VENV_PYTHON := $(VENV)/bin/python
 # Extra options for `make serve`, for example: make serve ARGS='--port 11113 -v'
 ARGS ?=
 
-.PHONY: venv serve test lint
+.PHONY: venv serve test lint bench-move
 
 venv: $(VENV)/.installed
 
@@ -28,3 +28,8 @@ lint: venv
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
 	$(VENV)/bin/mypy src
+
+# C-MOVE throughput beside Orthanc; results go to docs/benchmarks.md by hand.
+bench-move: venv
+	bash tests/services.sh
+	bash bench/run_move_bench.sh $(ARGS)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install and start what the integration tests need: the DCMTK command line
-# tools and a PostgreSQL 15 cluster with a login role for the tests.
+# tools, Orthanc (started by the tests themselves), and a PostgreSQL 15
+# cluster with a login role for the tests.
 #
 # Safe to run again: each step checks its state first. Runs as root, the way
 # CI and the development machines run it.
@@ -18,15 +19,20 @@ log() {
     printf 'services.sh: %s\n' "$*"
 }
 
-install_dcmtk() {
-    if command -v storescu >/dev/null 2>&1; then
-        log "DCMTK found: $(command -v storescu)"
+install_packages() {
+    # DCMTK's tools and Orthanc are peers of the integration tests. The tests
+    # start Orthanc themselves, inside a network namespace of their own.
+    local missing=()
+    command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
+    command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
+    if [[ ${#missing[@]} -eq 0 ]]; then
+        log "DCMTK and Orthanc found: $(command -v storescu), $(command -v Orthanc)"
         return
     fi
-    log "storescu not found, installing the dcmtk package"
+    log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update
-    apt-get install -y dcmtk
+    apt-get install -y "${missing[@]}"
 }
 
 cluster_status() {
@@ -85,7 +91,7 @@ create_role() {
     fi
 }
 
-install_dcmtk
+install_packages
 start_postgres
 wait_for_postgres
 create_role

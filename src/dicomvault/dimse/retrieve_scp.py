@@ -45,6 +45,7 @@ from dicomvault.archive import Archive, IndexUnavailableError
 from dicomvault.dicom.attributes import UNIQUE_KEYS, Level
 from dicomvault.dicom.matching import MatchKind, Query, QueryError, parse_identifier
 from dicomvault.dimse.status import shorten_comment
+from dicomvault.dimse.tcp import disable_nagle
 from dicomvault.index.nodes import NodeRegistry
 from dicomvault.nodes import RemoteNode
 
@@ -305,6 +306,7 @@ class _Retrieval:
                 "C-MOVE from %s: cannot associate with %s", self.calling_ae, node.describe()
             )
             return None
+        disable_nagle(assoc)
         LOGGER.info(
             "C-MOVE from %s: sending %d instances to %s",
             self.calling_ae,

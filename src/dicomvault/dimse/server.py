@@ -25,6 +25,7 @@ from dicomvault.dimse.retrieve_scp import (
     install_retrieve_service,
 )
 from dicomvault.dimse.storage_scp import handle_store
+from dicomvault.dimse.tcp import disable_nagle
 
 LOGGER = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class DimseServer:
             (evt.EVT_C_STORE, handle_store, [self.archive]),
             (evt.EVT_C_FIND, handle_find, [self.archive, self.negotiation]),
             (evt.EVT_SOP_EXTENDED, self.negotiation.handle),
+            (evt.EVT_CONN_OPEN, _disable_nagle),
             (evt.EVT_ACCEPTED, _log_accepted),
             (evt.EVT_REJECTED, _log_rejected),
             (evt.EVT_RELEASED, _log_released),
@@ -152,6 +154,10 @@ class DimseServer:
         for assoc in server.active_associations:
             assoc.abort()
         LOGGER.info("DIMSE service stopped")
+
+
+def _disable_nagle(event: Any) -> None:
+    disable_nagle(event.assoc)
 
 
 def _established(server: Any) -> list[Any]:
