@@ -67,7 +67,7 @@ class OrthancPeer:
             raise AssertionError(f"Orthanc did not start:\n{self.log_text()}")
 
     def request(self, method: str, path: str, body: Any = None) -> Any:
-        """Call the REST API on loopback and return the decoded JSON answer."""
+        """Call the REST API on loopback and return the decoded JSON response."""
         data = None
         if body is not None:
             data = body.encode() if isinstance(body, str) else json.dumps(body).encode()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
@@ -62,6 +63,9 @@ GET_MODELS = {
 RETRIEVE_SOP_CLASSES = tuple(MOVE_MODELS) + tuple(GET_MODELS)
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 CONVERTIBLE = (*UNCOMPRESSED, ExplicitVRBigEndian)
+# Pending responses are optional in the standard; one every 200 ms keeps
+# progress displays current without a DIMSE message per instance.
+PENDING_INTERVAL_SECONDS = 0.2
 MAX_SUB_OPERATIONS = 65535  # Number of Remaining Sub-operations is US
 MAX_PRESENTATION_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1 to 255
 
@@ -316,8 +320,9 @@ class _Retrieval:
         return assoc
 
     def send_all(self, store_assoc: Any, instances: list[InstanceToSend]) -> None:
-        """Run the C-STORE sub-operations, with a pending response after each one."""
+        """Run the C-STORE sub-operations, with pending responses at most every 200 ms."""
         counts = SubOperationCounts(len(instances))
+        last_pending = 0.0
         for number, item in enumerate(instances, start=1):
             if self.service.is_cancelled(self.req.MessageID):
                 LOGGER.info(
@@ -340,8 +345,10 @@ class _Retrieval:
                 counts.completed += 1
             else:
                 counts.warning += 1
-            if counts.remaining:
+            now = time.monotonic()
+            if counts.remaining and now - last_pending >= PENDING_INTERVAL_SECONDS:
                 self.respond(PENDING, counts, final=False)
+                last_pending = now
         self.respond(_final_status(counts), counts)
         LOGGER.info(
             "%s from %s finished: %d completed, %d failed, %d warnings",
