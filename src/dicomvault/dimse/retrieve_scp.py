@@ -433,6 +433,8 @@ def convert_for(path: Any, accepted: list[str]) -> Dataset:
     ds = pydicom.dcmread(path)
     syntax = ds.file_meta.TransferSyntaxUID
     if syntax.is_compressed:
+        # TODO: fall back to python-gdcm for syntaxes pylibjpeg cannot decode,
+        # such as JPEG XL; those instances fail for now.
         try:
             # Keep the SOP Instance UID: pydicom would otherwise make a new one.
             ds.decompress(generate_instance_uid=False)
