@@ -5,8 +5,8 @@ starts it inside a network namespace of its own: Orthanc 1.10 listens on every
 interface, so the namespace keeps all servers reachable only from inside.
 
 Steps: generate a study of CT-sized instances (512 x 512, 16 bits, 512 KiB
-each, or 256 x 256 with --small), store it in both servers with storescu,
-then move it to storescp from each server in turn, ``--runs`` times, and
+each, or 256 x 256 with --small) and store it in both servers with storescu.
+Then move it to storescp from each server in turn, ``--runs`` times. Last,
 print instances per second (median and range) and the ratio.
 """
 
@@ -135,8 +135,8 @@ def main() -> None:
         received = work / "received"
         received.mkdir()
         scp_port = free_port()
-        # DCMTK 3.6.7 leaves Nagle's algorithm on unless TCP_NODELAY is set,
-        # which holds each C-STORE response for tens of milliseconds and would
+        # DCMTK 3.6.7 leaves Nagle's algorithm on unless TCP_NODELAY is set.
+        # That delays each C-STORE response by tens of milliseconds and would
         # make storescp, not the servers, the measured limit.
         storescp = subprocess.Popen(
             ["storescp", "-aet", STORESCP_AE, "-od", str(received), str(scp_port)],

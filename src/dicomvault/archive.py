@@ -67,6 +67,7 @@ class StoreResult:
     size: int
     replaced: bool
     warnings: tuple[str, ...] = ()
+    sop_class_mismatch: bool = False
 
 
 class Archive:
@@ -194,7 +195,14 @@ class Archive:
                 replaced=outcome.replaced,
             )
         )
-        return StoreResult(header.sop_instance_uid, key, size, outcome.replaced, tuple(warnings))
+        return StoreResult(
+            header.sop_instance_uid,
+            key,
+            size,
+            outcome.replaced,
+            tuple(warnings),
+            sop_class_mismatch=bool(sop_class_uid and sop_class_uid != header.sop_class_uid),
+        )
 
     def _instance_exists(self, sop_instance_uid: str) -> bool:
         try:

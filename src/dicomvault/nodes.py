@@ -1,4 +1,4 @@
-"""Remote DICOM nodes the archive knows: AE title, address and options."""
+"""Remote DICOM nodes registered with the archive: AE title, address and options."""
 
 from __future__ import annotations
 

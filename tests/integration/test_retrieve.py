@@ -208,10 +208,10 @@ class TestMoveToStorescp:
         for bundled in CORPUS:
             path = received[bundled.sop_instance_uid]
             sent = pydicom.dcmread(path, stop_before_pixels=True)
-            # Each stored syntax is proposed and storescp +xa accepts it, but
-            # Implicit VR Little Endian shares a context with Explicit VR
-            # Little Endian, which storescp prefers, and deflated datasets are
-            # re-encoded; both arrive in Explicit VR Little Endian.
+            # Each stored syntax is proposed and storescp +xa accepts it. Two
+            # arrive in Explicit VR Little Endian: Implicit VR Little Endian,
+            # because it shares a context with Explicit VR Little Endian, which
+            # storescp prefers, and deflated datasets, which are re-encoded.
             expected = bundled.transfer_syntax_uid
             if expected in (uid.ImplicitVRLittleEndian, uid.DeflatedExplicitVRLittleEndian):
                 expected = uid.ExplicitVRLittleEndian
@@ -385,7 +385,7 @@ def test_cancel_stops_between_instances(
 
 
 ALL_BUNDLED = bundled_files(PYDICOM_TEST_FILES)
-# Files storescp 3.6.7 answers with 0xC000 because DCMTK cannot parse them:
+# Files storescp 3.6.7 rejects with 0xC000 because DCMTK cannot parse them:
 # their encapsulated Pixel Data has VR OW instead of OB.
 REJECTED_BY_STORESCP = {"test_files/rtdose_rle.dcm", "test_files/rtdose_rle_1frame.dcm"}
 

@@ -27,7 +27,7 @@ IMPLEMENTATION_CLASS_UID = "2.25.292915759559138144961029623549807813583"
 IMPLEMENTATION_VERSION_NAME = f"DICOMVAULT_{__version__}"[:16]
 
 # JPIP Referenced Deflate and JPIP HTJ2K Referenced Deflate encode the whole
-# dataset deflated, like Deflated Explicit VR Little Endian; pydicom 3.0 does
+# dataset deflated, like Deflated Explicit VR Little Endian. pydicom 3.0 does
 # not mark them as deflated.
 DEFLATED_JPIP_SYNTAXES = frozenset({"1.2.840.10008.1.2.4.95", "1.2.840.10008.1.2.4.205"})
 PIXEL_DATA_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
@@ -36,7 +36,7 @@ UNDEFINED_LENGTH = 0xFFFFFFFF
 
 
 class InvalidDatasetError(ValueError):
-    """The received dataset cannot be stored; the message says what is wrong."""
+    """The received dataset cannot be stored; the message states what is wrong."""
 
 
 class MissingAttributeError(InvalidDatasetError):
@@ -45,7 +45,7 @@ class MissingAttributeError(InvalidDatasetError):
 
 @dataclasses.dataclass(frozen=True)
 class InstanceHeader:
-    """What the index needs from one instance, read once from its header.
+    """The values the index needs from one instance, read once from its header.
 
     Attributes
     ----------

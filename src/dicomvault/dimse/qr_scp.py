@@ -84,7 +84,7 @@ def handle_find(
     - 0xA900 Failure: the Identifier is invalid (level, range, list), with
       an Error Comment naming the key.
     - 0xA700 Failure: more than ``query.max_matches`` matches; the first
-      ones were sent and the Error Comment states that the answer is incomplete.
+      ones were sent and the Error Comment states that the result is incomplete.
     - 0xC000 Failure: the index database failed.
     """
     settings = archive.settings

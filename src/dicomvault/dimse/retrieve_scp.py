@@ -1,11 +1,11 @@
 """Retrieve SCP: C-MOVE to registered nodes and C-GET, with C-STORE sub-operations.
 
-pynetdicom's own C-MOVE and C-GET service takes decoded datasets and sets
-the archive's AE title as Move Originator, so the archive runs the
-sub-operations itself (PS3.4 C.4.2.3 and C.4.3.3): stored files are sent
-as they are when the peer accepts their transfer syntax, and decoded and
+pynetdicom's own C-MOVE and C-GET service takes only decoded datasets, and
+it sets the archive's AE title as Move Originator. So the archive runs the
+sub-operations itself (PS3.4 C.4.2.3 and C.4.3.3). Stored files are sent as
+they are when the peer accepts their transfer syntax, and are decoded and
 converted only when it does not. The class below replaces pynetdicom's
-Query/Retrieve service class for the retrieve SOP classes; C-FIND still runs
+Query/Retrieve service class for the retrieve SOP classes. C-FIND still runs
 through pynetdicom's implementation and the archive's C-FIND handler.
 """
 
@@ -45,7 +45,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dicomvault.archive import Archive, IndexUnavailableError
 from dicomvault.dicom.attributes import UNIQUE_KEYS, Level
 from dicomvault.dicom.matching import MatchKind, Query, QueryError, parse_identifier
-from dicomvault.dimse.status import shorten_comment
+from dicomvault.dimse.status import Status, shorten_comment
 from dicomvault.dimse.tcp import disable_nagle
 from dicomvault.index.nodes import NodeRegistry
 from dicomvault.nodes import RemoteNode
@@ -69,19 +69,9 @@ PENDING_INTERVAL_SECONDS = 0.2
 MAX_SUB_OPERATIONS = 65535  # Number of Remaining Sub-operations is US
 MAX_PRESENTATION_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1 to 255
 
-# Statuses of PS3.4 C.4.2.1.5 and C.4.3.1.4.
-PENDING = 0xFF00
-SUCCESS = 0x0000
-CANCEL = 0xFE00
-WARNING_SUB_OPERATIONS = 0xB000
-UNABLE_TO_PERFORM = 0xA702
-DESTINATION_UNKNOWN = 0xA801
-IDENTIFIER_INVALID = 0xA900
-UNABLE_TO_PROCESS = 0xC000
-
 
 class RetrieveAE(AE):
-    """An AE that knows the archive, so the retrieve service can reach it."""
+    """An AE with a reference to the archive, which the retrieve service uses."""
 
     archive: Archive
 
@@ -127,7 +117,7 @@ def install_retrieve_service() -> None:
     """Route the C-MOVE and C-GET SOP classes to :class:`RetrieveServiceClass`.
 
     pynetdicom chooses the service class of a request with
-    ``uid_to_service_class``; the replacement returns ours for the retrieve
+    ``uid_to_service_class``. The replacement returns ours for the retrieve
     SOP classes and defers to pynetdicom for every other UID.
     """
     current = pynetdicom.association.uid_to_service_class  # type: ignore[attr-defined]
@@ -175,7 +165,7 @@ class _Retrieval:
         if comment:
             rsp.ErrorComment = shorten_comment(comment)  # type: ignore[assignment]
         if counts is not None:
-            if not final or status == CANCEL:
+            if not final or status == Status.CANCEL:
                 rsp.NumberOfRemainingSuboperations = counts.remaining
             rsp.NumberOfCompletedSuboperations = counts.completed
             rsp.NumberOfFailedSuboperations = counts.failed
@@ -200,15 +190,15 @@ class _Retrieval:
             LOGGER.error(
                 "%s from %s rejected with 0xA900: %s", self.operation, self.calling_ae, exc
             )
-            self.respond(IDENTIFIER_INVALID, comment=str(exc))
+            self.respond(Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS, comment=str(exc))
             return
         except IndexUnavailableError as exc:
             LOGGER.error("%s from %s failed: %s", self.operation, self.calling_ae, exc)
-            self.respond(UNABLE_TO_PROCESS, comment="The index database failed")
+            self.respond(Status.UNABLE_TO_PROCESS, comment="The index database failed")
             return
         if len(instances) > MAX_SUB_OPERATIONS:
             self.respond(
-                0xA701,
+                Status.UNABLE_TO_CALCULATE_MATCHES,
                 comment=f"More than {MAX_SUB_OPERATIONS} instances match; retrieve fewer at a time",
             )
             return
@@ -265,13 +255,13 @@ class _Retrieval:
                 "C-MOVE from %s to unknown destination %r", self.calling_ae, destination_title
             )
             self.respond(
-                DESTINATION_UNKNOWN,
+                Status.MOVE_DESTINATION_UNKNOWN,
                 comment=f"Unknown move destination {destination_title}; "
                 "register it with 'dicomvault node add'",
             )
             return
         if not instances:
-            self.respond(SUCCESS, SubOperationCounts(0))
+            self.respond(Status.SUCCESS, SubOperationCounts(0))
             return
 
         store_assoc = self.associate(node, instances)
@@ -280,7 +270,9 @@ class _Retrieval:
             for item in instances:
                 counts.fail(item.sop_instance_uid)
             self.respond(
-                UNABLE_TO_PERFORM, counts, comment=f"Cannot associate with {node.describe()}"
+                Status.UNABLE_TO_PERFORM_SUB_OPERATIONS,
+                counts,
+                comment=f"Cannot associate with {node.describe()}",
             )
             return
         try:
@@ -291,7 +283,7 @@ class _Retrieval:
 
     def run_get(self, instances: list[InstanceToSend]) -> None:
         if not instances:
-            self.respond(SUCCESS, SubOperationCounts(0))
+            self.respond(Status.SUCCESS, SubOperationCounts(0))
             return
         self.send_all(self.service.assoc, instances)
 
@@ -331,7 +323,7 @@ class _Retrieval:
                     self.calling_ae,
                     counts.remaining,
                 )
-                self.respond(CANCEL, counts)
+                self.respond(Status.CANCEL, counts)
                 return
             if not store_assoc.is_established:
                 counts.fail(item.sop_instance_uid)
@@ -341,13 +333,13 @@ class _Retrieval:
             if status is None or _is_failure(status):
                 counts.failed += 1
                 counts.failed_uids.append(item.sop_instance_uid)
-            elif status == SUCCESS:
+            elif status == Status.SUCCESS:
                 counts.completed += 1
             else:
                 counts.warning += 1
             now = time.monotonic()
             if counts.remaining and now - last_pending >= PENDING_INTERVAL_SECONDS:
-                self.respond(PENDING, counts, final=False)
+                self.respond(Status.PENDING, counts, final=False)
                 last_pending = now
         self.respond(_final_status(counts), counts)
         LOGGER.info(
@@ -373,6 +365,7 @@ class _Retrieval:
         kwargs: dict[str, Any] = {"msg_id": message_id}
         if self.is_move:
             kwargs.update(originator_aet=self.calling_ae, originator_id=self.req.MessageID)
+        # NOTE: sub-operations read files by path, so they need filesystem storage.
         path = self.archive.storage.path_for(item.storage_key)  # type: ignore[attr-defined]
         try:
             # Deflated datasets are re-encoded: some senders store an odd-length
@@ -395,7 +388,7 @@ class _Retrieval:
         if rsp is None or "Status" not in rsp:
             LOGGER.warning("%s: no C-STORE response for %s", self.operation, item.sop_instance_uid)
             return None
-        if rsp.Status != SUCCESS:
+        if rsp.Status != Status.SUCCESS:
             LOGGER.warning(
                 "%s: the peer answered 0x%04X to %s (%s)",
                 self.operation,
@@ -519,15 +512,15 @@ def _require_unique_key(query: Query) -> None:
 
 
 def _is_failure(status: int) -> bool:
-    return not (status == SUCCESS or 0xB000 <= status <= 0xBFFF)
+    return not (status == Status.SUCCESS or 0xB000 <= status <= 0xBFFF)
 
 
 def _final_status(counts: SubOperationCounts) -> int:
     if counts.failed == 0 and counts.warning == 0:
-        return SUCCESS
+        return Status.SUCCESS
     if counts.completed == 0 and counts.warning == 0:
-        return UNABLE_TO_PERFORM
-    return WARNING_SUB_OPERATIONS
+        return Status.UNABLE_TO_PERFORM_SUB_OPERATIONS
+    return Status.SUB_OPERATIONS_WARNING
 
 
 __all__ = ["RETRIEVE_SOP_CLASSES", "RetrieveAE", "install_retrieve_service"]

@@ -39,7 +39,7 @@ def readable_transfer_syntaxes() -> list[str]:
     syntax of this list that the requestor proposed. Encapsulated
     (compressed) syntaxes come first, so a sender that proposes its file's
     compressed syntax beside uncompressed ones sends the file as it is rather
-    than decompressing it; then Explicit VR Little Endian, Deflated, Implicit
+    than decompressing it. Then come Explicit VR Little Endian, Deflated, Implicit
     VR Little Endian and Explicit VR Big Endian.
     """
     readable = []
@@ -60,7 +60,7 @@ def readable_transfer_syntaxes() -> list[str]:
 
 
 def storage_sop_classes() -> list[str]:
-    """Return every storage SOP Class UID pynetdicom knows."""
+    """Return every storage SOP Class UID that pynetdicom defines."""
     return [str(context.abstract_syntax) for context in AllStoragePresentationContexts]
 
 

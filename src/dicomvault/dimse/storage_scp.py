@@ -70,7 +70,7 @@ def handle_store(event: Any, archive: Archive) -> Dataset:
         LOGGER.warning(
             "Stored %s from %s with a warning: %s", sop_instance_uid, calling_ae, warning
         )
-    if any("SOP Class UID" in warning for warning in result.warnings):
+    if result.sop_class_mismatch:
         return status_dataset(
             Status.WARNING_DATASET_DOES_NOT_MATCH_SOP_CLASS,
             "SOP Class UID of request and dataset differ",

@@ -2,9 +2,9 @@
 
 Conditions on column attributes become SQL that selects a superset of the
 matches. Every candidate is then checked with ``Query.matches``, which
-applies the exact rules. Results are read in pages of ``page_size`` rows so that a
-large answer never sits in memory and no transaction stays open while the
-caller sends responses.
+applies the exact rules. Results are read in pages of ``page_size`` rows, so a large
+result never sits in memory and no transaction stays open while the caller
+sends responses.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from pydicom.datadict import tag_for_keyword
 from sqlalchemy import (
     ColumnElement,
     Engine,
@@ -221,8 +222,6 @@ def _empty(keyword: str) -> list[str]:
 
 def _tag_text(keyword: str) -> str | None:
     """Return the 8-digit hex tag used in DICOM JSON for a keyword or '(gggg,eeee)'."""
-    from pydicom.datadict import tag_for_keyword
-
     tag = tag_for_keyword(keyword)
     if tag is None:
         text = keyword.strip("()").replace(",", "")

@@ -11,7 +11,7 @@ LOCK_FILE_NAME = "dicomvault.lock"
 
 
 class DataDirInUseError(RuntimeError):
-    """Another process holds the data directory."""
+    """Another process has locked the data directory."""
 
 
 def lock_data_dir(data_dir: Path) -> TextIO:
@@ -23,7 +23,7 @@ def lock_data_dir(data_dir: Path) -> TextIO:
     Raises
     ------
     DataDirInUseError
-        If another process holds the lock; the message gives its process id.
+        If another process has the lock; the message gives its process id.
     """
     path = data_dir / LOCK_FILE_NAME
     file = path.open("a+", encoding="ascii")
