@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,10 +14,11 @@ import pydicom
 import pytest
 from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelMove,
+    Verification,
 )
 
 from tests.support.cli import run_cli
@@ -420,3 +422,63 @@ def test_every_stored_bundled_file_moved(
         path = received[sop_instance_uid]
         if decodes(bundled.path):
             assert np.array_equal(pixels(path), pixels(bundled.path)), bundled.name
+
+
+class SlowDestination:
+    """A pynetdicom Storage SCP that takes `delay` seconds over each C-STORE."""
+
+    def __init__(self, delay: float) -> None:
+        self.received: list[str] = []
+
+        def handle_store(event: Any) -> int:
+            time.sleep(delay)
+            self.received.append(str(event.request.AffectedSOPInstanceUID))
+            return 0x0000
+
+        ae = AE(ae_title=DESTINATION)
+        ae.add_supported_context(CTImageStorage, uid.ExplicitVRLittleEndian)
+        self.port = free_port()
+        self.server = ae.start_server(
+            (LOOPBACK, self.port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle_store)]
+        )
+
+    def stop(self) -> None:
+        self.server.shutdown()
+
+
+def test_move_longer_than_network_timeout_ends_cleanly(
+    start_server: ServerFactory, tmp_path: Path
+) -> None:
+    # The requestor sends nothing while the move runs; the archive must not
+    # take that silence for a dead peer.
+    server = start_server(env={"DICOMVAULT_DIMSE_NETWORK_TIMEOUT": "1"})
+    study_uid = store_generated_study(server, 8)
+    slow = SlowDestination(delay=0.3)
+    try:
+        register_destination(server, slow.port, tmp_path)
+        ae = AE(ae_title="MOVESCU")
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_SECONDS
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        ae.add_requested_context(Verification)
+        assoc = ae.associate(LOOPBACK, server.port, ae_title=server.ae_title)
+        assert assoc.is_established, server.describe()
+        statuses = [
+            status.Status
+            for status, _ in assoc.send_c_move(
+                study_identifier([study_uid]),
+                DESTINATION,
+                StudyRootQueryRetrieveInformationModelMove,
+            )
+        ]
+        # A client may pause before its next request on the same association.
+        time.sleep(0.2)
+        echo = assoc.send_c_echo()
+        if assoc.is_established:
+            assoc.release()
+    finally:
+        slow.stop()
+
+    assert statuses[-1] == 0x0000, server.log_text()
+    assert echo is not None and echo.Status == 0x0000, server.log_text()
+    assert assoc.is_released and not assoc.is_aborted, server.log_text()
+    assert len(slow.received) == 8

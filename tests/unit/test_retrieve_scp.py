@@ -86,23 +86,25 @@ class TestFinalStatus:
 class TestConvertFor:
     def test_jpeg2000_decoded(self) -> None:
         path = PYDICOM_TEST_FILES / "JPEG2000.dcm"
-        converted = convert_for(path, [ExplicitVRLittleEndian])
+        converted, context_id = convert_for(path, {ExplicitVRLittleEndian: 3})
         original = pydicom.dcmread(path)
 
+        assert context_id == 3
         assert converted.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
         assert converted.SOPInstanceUID == original.SOPInstanceUID
         assert np.array_equal(converted.pixel_array, original.pixel_array)
 
     def test_big_endian_to_implicit(self) -> None:
         path = PYDICOM_TEST_FILES / "MR_small_bigendian.dcm"
-        converted = convert_for(path, [ImplicitVRLittleEndian])
+        converted, context_id = convert_for(path, {JPEG2000: 1, ImplicitVRLittleEndian: 5})
 
+        assert context_id == 5
         assert converted.file_meta.TransferSyntaxUID == ImplicitVRLittleEndian
         assert np.array_equal(converted.pixel_array, pydicom.dcmread(path).pixel_array)
 
     def test_no_uncompressed_accepted(self, tmp_path: Path) -> None:
         with pytest.raises(ConversionError) as excinfo:
-            convert_for(PYDICOM_TEST_FILES / "CT_small.dcm", [JPEG2000])
+            convert_for(PYDICOM_TEST_FILES / "CT_small.dcm", {JPEG2000: 1})
         assert str(excinfo.value) == (
             f"the peer accepts only {JPEG2000}, and the archive converts only to "
             "uncompressed transfer syntaxes"

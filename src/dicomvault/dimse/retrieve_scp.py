@@ -31,7 +31,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, _config
+from pynetdicom import AE
 from pynetdicom.dimse_primitives import C_GET, C_MOVE
 from pynetdicom.dsutils import decode, encode
 from pynetdicom.service_class import QueryRetrieveServiceClass
@@ -46,6 +46,7 @@ from dicomvault.archive import Archive, IndexUnavailableError
 from dicomvault.dicom.attributes import UNIQUE_KEYS, Level
 from dicomvault.dicom.matching import MatchKind, Query, QueryError, parse_identifier
 from dicomvault.dimse.status import Status, shorten_comment
+from dicomvault.dimse.store_sender import Originator, SendError, StoreSender
 from dicomvault.dimse.tcp import disable_nagle
 from dicomvault.index.nodes import NodeRegistry
 from dicomvault.nodes import RemoteNode
@@ -131,9 +132,6 @@ def install_retrieve_service() -> None:
 
     service_class_for._dicomvault = True  # type: ignore[attr-defined]
     pynetdicom.association.uid_to_service_class = service_class_for  # type: ignore[attr-defined]
-    # Stored files whose transfer syntax the peer accepts are streamed from
-    # disk without decoding.
-    _config.STORE_SEND_CHUNKED_DATASET = True
 
 
 class _Retrieval:
@@ -179,6 +177,10 @@ class _Retrieval:
                 )
                 rsp.Identifier = BytesIO(encoded or b"")
         self.service.dimse.send_msg(rsp, self.context.context_id)
+        # pynetdicom restarts the network timeout only when a PDU arrives, and
+        # a requestor sends nothing while it waits for a long retrieve. Without
+        # this, a retrieve longer than network_timeout ends in an A-ABORT.
+        self.service.assoc.dul._idle_timer.restart()
 
     # --- the operation ----------------------------------------------------------------
 
@@ -276,7 +278,14 @@ class _Retrieval:
             )
             return
         try:
-            self.send_all(store_assoc, instances)
+            with StoreSender(store_assoc) as sender:
+                self.send_all(sender, instances)
+        except SendError as exc:
+            LOGGER.error("C-MOVE from %s to %s failed: %s", self.calling_ae, node.describe(), exc)
+            counts = SubOperationCounts(len(instances))
+            for item in instances:
+                counts.fail(item.sop_instance_uid)
+            self.respond(Status.UNABLE_TO_PERFORM_SUB_OPERATIONS, counts, comment=str(exc))
         finally:
             if store_assoc.is_established:
                 store_assoc.release()
@@ -285,7 +294,8 @@ class _Retrieval:
         if not instances:
             self.respond(Status.SUCCESS, SubOperationCounts(0))
             return
-        self.send_all(self.service.assoc, instances)
+        with StoreSender(self.service.assoc) as sender:
+            self.send_all(sender, instances)
 
     def associate(self, node: RemoteNode, instances: list[InstanceToSend]) -> Any:
         """Open the association for the C-STORE sub-operations, or return None."""
@@ -311,7 +321,7 @@ class _Retrieval:
         )
         return assoc
 
-    def send_all(self, store_assoc: Any, instances: list[InstanceToSend]) -> None:
+    def send_all(self, sender: StoreSender, instances: list[InstanceToSend]) -> None:
         """Run the C-STORE sub-operations, with pending responses at most every 200 ms."""
         counts = SubOperationCounts(len(instances))
         last_pending = 0.0
@@ -325,10 +335,10 @@ class _Retrieval:
                 )
                 self.respond(Status.CANCEL, counts)
                 return
-            if not store_assoc.is_established:
+            if not sender.assoc.is_established:
                 counts.fail(item.sop_instance_uid)
                 continue
-            status = self.send_one(store_assoc, item, message_id=number)
+            status = self.send_one(sender, item, message_id=number)
             counts.remaining -= 1
             if status is None or _is_failure(status):
                 counts.failed += 1
@@ -351,10 +361,10 @@ class _Retrieval:
             counts.warning,
         )
 
-    def send_one(self, store_assoc: Any, item: InstanceToSend, message_id: int) -> int | None:
+    def send_one(self, sender: StoreSender, item: InstanceToSend, message_id: int) -> int | None:
         """Send one instance; return the C-STORE status, or None if it could not be sent."""
-        accepted = accepted_syntaxes(store_assoc, item.sop_class_uid)
-        if not accepted:
+        contexts = accepted_contexts(sender.assoc, item.sop_class_uid)
+        if not contexts:
             LOGGER.warning(
                 "%s: the peer accepted no presentation context for %s; %s not sent",
                 self.operation,
@@ -362,54 +372,56 @@ class _Retrieval:
                 item.sop_instance_uid,
             )
             return None
-        kwargs: dict[str, Any] = {"msg_id": message_id}
-        if self.is_move:
-            kwargs.update(originator_aet=self.calling_ae, originator_id=self.req.MessageID)
+        originator = Originator(self.calling_ae, self.req.MessageID) if self.is_move else None
         # NOTE: sub-operations read files by path, so they need filesystem storage.
         path = self.archive.storage.path_for(item.storage_key)  # type: ignore[attr-defined]
+        # Deflated datasets are re-encoded: some senders store an odd-length
+        # deflated stream, and DCMTK rejects odd-length message fragments.
+        as_stored = contexts.get(item.transfer_syntax_uid)
         try:
-            # Deflated datasets are re-encoded: some senders store an odd-length
-            # deflated stream, and DCMTK rejects odd-length message fragments.
-            if (
-                item.transfer_syntax_uid in accepted
-                and not UID(item.transfer_syntax_uid).is_deflated
-            ):
-                rsp = store_assoc.send_c_store(path, **kwargs)
+            if as_stored is not None and not UID(item.transfer_syntax_uid).is_deflated:
+                outcome = sender.send_file(
+                    as_stored,
+                    item.sop_class_uid,
+                    item.sop_instance_uid,
+                    path,
+                    message_id,
+                    originator,
+                )
             else:
-                rsp = store_assoc.send_c_store(convert_for(path, accepted), **kwargs)
+                dataset, context_id = convert_for(path, contexts)
+                outcome = sender.send_dataset(context_id, dataset, message_id, originator)
         except ConversionError as exc:
             LOGGER.warning(
                 "%s: cannot convert %s for the peer: %s", self.operation, item.sop_instance_uid, exc
             )
             return None
-        except (OSError, ValueError, AttributeError, RuntimeError) as exc:
+        except (OSError, ValueError, SendError) as exc:
             LOGGER.warning("%s: sending %s failed: %s", self.operation, item.sop_instance_uid, exc)
             return None
-        if rsp is None or "Status" not in rsp:
-            LOGGER.warning("%s: no C-STORE response for %s", self.operation, item.sop_instance_uid)
-            return None
-        if rsp.Status != Status.SUCCESS:
+        if outcome.status != Status.SUCCESS:
             LOGGER.warning(
                 "%s: the peer answered 0x%04X to %s (%s)",
                 self.operation,
-                rsp.Status,
+                outcome.status,
                 item.sop_instance_uid,
-                rsp.get("ErrorComment", "no Error Comment"),
+                outcome.error_comment or "no Error Comment",
             )
-        return int(rsp.Status)
+        return outcome.status
 
 
 class ConversionError(ValueError):
     """A stored instance cannot be converted to a transfer syntax the peer accepts."""
 
 
-def convert_for(path: Any, accepted: list[str]) -> Dataset:
-    """Read a stored file and prepare it for sending in one of ``accepted``.
+def convert_for(path: Any, accepted: dict[str, int]) -> tuple[Dataset, int]:
+    """Read a stored file and prepare it for sending in one of the ``accepted`` syntaxes.
 
+    ``accepted`` maps transfer syntax UID to presentation context ID.
     Compressed pixel data is decompressed (pylibjpeg plugins). The dataset
-    is then marked for the first accepted of Explicit VR Little Endian,
-    Implicit VR Little Endian and Explicit VR Big Endian, which pynetdicom
-    encodes it in.
+    is then converted for the first accepted of Explicit VR Little Endian,
+    Implicit VR Little Endian and Explicit VR Big Endian; the context ID of
+    that syntax is returned with it.
 
     Raises
     ------
@@ -419,8 +431,8 @@ def convert_for(path: Any, accepted: list[str]) -> Dataset:
     targets = [syntax for syntax in CONVERTIBLE if syntax in accepted]
     if not targets:
         raise ConversionError(
-            f"the peer accepts only {', '.join(accepted)}, and the archive converts only to "
-            "uncompressed transfer syntaxes"
+            f"the peer accepts only {', '.join(sorted(accepted))}, "
+            "and the archive converts only to uncompressed transfer syntaxes"
         )
     target = targets[0]
     ds = pydicom.dcmread(path)
@@ -448,7 +460,7 @@ def convert_for(path: Any, accepted: list[str]) -> Dataset:
     )
     converted.file_meta = ds.file_meta
     converted.file_meta.TransferSyntaxUID = target
-    return converted
+    return converted, accepted[target]
 
 
 def _swap_pixel_data_bytes(ds: Dataset) -> None:
@@ -490,17 +502,17 @@ def proposed_contexts(instances: list[InstanceToSend]) -> Iterator[tuple[str, li
     yield from contexts[:MAX_PRESENTATION_CONTEXTS]
 
 
-def accepted_syntaxes(assoc: Any, sop_class_uid: str) -> list[str]:
-    """Return the transfer syntaxes accepted for sending ``sop_class_uid`` on ``assoc``."""
-    syntaxes = []
+def accepted_contexts(assoc: Any, sop_class_uid: str) -> dict[str, int]:
+    """Map each transfer syntax accepted for sending ``sop_class_uid`` to its context ID."""
+    contexts: dict[str, int] = {}
     for context in assoc.accepted_contexts:
         if context.abstract_syntax != sop_class_uid:
             continue
         # On a C-GET association the archive is the acceptor and needs the SCU role.
         if assoc.is_acceptor and not context.as_scu:
             continue
-        syntaxes.append(str(context.transfer_syntax[0]))
-    return syntaxes
+        contexts.setdefault(str(context.transfer_syntax[0]), context.context_id)
+    return contexts
 
 
 def _require_unique_key(query: Query) -> None:
