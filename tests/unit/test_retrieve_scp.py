@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
     JPEG2000,
     ExplicitVRBigEndian,
@@ -16,11 +17,13 @@ from pydicom.uid import (
 )
 
 from dicomvault.dimse.retrieve_scp import (
+    DECODING_PLUGINS,
     ConversionError,
     InstanceToSend,
     SubOperationCounts,
     _final_status,
     convert_for,
+    decompressed,
     proposed_contexts,
 )
 from tests.support.corpus import PYDICOM_TEST_FILES
@@ -109,3 +112,40 @@ class TestConvertFor:
             f"the peer accepts only {JPEG2000}, and the archive converts only to "
             "uncompressed transfer syntaxes"
         )
+
+
+class TestDecompressed:
+    @pytest.mark.parametrize(
+        "name",
+        ["JPEG2000.dcm", "SC_rgb_jpeg_gdcm.dcm", "JPEGLSNearLossless_16.dcm", "MR_small_RLE.dcm"],
+    )
+    def test_each_plugin_decodes_bundled_files(self, name: str) -> None:
+        # pylibjpeg goes first and python-gdcm is the fallback; both must work.
+        path = PYDICOM_TEST_FILES / name
+        reference = pydicom.dcmread(path).pixel_array
+        syntax = pydicom.dcmread(path).file_meta.TransferSyntaxUID
+        available = set(get_decoder(syntax).available_plugins)
+        assert "gdcm" in available or syntax == RLELossless
+
+        for plugin in sorted(available & set(DECODING_PLUGINS)):
+            ds = pydicom.dcmread(path)
+            ds.decompress(decoding_plugin=plugin, generate_instance_uid=False)
+            assert np.array_equal(ds.pixel_array, reference), plugin
+        assert np.array_equal(decompressed(path, pydicom.dcmread(path)).pixel_array, reference)
+
+    def test_undecodable_file_names_every_decoder(self) -> None:
+        path = PYDICOM_TEST_FILES / "JPEG2000-embedded-sequence-delimiter.dcm"
+
+        with pytest.raises(ConversionError) as excinfo:
+            decompressed(path, pydicom.dcmread(path))
+
+        message = str(excinfo.value)
+        assert message.startswith("decoding JPEG 2000 Image Compression failed (pylibjpeg: ")
+        assert "; gdcm: " in message
+
+    def test_syntax_without_decoder(self) -> None:
+        ds = pydicom.dcmread(PYDICOM_TEST_FILES / "CT_small.dcm")
+        ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.110"  # JPEG XL Lossless
+
+        with pytest.raises(ConversionError, match="no installed decoder supports"):
+            decompressed(PYDICOM_TEST_FILES / "CT_small.dcm", ds)

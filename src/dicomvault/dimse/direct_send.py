@@ -63,8 +63,8 @@ def _send_message(assoc: Any, sock: Any, primitive: Any, context_id: int) -> Non
     Raises
     ------
     OSError
-        If the connection fails. The DUL is told the transport closed, as
-        pynetdicom does when its own write fails.
+        If the connection fails. The DUL first receives Evt17 (transport
+        connection closed), as when pynetdicom's own write fails.
     """
     if primitive.MessageIDBeingRespondedTo is None:
         message = _RQ_TO_MESSAGE[primitive.__class__]()

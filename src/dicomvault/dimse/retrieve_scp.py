@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
+from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -435,16 +436,10 @@ def convert_for(path: Any, accepted: dict[str, int]) -> tuple[Dataset, int]:
             "and the archive converts only to uncompressed transfer syntaxes"
         )
     target = targets[0]
-    ds = pydicom.dcmread(path)
+    ds: Dataset = pydicom.dcmread(path)
     syntax = ds.file_meta.TransferSyntaxUID
     if syntax.is_compressed:
-        # TODO: fall back to python-gdcm for syntaxes pylibjpeg cannot decode,
-        # such as JPEG XL; those instances fail for now.
-        try:
-            # Keep the SOP Instance UID: pydicom would otherwise make a new one.
-            ds.decompress(generate_instance_uid=False)
-        except Exception as exc:  # pixel data handlers raise many types
-            raise ConversionError(f"decoding {syntax.name} failed: {exc}") from exc
+        ds = decompressed(path, ds)
     # Encode in the target syntax and read back, so the dataset pynetdicom
     # sends has the target as its original encoding.
     for _ in ds.iterall():
@@ -461,6 +456,41 @@ def convert_for(path: Any, accepted: dict[str, int]) -> tuple[Dataset, int]:
     converted.file_meta = ds.file_meta
     converted.file_meta.TransferSyntaxUID = target
     return converted, accepted[target]
+
+
+# Decoders in the order they are tried: pylibjpeg and pydicom's own RLE
+# decoder first, python-gdcm where they fail.
+DECODING_PLUGINS = ("pylibjpeg", "pydicom", "gdcm")
+
+
+def decompressed(path: Any, ds: Dataset) -> Dataset:
+    """Return the dataset read from ``path`` with its pixel data decoded.
+
+    ``ds`` is the dataset already read from ``path``. Each plugin of
+    DECODING_PLUGINS that supports the transfer syntax is tried in turn.
+
+    Raises
+    ------
+    ConversionError
+        If no installed decoder supports the syntax or every one fails.
+    """
+    syntax = ds.file_meta.TransferSyntaxUID
+    try:
+        available = set(get_decoder(syntax).available_plugins)
+    except NotImplementedError:  # pydicom has no decoder for the syntax at all
+        available = set()
+    errors = []
+    for plugin in (name for name in DECODING_PLUGINS if name in available):
+        try:
+            # Keep the SOP Instance UID: pydicom would otherwise make a new one.
+            ds.decompress(decoding_plugin=plugin, generate_instance_uid=False)
+            return ds
+        except Exception as exc:  # pixel data decoders raise many types
+            errors.append(f"{plugin}: {exc}")
+            ds = pydicom.dcmread(path)
+    if not errors:
+        raise ConversionError(f"no installed decoder supports {syntax.name}")
+    raise ConversionError(f"decoding {syntax.name} failed ({'; '.join(errors)})")
 
 
 def _swap_pixel_data_bytes(ds: Dataset) -> None:

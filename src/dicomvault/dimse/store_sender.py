@@ -92,7 +92,9 @@ class StoreSender:
         while not self.assoc._is_paused:
             if not self.assoc.is_established or time.monotonic() > deadline:
                 self.assoc._reactor_checkpoint.set()
-                raise SendError("the association's reactor did not pause")
+                raise SendError(
+                    f"the association's reactor did not pause within {PAUSE_TIMEOUT_SECONDS} s"
+                )
             time.sleep(0.0001)
         self._paused = True
 
@@ -145,7 +147,7 @@ class StoreSender:
         request.MessageID = message_id
         request.AffectedSOPClassUID = sop_class
         request.AffectedSOPInstanceUID = sop_instance
-        request.Priority = 0x0002  # low, as pynetdicom and DCMTK send by default
+        request.Priority = 0x0002  # low, pynetdicom's default
         return request
 
     def _exchange(
