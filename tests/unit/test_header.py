@@ -7,7 +7,9 @@ import struct
 
 import pydicom
 import pytest
-from pydicom.dataset import Dataset
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import (
     JPEG2000,
     UID,
@@ -362,6 +364,30 @@ class TestEncodeFileMeta:
         # (0002,0000) UL is the first element; its value counts the bytes after it.
         (group_length,) = struct.unpack_from("<I", meta, 132 + 8)
         assert group_length == len(meta) - 132 - 12
+
+    @pytest.mark.parametrize(
+        ("sop_instance_uid", "source_ae_title"),
+        [("1.2.3", ""), ("1.2.34", "CT01"), ("1.2.3", "ODD"), ("1.2.34", "")],
+    )
+    def test_same_bytes_as_pydicom(self, sop_instance_uid: str, source_ae_title: str) -> None:
+        meta = FileMetaDataset()
+        meta.FileMetaInformationVersion = b"\x00\x01"
+        meta.MediaStorageSOPClassUID = MRImageStorage
+        meta.MediaStorageSOPInstanceUID = sop_instance_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
+        meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+        if source_ae_title:
+            meta.SourceApplicationEntityTitle = source_ae_title
+        buffer = DicomBytesIO()
+        buffer.is_little_endian, buffer.is_implicit_VR = True, False
+        write_file_meta_info(buffer, meta, enforce_standard=True)
+
+        encoded = encode_file_meta(
+            MRImageStorage, sop_instance_uid, ExplicitVRLittleEndian, source_ae_title
+        )
+
+        assert encoded == b"\x00" * 128 + b"DICM" + buffer.getvalue()
 
     def test_meta_ends_where_dataset_starts(self) -> None:
         meta = encode_file_meta(MRImageStorage, "1.2.3", ExplicitVRLittleEndian)

@@ -9,10 +9,8 @@ import struct
 import zlib
 from typing import Any
 
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.filebase import DicomBytesIO
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
-from pydicom.filewriter import write_file_meta_info
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
 
@@ -308,19 +306,41 @@ def encode_file_meta(
     transfer_syntax_uid: str,
     source_ae_title: str = "",
 ) -> bytes:
-    """Encode a 128-byte preamble, 'DICM' and the File Meta Information (PS3.10 7.1)."""
-    meta = FileMetaDataset()
-    meta.FileMetaInformationVersion = b"\x00\x01"
-    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
-    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
-    meta.ImplementationClassUID = UID(IMPLEMENTATION_CLASS_UID)
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    """Encode a 128-byte preamble, 'DICM' and the File Meta Information (PS3.10 7.1).
+
+    The group is written element by element in explicit VR little endian:
+    building it with pydicom took a tenth of the time of a C-STORE.
+    """
+    elements = [
+        _meta_element(0x0001, b"OB", b"\x00\x01"),
+        _meta_element(0x0002, b"UI", _uid_bytes(sop_class_uid)),
+        _meta_element(0x0003, b"UI", _uid_bytes(sop_instance_uid)),
+        _meta_element(0x0010, b"UI", _uid_bytes(transfer_syntax_uid)),
+        _meta_element(0x0012, b"UI", _uid_bytes(IMPLEMENTATION_CLASS_UID)),
+        _meta_element(0x0013, b"SH", _text_bytes(IMPLEMENTATION_VERSION_NAME)),
+    ]
     if source_ae_title:
-        meta.SourceApplicationEntityTitle = source_ae_title
-    buffer = DicomBytesIO()
-    buffer.is_little_endian = True
-    buffer.is_implicit_VR = False
-    buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return buffer.getvalue()
+        elements.append(_meta_element(0x0016, b"AE", _text_bytes(source_ae_title)))
+    body = b"".join(elements)
+    group_length = _meta_element(0x0000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body
+
+
+# VRs whose explicit VR encoding has a reserved field and a 32-bit length (PS3.5 7.1.2).
+_LONG_LENGTH_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UR", b"UT", b"UN"}
+
+
+def _meta_element(element: int, vr: bytes, value: bytes) -> bytes:
+    if vr in _LONG_LENGTH_VRS:
+        return struct.pack("<HH2s2xI", 0x0002, element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, element, vr, len(value)) + value
+
+
+def _uid_bytes(uid: str) -> bytes:
+    value = str(uid).encode("ascii", errors="replace")
+    return value + b"\x00" if len(value) % 2 else value
+
+
+def _text_bytes(text: str) -> bytes:
+    value = text.encode("ascii", errors="replace")
+    return value + b" " if len(value) % 2 else value

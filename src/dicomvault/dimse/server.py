@@ -18,6 +18,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomvault.archive import Archive
+from dicomvault.dimse.direct_send import send_directly
 from dicomvault.dimse.qr_scp import FIND_SOP_CLASSES, ExtendedNegotiation, handle_find
 from dicomvault.dimse.retrieve_scp import (
     RETRIEVE_SOP_CLASSES,
@@ -104,7 +105,7 @@ class DimseServer:
             (evt.EVT_C_FIND, handle_find, [self.archive, self.negotiation]),
             (evt.EVT_SOP_EXTENDED, self.negotiation.handle),
             (evt.EVT_CONN_OPEN, _disable_nagle),
-            (evt.EVT_ACCEPTED, _log_accepted),
+            (evt.EVT_ACCEPTED, _on_accepted),
             (evt.EVT_REJECTED, _log_rejected),
             (evt.EVT_RELEASED, _log_released),
             (evt.EVT_ABORTED, _log_aborted),
@@ -174,8 +175,11 @@ def _handle_echo(event: Any) -> int:
     return 0x0000
 
 
-def _log_accepted(event: Any) -> None:
+def _on_accepted(event: Any) -> None:
     LOGGER.info("Association accepted from %s", _peer(event.assoc))
+    # Responses go straight to the socket, not through the DUL thread's queue,
+    # which it checks once a millisecond.
+    send_directly(event.assoc)
 
 
 def _log_rejected(event: Any) -> None:

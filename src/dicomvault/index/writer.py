@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
+import threading
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, delete, exists, select
+from sqlalchemy import Connection, Engine, Table, bindparam, delete, exists, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError, OperationalError
 
@@ -54,6 +56,12 @@ class IndexWriter:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._upserts: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+        # SQLite has one writer at a time. A thread that finds the database
+        # locked sleeps in SQLite's busy handler for 1 ms, then longer, so
+        # concurrent stores queue here instead and start as soon as it is free.
+        self._write_turn: AbstractContextManager[Any] = (
+            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+        )
 
     def instance_exists(self, sop_instance_uid: str) -> bool:
         """Return whether an instance with this SOP Instance UID is indexed."""
@@ -78,6 +86,7 @@ class IndexWriter:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             try:
                 with (
+                    self._write_turn,
                     self.engine.connect().execution_options(write=True) as connection,
                     connection.begin(),
                 ):
@@ -102,23 +111,13 @@ class IndexWriter:
         header = stored.header
         now = datetime.datetime.now(datetime.UTC)
 
-        existing = connection.execute(
-            select(instances.c.pk, instances.c.series_pk, instances.c.storage_key)
-            .where(instances.c.sop_instance_uid == header.sop_instance_uid)
-            .with_for_update()
-        ).first()
+        existing = connection.execute(_EXISTING_INSTANCE, {"uid": header.sop_instance_uid}).first()
         if existing is not None and not replace:
             raise DuplicateInstanceError(header.sop_instance_uid)
         old_series = connection.execute(
-            select(series.c.pk, series.c.study_pk).where(
-                series.c.series_instance_uid == header.series_instance_uid
-            )
+            _EXISTING_SERIES, {"uid": header.series_instance_uid}
         ).first()
-        old_study = connection.execute(
-            select(studies.c.pk, studies.c.patient_pk).where(
-                studies.c.study_instance_uid == header.study_instance_uid
-            )
-        ).first()
+        old_study = connection.execute(_EXISTING_STUDY, {"uid": header.study_instance_uid}).first()
 
         patient_pk = self._upsert(
             connection,
@@ -202,6 +201,20 @@ class IndexWriter:
             ).returning(table.c.pk)
             self._upserts[cache_key] = statement
         return statement
+
+
+# Lookups run for every stored instance; built once, with the UID bound at execution.
+_EXISTING_INSTANCE = (
+    select(instances.c.pk, instances.c.series_pk, instances.c.storage_key)
+    .where(instances.c.sop_instance_uid == bindparam("uid"))
+    .with_for_update()
+)
+_EXISTING_SERIES = select(series.c.pk, series.c.study_pk).where(
+    series.c.series_instance_uid == bindparam("uid")
+)
+_EXISTING_STUDY = select(studies.c.pk, studies.c.patient_pk).where(
+    studies.c.study_instance_uid == bindparam("uid")
+)
 
 
 def patient_key(header: InstanceHeader) -> str:
