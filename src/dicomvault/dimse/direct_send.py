@@ -16,6 +16,7 @@ machine in state Sta6 and changes no state, so the two threads stay in step.
 from __future__ import annotations
 
 import logging
+import socket
 import ssl
 import struct
 from collections.abc import Callable, Iterator
@@ -32,6 +33,7 @@ PDV_HEADER = struct.Struct(">IB")  # item length, presentation context ID
 # Bytes gathered before one write: large enough that the system call cost
 # vanishes, small enough to keep memory flat for any instance size.
 BATCH_BYTES = 256 * 1024
+QUICK_ACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 def send_directly(assoc: Any) -> Callable[[], None] | None:
@@ -46,8 +48,10 @@ def send_directly(assoc: Any) -> Callable[[], None] | None:
     provider = assoc.dimse
     original = provider.send_msg
 
+    quick_ack = _supports_quick_ack(sock)
+
     def send_msg(primitive: Any, context_id: int) -> None:
-        _send_message(assoc, sock, primitive, context_id)
+        _send_message(assoc, sock, primitive, context_id, quick_ack)
 
     provider.send_msg = send_msg
 
@@ -57,7 +61,7 @@ def send_directly(assoc: Any) -> Callable[[], None] | None:
     return restore
 
 
-def _send_message(assoc: Any, sock: Any, primitive: Any, context_id: int) -> None:
+def _send_message(assoc: Any, sock: Any, primitive: Any, context_id: int, quick_ack: bool) -> None:
     """Encode one DIMSE message as P-DATA-TF PDUs and write them.
 
     Raises
@@ -78,11 +82,27 @@ def _send_message(assoc: Any, sock: Any, primitive: Any, context_id: int) -> Non
     try:
         for batch in _batches(message.encode_msg(context_id, max_pdu)):
             sock.sendall(batch)
+        if quick_ack:
+            # Linux delays acknowledgements once a connection looks
+            # interactive, as it does after each response. A peer with
+            # Nagle's algorithm on then waits for them before sending the
+            # small pieces of its next message.
+            sock.setsockopt(socket.IPPROTO_TCP, QUICK_ACK, 1)
     except OSError:
         peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
         LOGGER.warning("Connection to %s closed while sending", peer.ae_title)
         assoc.dul.event_queue.put("Evt17")  # transport connection closed
         raise
+
+
+def _supports_quick_ack(sock: Any) -> bool:
+    if QUICK_ACK is None:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, QUICK_ACK, 1)
+    except OSError:  # not a TCP socket
+        return False
+    return True
 
 
 def _batches(primitives: Iterator[Any]) -> Iterator[bytes]:

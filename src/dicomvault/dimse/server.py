@@ -26,7 +26,7 @@ from dicomvault.dimse.retrieve_scp import (
     install_retrieve_service,
 )
 from dicomvault.dimse.storage_scp import handle_store
-from dicomvault.dimse.tcp import disable_nagle
+from dicomvault.dimse.tcp import disable_nagle, read_promptly
 
 LOGGER = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ class DimseServer:
             (evt.EVT_C_STORE, handle_store, [self.archive]),
             (evt.EVT_C_FIND, handle_find, [self.archive, self.negotiation]),
             (evt.EVT_SOP_EXTENDED, self.negotiation.handle),
-            (evt.EVT_CONN_OPEN, _disable_nagle),
+            (evt.EVT_CONN_OPEN, _tune_connection),
             (evt.EVT_ACCEPTED, _on_accepted),
             (evt.EVT_REJECTED, _log_rejected),
             (evt.EVT_RELEASED, _log_released),
@@ -157,8 +157,9 @@ class DimseServer:
         LOGGER.info("DIMSE service stopped")
 
 
-def _disable_nagle(event: Any) -> None:
+def _tune_connection(event: Any) -> None:
     disable_nagle(event.assoc)
+    read_promptly(event.assoc)
 
 
 def _established(server: Any) -> list[Any]:

@@ -32,6 +32,9 @@ PREAMBLE_AND_PREFIX = 132
 # (0002,0000) File Meta Information Group Length, explicit VR UL, length 4.
 GROUP_LENGTH_ELEMENT = b"\x02\x00\x00\x00UL\x04\x00"
 PAUSE_TIMEOUT_SECONDS = 10.0
+# pynetdicom's default is 1 ms; a retrieve keeps its DUL busy, so polling
+# faster costs little CPU and saves most of that wait per instance.
+RESPONSE_POLL_SECONDS = 0.0001
 
 
 class SendError(RuntimeError):
@@ -68,11 +71,16 @@ class StoreSender:
         self.assoc = assoc
         self._restore_send: Any = None
         self._paused = False
+        self._idle_delay = 0.001
 
     def __enter__(self) -> StoreSender:
         if self.assoc.is_requestor:
             self._pause_reactor()
         self._restore_send = send_directly(self.assoc)
+        # The DUL thread sleeps this long between looks at the socket when it
+        # has nothing to do; each C-STORE response waits for its next look.
+        self._idle_delay = self.assoc.dul._run_loop_delay
+        self.assoc.dul._run_loop_delay = RESPONSE_POLL_SECONDS
         return self
 
     def __exit__(
@@ -81,6 +89,7 @@ class StoreSender:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        self.assoc.dul._run_loop_delay = self._idle_delay
         if self._restore_send is not None:
             self._restore_send()
         if self._paused:
