@@ -17,6 +17,7 @@ from pydicom.dataset import Dataset
 
 from bench.clients import (
     find_association,
+    findscu,
     image_identifier,
     send_folders,
     split_into_folders,
@@ -43,9 +44,11 @@ class Query:
 
 @dataclasses.dataclass
 class QueryResult:
-    """Latencies in milliseconds, and the matches and status of the last response."""
+    """Latencies and client CPU times in ms, and the last response's matches and status."""
 
     latencies_ms: list[float]
+    client_cpu_ms: list[float]
+    findscu_ms: list[float]
     matches: int
     status: int
 
@@ -121,14 +124,30 @@ def measure_server(
 
 def _time_query(server: Server, query: Query, repeats: int) -> QueryResult:
     latencies = []
+    cpu_times = []
     with find_association(server.port, server.ae_title) as client:
         answer = client.find(query.identifier)
         for _ in range(repeats):
             answer = client.find(query.identifier)
             latencies.append(answer.seconds * MILLISECONDS_PER_SECOND)
+            cpu_times.append(answer.client_cpu_seconds * MILLISECONDS_PER_SECOND)
     if answer.status != 0x0000:
         raise ServerError(f"{server.name}: {query.label} ended with status 0x{answer.status:04X}")
-    return QueryResult(latencies, len(answer.matches), answer.status)
+
+    findscu_times = []
+    for _ in range(repeats):
+        seconds, matches = findscu(server.port, server.ae_title, query.identifier)
+        if matches != len(answer.matches):
+            raise ServerError(
+                f"{server.name}: {query.label} returned {matches} matches to findscu "
+                f"and {len(answer.matches)} to pynetdicom"
+            )
+        findscu_times.append(seconds * MILLISECONDS_PER_SECOND)
+    return QueryResult(latencies, cpu_times, findscu_times, len(answer.matches), answer.status)
+
+
+def _median(values: list[float]) -> str:
+    return f"{Sample(tuple(values)).median:.1f}"
 
 
 def run_find(work: Path, corpus: Corpus, repeats: int) -> dict[str, ServerFindResult]:
@@ -153,18 +172,24 @@ def find_tables(results: dict[str, ServerFindResult], corpus: Corpus, repeats: i
         f"median (min-max) of {repeats} queries",
         [
             "query",
+            "matches (Orthanc, dicomvault)",
             "Orthanc ms",
-            "Orthanc matches",
             "dicomvault ms",
-            "dicomvault matches",
             "dicomvault / Orthanc",
+            "findscu ms (Orthanc, dicomvault)",
+            "client CPU ms (Orthanc, dicomvault)",
         ],
         notes=[
             f"Index built by storescu over {PARALLEL_ASSOCIATIONS} parallel associations "
             f"({corpus.instances} instances in {len(corpus.series)} series, {pixels}), "
             "the same way for both servers.",
-            "One pynetdicom SCU with TCP_NODELAY; each query is sent on its own association, "
-            "once to warm up, then timed from the request to the final response.",
+            "Orthanc ms, dicomvault ms: one pynetdicom SCU with TCP_NODELAY; each query is sent "
+            "on its own association, once to warm up, then timed from the request to the final "
+            "response.",
+            "client CPU ms: median CPU time of the benchmark process (all threads) per timed "
+            "query; close to the latency, it means the pynetdicom client limits the measurement.",
+            "findscu ms: median wall time of a whole DCMTK findscu process per query (start, "
+            "association, query, release), a client that costs less per match.",
         ],
     )
     for label, orthanc_query in orthanc.queries.items():
@@ -174,11 +199,12 @@ def find_tables(results: dict[str, ServerFindResult], corpus: Corpus, repeats: i
         latency.rows.append(
             [
                 label,
+                f"{orthanc_query.matches}, {vault_query.matches}",
                 orthanc_ms.format(1),
-                str(orthanc_query.matches),
                 vault_ms.format(1),
-                str(vault_query.matches),
                 format_ratio(vault_ms, orthanc_ms),
+                f"{_median(orthanc_query.findscu_ms)}, {_median(vault_query.findscu_ms)}",
+                f"{_median(orthanc_query.client_cpu_ms)}, {_median(vault_query.client_cpu_ms)}",
             ]
         )
         if orthanc_query.matches != vault_query.matches:
