@@ -6,7 +6,7 @@ VENV_PYTHON := $(VENV)/bin/python
 # Extra options for `make serve`, for example: make serve ARGS='--port 11113 -v'
 ARGS ?=
 
-.PHONY: venv serve test lint bench-move
+.PHONY: venv serve test lint bench bench-move
 
 venv: $(VENV)/.installed
 
@@ -25,11 +25,19 @@ test: venv
 	$(VENV_PYTHON) -m pytest tests/
 
 lint: venv
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
 	$(VENV)/bin/mypy src
+	$(VENV)/bin/mypy bench
 
-# C-MOVE throughput beside Orthanc; results go to docs/benchmarks.md by hand.
+# Benchmarks beside DCMTK storescp and Orthanc (bench/run.py; root, for the
+# network namespace). The quick set by default, the 100,000-instance C-FIND
+# index with ARGS='--large'; the tables also go to bench/results/latest.md.
+bench: venv
+	bash tests/services.sh
+	bash bench/run.sh --markdown bench/results/latest.md $(ARGS)
+
+# The C-MOVE section alone.
 bench-move: venv
 	bash tests/services.sh
-	bash bench/run_move_bench.sh $(ARGS)
+	bash bench/run.sh --only move $(ARGS)

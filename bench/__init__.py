@@ -1,0 +1,1 @@
+"""Benchmarks of dicomvault beside DCMTK storescp and Orthanc; run them with bench/run.sh."""
