@@ -15,6 +15,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomvault.config import Settings
+from dicomvault.dicom.attributes import Level
 from dicomvault.dicom.header import (
     InvalidDatasetError,
     describe_instance,
@@ -23,9 +24,11 @@ from dicomvault.dicom.header import (
 )
 from dicomvault.dicom.matching import Query
 from dicomvault.events import EventBus, InstanceRejected, InstanceStored
+from dicomvault.index.removal import remove_from_index
 from dicomvault.index.search import IndexSearch, SearchResult
 from dicomvault.index.writer import DuplicateInstanceError, IndexWriter, StoredInstance
 from dicomvault.storage.base import Storage, StorageError, StorageFullError
+from dicomvault.storage.in_place import is_in_place_key
 
 LOGGER = logging.getLogger(__name__)
 
@@ -36,6 +39,7 @@ __all__ = [
     "IndexUnavailableError",
     "InstanceMismatchError",
     "InvalidDatasetError",
+    "RemovalResult",
     "StorageError",
     "StorageFullError",
     "StoreResult",
@@ -68,6 +72,20 @@ class StoreResult:
     replaced: bool
     warnings: tuple[str, ...] = ()
     sop_class_mismatch: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RemovalResult:
+    """The outcome of a removal from the index.
+
+    ``removed`` lists the SOP Instance UIDs removed; ``deleted_files`` counts
+    the stored files deleted, and ``kept_in_place`` the in-place files left
+    where they are.
+    """
+
+    removed: tuple[str, ...]
+    deleted_files: int
+    kept_in_place: int
 
 
 class Archive:
@@ -211,6 +229,33 @@ class Archive:
             raise IndexUnavailableError(
                 f"Cannot check whether {sop_instance_uid} exists: the index database failed"
             ) from exc
+
+    def remove(self, level: Level, uid: str, delete_files: bool = False) -> RemovalResult:
+        """Remove a study, series or instance from the index, and optionally its files.
+
+        Only files in the archive's storage (received or imported) are
+        deleted, after the index transaction has committed. Files indexed in
+        place are never deleted.
+
+        Raises
+        ------
+        ValueError
+            If ``level`` is PATIENT.
+        IndexUnavailableError
+            If the index database fails; nothing is removed then.
+        """
+        try:
+            removed = remove_from_index(self.engine, level, uid)
+        except SQLAlchemyError as exc:
+            raise IndexUnavailableError(f"Cannot remove {uid}: the index database failed") from exc
+        deleted = kept = 0
+        for item in removed:
+            if is_in_place_key(item.storage_key):
+                kept += 1
+            elif delete_files:
+                self.storage.delete(item.storage_key)
+                deleted += 1
+        return RemovalResult(tuple(item.sop_instance_uid for item in removed), deleted, kept)
 
     def search(self, query: Query) -> Iterator[SearchResult]:
         """Yield the index entries matching ``query``; see :class:`IndexSearch`.

@@ -1,4 +1,4 @@
-"""The ``dicomvault`` command line: serve, config, node."""
+"""The ``dicomvault`` command line: serve, config, node, index, remove, tasks."""
 
 from __future__ import annotations
 
@@ -10,21 +10,37 @@ from types import FrameType
 from typing import Annotated, Any
 
 import typer
+from sqlalchemy.exc import SQLAlchemyError
 
 from dicomvault import __version__
-from dicomvault.archive import Archive
+from dicomvault.archive import Archive, IndexUnavailableError
 from dicomvault.config import ConfigError, Settings, describe_settings, load_settings
+from dicomvault.dicom.attributes import Level
 from dicomvault.dimse.echo_scu import echo
 from dicomvault.dimse.server import DimseServer
 from dicomvault.events import log_store_events
 from dicomvault.index.database import DatabaseError, open_index_engine
 from dicomvault.index.nodes import NodeExistsError, NodeNotFoundError, NodeRegistry
+from dicomvault.index.tasks import TaskNotFoundError, TaskStore
+from dicomvault.ingest.indexer import IngestContext
+from dicomvault.ingest.manager import TaskManager
+from dicomvault.ingest.pool import ReaderPool
+from dicomvault.ingest.progress import ProgressBar, summarize
+from dicomvault.ingest.reader import Mode
+from dicomvault.ingest.roots import PathNotAllowedError, resolve_folder
+from dicomvault.ingest.runner import run_index_task
+from dicomvault.ingest.watch import FolderWatcher
 from dicomvault.logging_setup import configure_logging
 from dicomvault.nodes import make_node
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.lock import DataDirInUseError, lock_data_dir
+from dicomvault.web.app import create_app
+from dicomvault.web.server import HttpServer
 
 LOGGER = logging.getLogger(__name__)
+
+# A stop waits this long for indexing tasks and watched folders to finish their batch.
+INGEST_STOP_SECONDS = 15.0
 
 app = typer.Typer(
     name="dicomvault",
@@ -60,6 +76,7 @@ def _common_overrides(
     port: str | None,
     host: str | None,
     index_url: str | None,
+    http_port: str | None = None,
 ) -> dict[str, Any]:
     """Map the options that serve and config share to their settings."""
     return {
@@ -68,6 +85,7 @@ def _common_overrides(
         "dimse.port": port,
         "dimse.host": host,
         "index.url": index_url,
+        "http.port": http_port,
     }
 
 
@@ -105,6 +123,10 @@ def serve(
             "--index-url", help="Database URL, e.g. postgresql://user:pw@host/db [index.url]."
         ),
     ] = None,
+    http_port: Annotated[
+        str | None,
+        typer.Option("--http-port", help="TCP port of the HTTP API; 0 turns it off [http.port]."),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("-v", "--verbose", help="Log at DEBUG level [logging.level].")
     ] = False,
@@ -113,14 +135,14 @@ def serve(
         typer.Option("--log-format", help="Log line format: text or json [logging.format]."),
     ] = None,
 ) -> None:
-    """Start the archive: DIMSE C-ECHO, C-STORE and C-FIND SCPs.
+    """Start the archive: the DIMSE services, the HTTP API and the watched folders.
 
     Runs until SIGTERM or Ctrl-C, then finishes the associations in flight.
     """
     settings = _settings(
         config,
         {
-            **_common_overrides(data_dir, ae_title, port, host, index_url),
+            **_common_overrides(data_dir, ae_title, port, host, index_url, http_port),
             "logging.level": "DEBUG" if verbose else None,
             "logging.format": log_format,
         },
@@ -168,6 +190,15 @@ def run_server(settings: Settings) -> int:
         engine.dispose()
         return 1
 
+    try:
+        watched = [
+            resolve_folder(path, settings.import_roots) for path in settings.ingest.watch_folders
+        ]
+    except PathNotAllowedError as exc:
+        LOGGER.error("Cannot watch a folder of [ingest] watch_folders: %s", exc)
+        engine.dispose()
+        return 1
+
     archive = Archive(settings, engine, storage)
     log_store_events(archive.events)
     server = DimseServer(archive)
@@ -182,6 +213,30 @@ def run_server(settings: Settings) -> int:
         )
         engine.dispose()
         return 1
+
+    manager = TaskManager(
+        IngestContext(
+            settings, engine, storage, ReaderPool(settings.ingest.workers), archive.writer
+        )
+    )
+    manager.start()
+    http = None
+    if settings.http.port:
+        http = HttpServer(create_app(manager), settings.http.host, settings.http.port)
+        try:
+            http.start()
+        except OSError as exc:
+            LOGGER.error(
+                "Cannot listen on %s:%d for HTTP: %s; choose another port with --http-port",
+                settings.http.host,
+                settings.http.port,
+                exc.strerror or exc,
+            )
+            manager.stop(INGEST_STOP_SECONDS)
+            server.stop()
+            engine.dispose()
+            return 1
+    manager.watch(watched)
     LOGGER.info(
         "dicomvault %s serving; data in %s, index %s, storage %s",
         __version__,
@@ -192,6 +247,9 @@ def run_server(settings: Settings) -> int:
 
     while not stop.wait(1.0):
         pass
+    if http is not None:
+        http.stop()
+    manager.stop(INGEST_STOP_SECONDS)
     server.stop()
     engine.dispose()
     lock.close()
@@ -206,12 +264,15 @@ def show_config(
     port: Annotated[str | None, typer.Option("--port", help="As for serve.")] = None,
     host: Annotated[str | None, typer.Option("--host", help="As for serve.")] = None,
     index_url: Annotated[str | None, typer.Option("--index-url", help="As for serve.")] = None,
+    http_port: Annotated[str | None, typer.Option("--http-port", help="As for serve.")] = None,
 ) -> None:
     """Print the effective settings and where each value comes from (secrets masked).
 
     Takes the options of serve, to show what serve would use with them.
     """
-    settings = _settings(config, _common_overrides(data_dir, ae_title, port, host, index_url))
+    settings = _settings(
+        config, _common_overrides(data_dir, ae_title, port, host, index_url, http_port)
+    )
     rows = describe_settings(settings)
     width = max(len(name) for name, _, _ in rows)
     for name, value, source in rows:
@@ -338,6 +399,244 @@ def node_echo(
             code=1,
         )
     typer.echo(f"C-ECHO to {node.describe()} succeeded in {result.seconds * 1000:.1f} ms")
+
+
+# --- indexing files on disk ----------------------------------------------------------------
+
+REPORT_LINES = 100  # files listed in the summary of `dicomvault index`
+
+
+def _ingest_context(settings: Settings) -> IngestContext:
+    """Open the index and storage for an indexing command, or exit with a message."""
+    try:
+        engine = open_index_engine(settings.index_url)
+    except DatabaseError as exc:
+        raise _fail(str(exc), code=1) from None
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        storage = FilesystemStorage(settings.data_dir / "storage")
+    except OSError as exc:
+        engine.dispose()
+        raise _fail(
+            f"Cannot use data directory {settings.data_dir}: {exc.strerror or exc}", 1
+        ) from None
+    return IngestContext(settings, engine, storage, ReaderPool(settings.ingest.workers))
+
+
+@app.command("index")
+def index_command(
+    path: Annotated[str, typer.Argument(help="Folder to index; must be under an import root.")],
+    import_files: Annotated[
+        bool,
+        typer.Option(
+            "--import",
+            help="Copy each file into the archive's storage instead of indexing it in place.",
+        ),
+    ] = False,
+    prune: Annotated[
+        bool,
+        typer.Option("--prune", help="Remove index entries of in-place files that are gone."),
+    ] = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch", help="Keep indexing files as they arrive, until Ctrl-C or SIGTERM."
+        ),
+    ] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log at DEBUG level.")] = False,
+) -> None:
+    """Index the DICOM files of a folder and its subfolders, in place or by import.
+
+    Unchanged files indexed before are skipped. Files that cannot be indexed
+    are listed with the reason; the task goes on without them.
+    """
+    settings = _settings(config, {"storage.data_dir": data_dir, "index.url": index_url})
+    configure_logging("DEBUG" if verbose else "WARNING", settings.logging.format)
+    try:
+        folder = resolve_folder(path, settings.import_roots)
+    except PathNotAllowedError as exc:
+        raise _fail(str(exc)) from None
+    if watch and prune:
+        raise _fail("--prune cannot be combined with --watch; prune with a one-time task")
+    mode = Mode.IMPORT if import_files else Mode.IN_PLACE
+
+    context = _ingest_context(settings)
+    try:
+        context.tasks.mark_interrupted()
+        if watch:
+            code = _watch_folder(context, folder, mode)
+        else:
+            code = _index_folder(context, folder, mode, prune)
+    except SQLAlchemyError as exc:
+        raise _fail(f"The index database failed: {exc}", code=1) from None
+    finally:
+        context.pool.close()
+        context.engine.dispose()
+    raise typer.Exit(code)
+
+
+def _index_folder(context: IngestContext, folder: Path, mode: Mode, prune: bool) -> int:
+    cancel = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        typer.echo(f"Received {signal.Signals(signum).name}; cancelling", err=True)
+        cancel.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    task_id = context.tasks.create("index", str(folder), str(mode), prune)
+    with ProgressBar(f"Task {task_id}") as bar:
+        record = run_index_task(context, task_id, folder, mode, prune, cancel, bar.update)
+    files = context.tasks.files(task_id, REPORT_LINES)
+    for line in summarize(record, files, context.tasks.count_files(task_id)):
+        typer.echo(line)
+    return {"completed": 0, "cancelled": 130}.get(record.status, 1)
+
+
+def _watch_folder(context: IngestContext, folder: Path, mode: Mode) -> int:
+    watcher = FolderWatcher(context, folder, mode)
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        typer.echo(f"Received {signal.Signals(signum).name}; stopping", err=True)
+        watcher.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    typer.echo(f"Watching {folder} as task {watcher.task_id}; stop with Ctrl-C", err=True)
+    watcher.run()
+    record = context.tasks.get(watcher.task_id)
+    assert record is not None
+    files = context.tasks.files(watcher.task_id, REPORT_LINES)
+    for line in summarize(record, files, context.tasks.count_files(watcher.task_id)):
+        typer.echo(line)
+    return 0
+
+
+@app.command("remove")
+def remove_command(
+    study: Annotated[
+        str | None, typer.Option("--study", help="Study Instance UID of the study to remove.")
+    ] = None,
+    series: Annotated[
+        str | None, typer.Option("--series", help="Series Instance UID of the series to remove.")
+    ] = None,
+    instance: Annotated[
+        str | None, typer.Option("--instance", help="SOP Instance UID of the instance to remove.")
+    ] = None,
+    delete_files: Annotated[
+        bool,
+        typer.Option(
+            "--delete-files",
+            help="Also delete the files in the archive's storage (never in-place files).",
+        ),
+    ] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """Remove a study, series or instance from the index."""
+    given = [
+        (level, uid)
+        for level, uid in ((Level.STUDY, study), (Level.SERIES, series), (Level.IMAGE, instance))
+        if uid
+    ]
+    if len(given) != 1:
+        raise _fail("Give exactly one of --study, --series and --instance")
+    level, uid = given[0]
+    settings = _settings(config, {"storage.data_dir": data_dir, "index.url": index_url})
+    configure_logging("WARNING", settings.logging.format)
+    context = _ingest_context(settings)
+    archive = Archive(settings, context.engine, context.storage)
+    try:
+        result = archive.remove(level, uid.strip(), delete_files)
+    except IndexUnavailableError as exc:
+        raise _fail(str(exc), code=1) from None
+    finally:
+        context.engine.dispose()
+    what = {Level.STUDY: "study", Level.SERIES: "series", Level.IMAGE: "instance"}[level]
+    if not result.removed:
+        raise _fail(f"No {what} with UID {uid} is indexed", code=1)
+    typer.echo(
+        f"Removed {len(result.removed)} instances of {what} {uid} from the index; "
+        f"{result.deleted_files} stored files deleted, "
+        f"{result.kept_in_place} in-place files left where they are"
+    )
+
+
+tasks_app = typer.Typer(help="List, show and cancel indexing tasks.", no_args_is_help=True)
+app.add_typer(tasks_app, name="tasks")
+
+
+def _task_store(config: Path | None, data_dir: str | None, index_url: str | None) -> TaskStore:
+    settings = _settings(config, {"storage.data_dir": data_dir, "index.url": index_url})
+    configure_logging("WARNING", settings.logging.format)
+    try:
+        return TaskStore(open_index_engine(settings.index_url))
+    except DatabaseError as exc:
+        raise _fail(str(exc), code=1) from None
+
+
+@tasks_app.command("list")
+def tasks_list(
+    limit: Annotated[int, typer.Option("--limit", help="Number of tasks, newest first.")] = 20,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """List the newest indexing tasks with their counts."""
+    store = _task_store(config, data_dir, index_url)
+    records = store.list(limit)
+    if not records:
+        typer.echo("No indexing tasks yet; start one with 'dicomvault index FOLDER'")
+        return
+    for record in records:
+        counts = record.counts
+        typer.echo(
+            f"{record.id:>5}  {record.status:<11} {record.kind:<5} {record.mode:<8} "
+            f"found {counts.found}, indexed {counts.indexed}, skipped {counts.skipped}, "
+            f"failed {counts.failed}  {record.path}"
+        )
+
+
+@tasks_app.command("show")
+def tasks_show(
+    task_id: Annotated[int, typer.Argument(help="Task id, as 'dicomvault tasks list' shows.")],
+    show_all: Annotated[bool, typer.Option("--all", help="List every file not indexed.")] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """Show one task's counts and the files it did not index, with the reasons."""
+    store = _task_store(config, data_dir, index_url)
+    record = store.get(task_id)
+    if record is None:
+        raise _fail(f"No indexing task has id {task_id}; 'dicomvault tasks list' shows them", 1)
+    files = store.files(task_id, None if show_all else REPORT_LINES)
+    for line in summarize(record, files, store.count_files(task_id)):
+        typer.echo(line)
+
+
+@tasks_app.command("cancel")
+def tasks_cancel(
+    task_id: Annotated[int, typer.Argument(help="Task id, as 'dicomvault tasks list' shows.")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """Ask a queued or running task to stop, also one run by another process."""
+    store = _task_store(config, data_dir, index_url)
+    try:
+        record = store.request_cancel(task_id)
+    except TaskNotFoundError:
+        raise _fail(
+            f"No indexing task has id {task_id}; 'dicomvault tasks list' shows them", 1
+        ) from None
+    if record.finished_at is not None and record.status != "cancelled":
+        raise _fail(f"Task {task_id} has already finished: {record.status}", 1)
+    typer.echo(f"Cancellation of task {task_id} requested")
 
 
 def main() -> None:

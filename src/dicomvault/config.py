@@ -124,6 +124,20 @@ def _parse_path(value: Any) -> str:
     return text
 
 
+def _parse_path_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        # Environment variables separate paths with ':', as PATH does.
+        items = [item.strip() for item in value.split(os.pathsep) if item.strip()]
+    elif isinstance(value, list):
+        items = [str(item).strip() for item in value]
+    else:
+        raise ValueError(f"must be a list of paths, got {value!r}")
+    for item in items:
+        if not item:
+            raise ValueError("must not contain an empty path")
+    return items
+
+
 def _parse_log_level(value: Any) -> str:
     text = str(value).strip().upper()
     if text not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -248,6 +262,63 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         "match Person Name (PN) values without regard to case",
     ),
     SettingDefinition(
+        "ingest",
+        "import_roots",
+        _parse_path_list,
+        [],
+        "folders under which 'dicomvault index' and the HTTP API may index files; "
+        "empty allows none",
+    ),
+    SettingDefinition(
+        "ingest",
+        "watch_folders",
+        _parse_path_list,
+        [],
+        "folders that 'dicomvault serve' watches and indexes in place as files arrive",
+    ),
+    SettingDefinition(
+        "ingest",
+        "workers",
+        _parse_int_range(0, 256),
+        0,
+        "header parsing processes of an indexing task; 0 uses one per CPU core",
+    ),
+    SettingDefinition(
+        "ingest",
+        "batch_size",
+        _parse_int_range(1, 100_000),
+        500,
+        "maximum number of files indexed in one database transaction",
+    ),
+    SettingDefinition(
+        "ingest",
+        "settle_seconds",
+        _parse_float_range(0, 3600),
+        2.0,
+        "seconds a file's size and modification time must stay unchanged before it is read",
+    ),
+    SettingDefinition(
+        "ingest",
+        "watch_interval",
+        _parse_float_range(0.1, 3600),
+        2.0,
+        "seconds between two scans of a watched folder",
+    ),
+    SettingDefinition(
+        "http",
+        "host",
+        _parse_host,
+        "127.0.0.1",
+        "IP address the HTTP API listens on",
+    ),
+    SettingDefinition(
+        "http",
+        "port",
+        _parse_int_range(0, 65535),
+        8080,
+        "TCP port of the HTTP API; 0 turns the HTTP API off",
+    ),
+    SettingDefinition(
         "logging", "level", _parse_log_level, "INFO", "log level: DEBUG, INFO, WARNING or ERROR"
     ),
     SettingDefinition(
@@ -298,6 +369,26 @@ class QuerySettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class IngestSettings:
+    """Settings of bulk indexing and watched folders."""
+
+    import_roots: list[str]
+    watch_folders: list[str]
+    workers: int
+    batch_size: int
+    settle_seconds: float
+    watch_interval: float
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpSettings:
+    """Settings of the HTTP API."""
+
+    host: str
+    port: int
+
+
+@dataclasses.dataclass(frozen=True)
 class LoggingSettings:
     """Settings of log output."""
 
@@ -313,6 +404,8 @@ class Settings:
     storage: StorageSettings
     index: IndexSettings
     query: QuerySettings
+    ingest: IngestSettings
+    http: HttpSettings
     logging: LoggingSettings
     sources: Mapping[str, str]
     nodes: tuple[RemoteNode, ...] = ()
@@ -328,6 +421,11 @@ class Settings:
         if self.index.url:
             return self.index.url
         return f"sqlite:///{self.data_dir / 'index.sqlite'}"
+
+    @property
+    def import_roots(self) -> list[Path]:
+        """The import roots as absolute paths with symbolic links resolved."""
+        return [Path(root).expanduser().resolve() for root in self.ingest.import_roots]
 
 
 def load_settings(
@@ -390,6 +488,8 @@ def load_settings(
         storage=section("storage", StorageSettings),
         index=section("index", IndexSettings),
         query=section("query", QuerySettings),
+        ingest=section("ingest", IngestSettings),
+        http=section("http", HttpSettings),
         logging=section("logging", LoggingSettings),
         sources=sources,
         nodes=nodes,
@@ -408,11 +508,20 @@ def _reject_unknown_variables(env: Mapping[str, str]) -> None:
 
 
 def _resolve_relative_paths(file_values: dict[str, Any], base: Path) -> None:
-    # A relative data_dir in the file is relative to the file, not to the
+    # A relative path in the file is relative to the file, not to the
     # working directory of whatever starts the server.
     data_dir = file_values.get("storage.data_dir")
     if isinstance(data_dir, str) and data_dir and not Path(data_dir).expanduser().is_absolute():
         file_values["storage.data_dir"] = str(base.resolve() / data_dir)
+    for name in ("ingest.import_roots", "ingest.watch_folders"):
+        paths = file_values.get(name)
+        if isinstance(paths, list):
+            file_values[name] = [
+                str(base.resolve() / item)
+                if isinstance(item, str) and item and not Path(item).expanduser().is_absolute()
+                else item
+                for item in paths
+            ]
 
 
 def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:

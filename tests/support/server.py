@@ -71,6 +71,7 @@ class DicomvaultServer:
         self.ae_title = ae_title
         self.data_dir = data_dir if data_dir is not None else workdir / "data"
         self.port = port if port is not None else free_port()
+        self.http_port = free_port()
         self.log_path = workdir / "server.log"
         self.config_path: Path | None = None
         if config is not None:
@@ -97,6 +98,8 @@ class DicomvaultServer:
             self.ae_title,
             "--host",
             LOOPBACK,
+            "--http-port",
+            str(self.http_port),
         ]
         if self.index_url:
             command += ["--index-url", self.index_url]

@@ -447,3 +447,53 @@ class TestRelativeDataDir:
         settings = load_settings(environ={}, overrides={"storage.data_dir": "archive"})
 
         assert settings.data_dir == (Path.cwd() / "archive").resolve()
+
+
+class TestIngestSettings:
+    def test_defaults(self) -> None:
+        settings = load_settings(environ={})
+
+        assert settings.ingest.import_roots == []
+        assert settings.ingest.workers == 0
+        assert settings.ingest.batch_size == 500
+        assert (settings.http.host, settings.http.port) == ("127.0.0.1", 8080)
+
+    def test_roots_from_environment(self, tmp_path: Path) -> None:
+        environ = {"DICOMVAULT_INGEST_IMPORT_ROOTS": f"{tmp_path}/a:{tmp_path}/b"}
+
+        settings = load_settings(environ=environ)
+
+        assert settings.import_roots == [tmp_path / "a", tmp_path / "b"]
+
+    def test_roots_relative_to_config_file(self, tmp_path: Path) -> None:
+        config = write_config(
+            tmp_path, '[ingest]\nimport_roots = ["import", "/srv/other"]\nwatch_folders = ["in"]\n'
+        )
+
+        settings = load_settings(config, environ={})
+
+        assert settings.ingest.import_roots == [str(tmp_path / "import"), "/srv/other"]
+        assert settings.ingest.watch_folders == [str(tmp_path / "in")]
+
+    def test_roots_resolve_links(self, tmp_path: Path) -> None:
+        (tmp_path / "real").mkdir()
+        (tmp_path / "link").symlink_to(tmp_path / "real")
+
+        settings = load_settings(environ={"DICOMVAULT_INGEST_IMPORT_ROOTS": str(tmp_path / "link")})
+
+        assert settings.import_roots == [(tmp_path / "real").resolve()]
+
+    def test_roots_not_a_list(self, tmp_path: Path) -> None:
+        config = write_config(tmp_path, "[ingest]\nimport_roots = 3\n")
+
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(config, environ={})
+
+        assert str(excinfo.value) == (
+            f"Invalid setting 'ingest.import_roots' (file {config}): must be a list of paths, got 3"
+        )
+
+    def test_http_port_zero_allowed(self) -> None:
+        settings = load_settings(environ={"DICOMVAULT_HTTP_PORT": "0"})
+
+        assert settings.http.port == 0

@@ -13,6 +13,7 @@ import pytest
 
 from dicomvault.storage import StorageError, StorageFullError
 from dicomvault.storage.filesystem import TEMP_DIR_NAME, FilesystemStorage
+from dicomvault.storage.in_place import in_place_key, in_place_path, is_in_place_key
 
 KEY = "ab/cd/abcdef.dcm"
 
@@ -251,3 +252,46 @@ class TestTemporaryFiles:
         self.make_temporary(storage, "a.part")
         storage.remove_temporary_files()
         assert caplog.messages == [f"Removed 1 temporary files left in {storage.temp_dir}"]
+
+
+class TestInPlaceKeys:
+    def test_path_is_the_file(self, storage: FilesystemStorage, tmp_path: Path) -> None:
+        source = tmp_path / "elsewhere" / "a.dcm"
+
+        assert storage.path_for(in_place_key(source)) == source
+
+    def test_delete_leaves_file(self, storage: FilesystemStorage, tmp_path: Path) -> None:
+        source = tmp_path / "a.dcm"
+        source.write_bytes(b"data")
+
+        storage.delete(in_place_key(source))
+
+        assert source.read_bytes() == b"data"
+
+    def test_put_rejected(self, storage: FilesystemStorage, tmp_path: Path) -> None:
+        source = tmp_path / "a.dcm"
+        source.write_bytes(b"data")
+
+        with pytest.raises(ValueError, match="in-place files are never modified"):
+            storage.put(in_place_key(source), [b"other"])
+
+        assert source.read_bytes() == b"data"
+
+    def test_open_and_exists(self, storage: FilesystemStorage, tmp_path: Path) -> None:
+        source = tmp_path / "a.dcm"
+        source.write_bytes(b"data")
+
+        with storage.open(in_place_key(source)) as file:
+            assert file.read() == b"data"
+        assert storage.exists(in_place_key(source))
+        assert not storage.exists(in_place_key(tmp_path / "missing.dcm"))
+
+    def test_relative_path_rejected(self) -> None:
+        with pytest.raises(ValueError, match="needs an absolute path"):
+            in_place_key("relative/a.dcm")
+        with pytest.raises(ValueError, match="the path must be absolute"):
+            in_place_path("inplace:relative/a.dcm")
+
+    def test_stored_key_not_in_place(self) -> None:
+        assert in_place_path(KEY) is None
+        assert not is_in_place_key(KEY)

@@ -51,7 +51,15 @@ from tests.support.datasets import (
     new_uid,
 )
 
-INDEX_TABLES = {"patients", "studies", "series", "instances"}
+INDEX_TABLES = {
+    "patients",
+    "studies",
+    "series",
+    "instances",
+    "indexed_files",
+    "ingest_tasks",
+    "ingest_task_files",
+}
 CASE_SENSITIVE = MatchOptions(person_name_case_insensitive=False)
 
 
@@ -183,7 +191,7 @@ class TestMigrate:
         migrate(index_engine)
         with index_engine.connect() as connection:
             version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        assert version == "0002"
+        assert version == "0003"
 
     def test_idempotent(self, index_engine: Engine) -> None:
         migrate(index_engine)

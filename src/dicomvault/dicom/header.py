@@ -38,7 +38,22 @@ class InvalidDatasetError(ValueError):
 
 
 class MissingAttributeError(InvalidDatasetError):
-    """The dataset lacks an attribute the archive needs to store it."""
+    """The dataset lacks an attribute the archive needs to store it.
+
+    ``attribute`` names it with its tag, such as "SOP Instance UID (0008,0018)".
+    """
+
+    def __init__(self, message: str, attribute: str = "") -> None:
+        super().__init__(message)
+        self.attribute = attribute
+
+
+class EncodedJSON(str):
+    """A DICOM JSON object already encoded as text; the index stores it unchanged.
+
+    Worker processes of an indexing task encode headers themselves, so that
+    the process writing the index neither receives nor encodes Python objects.
+    """
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +71,7 @@ class InstanceHeader:
         multiple values are joined with backslashes.
     specific_character_set : str
         The dataset's Specific Character Set, backslash-joined.
-    header_json : dict
+    header_json : dict or EncodedJSON
         The whole header as DICOM JSON without pixel data; other binary values
         larger than ``BULK_DATA_THRESHOLD`` are replaced by a BulkDataURI.
     """
@@ -68,7 +83,7 @@ class InstanceHeader:
     transfer_syntax_uid: str
     values: dict[str, str]
     specific_character_set: str
-    header_json: dict[str, Any]
+    header_json: dict[str, Any] | EncodedJSON
 
     def level_values(self, level: Level) -> dict[str, str]:
         """Return the column values of one level, by column name."""
@@ -238,7 +253,8 @@ def describe_instance(ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
         value = str(ds.get(keyword, "") or "").strip(" \x00")
         if not value:
             raise MissingAttributeError(
-                f"The dataset has no {_spaced(keyword)} {tag}; the sender must include it"
+                f"The dataset has no {_spaced(keyword)} {tag}; the sender must include it",
+                attribute=f"{_spaced(keyword)} {tag}",
             )
         uids[keyword] = value
 

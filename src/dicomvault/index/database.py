@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from dicomvault.config import mask_url_password
+from dicomvault.dicom.header import EncodedJSON
 
 LOGGER = logging.getLogger(__name__)
 
@@ -59,15 +61,29 @@ def create_index_engine(url: str) -> Engine:
             url,
             connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
             poolclass=NullPool if parsed.database in (None, "", ":memory:") else None,
+            json_serializer=serialize_json,
         )
         _configure_sqlite(engine)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+        return create_engine(
+            url,
+            pool_size=10,
+            max_overflow=40,
+            pool_pre_ping=True,
+            json_serializer=serialize_json,
+        )
     raise DatabaseError(
         f"Unsupported index database '{parsed.get_backend_name()}': use sqlite:///PATH or "
         "postgresql://USER:PASSWORD@HOST/DATABASE"
     )
+
+
+def serialize_json(value: Any) -> str:
+    """Encode a value for a JSON column; :class:`EncodedJSON` text is stored as it is."""
+    if isinstance(value, EncodedJSON):
+        return str(value)
+    return json.dumps(value)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -125,10 +125,70 @@ nodes = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+# Files indexed from folders (in place or imported), so that a re-run skips
+# unchanged files. ``outcome`` is "indexed", "failed" or "ignored" (DICOMDIR).
+indexed_files = Table(
+    "indexed_files",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("path", Text, nullable=False, unique=True),
+    Column("size", BigInteger, nullable=False),
+    Column("mtime_ns", BigInteger, nullable=False),
+    Column("mode", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("sop_instance_uid", Text, nullable=False, default=""),
+    Column("storage_key", Text, nullable=False, default=""),
+    Column("reason", Text, nullable=False, default=""),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_indexed_files_sop_instance_uid", "sop_instance_uid"),
+)
+
+# Indexing tasks with their progress counts; ``owner`` is "host:pid" of the
+# process that runs the task.
+ingest_tasks = Table(
+    "ingest_tasks",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("kind", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("mode", Text, nullable=False),
+    Column("prune", Boolean, nullable=False, default=False),
+    Column("status", Text, nullable=False),
+    Column("cancel_requested", Boolean, nullable=False, default=False),
+    Column("files_found", BigInteger, nullable=False, default=0),
+    Column("files_indexed", BigInteger, nullable=False, default=0),
+    Column("files_skipped", BigInteger, nullable=False, default=0),
+    Column("files_failed", BigInteger, nullable=False, default=0),
+    Column("files_ignored", BigInteger, nullable=False, default=0),
+    Column("files_pending", BigInteger, nullable=False, default=0),
+    Column("files_pruned", BigInteger, nullable=False, default=0),
+    Column("message", Text, nullable=False, default=""),
+    Column("owner", Text, nullable=False, default=""),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=True),
+    Column("finished_at", DateTime(timezone=True), nullable=True),
+    Index("ix_ingest_tasks_status", "status"),
+)
+
+# Files of a task that were not indexed: failed (with the reason) or ignored.
+ingest_task_files = Table(
+    "ingest_task_files",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("task_pk", Integer, ForeignKey("ingest_tasks.pk", ondelete="CASCADE"), nullable=False),
+    Column("path", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Index("ix_ingest_task_files_task_pk", "task_pk"),
+)
+
 TABLES = {
     "patients": patients,
     "studies": studies,
     "series": series,
     "instances": instances,
     "nodes": nodes,
+    "indexed_files": indexed_files,
+    "ingest_tasks": ingest_tasks,
+    "ingest_task_files": ingest_task_files,
 }

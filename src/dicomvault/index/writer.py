@@ -1,4 +1,4 @@
-"""Write instances into the index: one short transaction per stored instance."""
+"""Write instances into the index: one short transaction per stored instance, or per batch."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import logging
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -104,6 +105,193 @@ class IndexWriter:
                     raise
                 LOGGER.debug("Retrying index of %s: %s", stored.header.sop_instance_uid, exc.orig)
         raise AssertionError("unreachable")
+
+    def add_instances(
+        self,
+        stored: Sequence[StoredInstance],
+        replace: bool = True,
+        also: Callable[[Connection, list[IndexOutcome | None]], None] | None = None,
+    ) -> list[IndexOutcome | None]:
+        """Index many instances whose files are durable, in one transaction.
+
+        Each instance is indexed by the rules of :meth:`add_instance`, in
+        order, so a later instance with the same SOP Instance UID replaces an
+        earlier one. One transaction for many instances is what makes bulk
+        indexing fast: each commit waits for the disk.
+
+        Parameters
+        ----------
+        stored : sequence of StoredInstance
+            The instances to index.
+        replace : bool
+            Whether an indexed SOP Instance UID is replaced; when False, its
+            outcome is None and nothing of it is written.
+        also : callable, optional
+            Called with the connection and the outcomes before the commit, to
+            write more rows in the same transaction.
+
+        Returns
+        -------
+        list of IndexOutcome or None
+            One outcome per instance, in order.
+
+        Raises
+        ------
+        sqlalchemy.exc.SQLAlchemyError
+            If the database fails after the retries for concurrent writers;
+            nothing of the batch is then written.
+        """
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                with (
+                    self._write_turn,
+                    self.engine.connect().execution_options(write=True) as connection,
+                    connection.begin(),
+                ):
+                    outcomes = self._add_batch(connection, stored, replace)
+                    if also is not None:
+                        also(connection, outcomes)
+                    return outcomes
+            except IntegrityError:
+                if attempt == MAX_ATTEMPTS:
+                    raise
+                LOGGER.debug(
+                    "Retrying a batch of %d instances after a concurrent insert", len(stored)
+                )
+            except OperationalError as exc:
+                if attempt == MAX_ATTEMPTS or not _is_transient(exc):
+                    raise
+                LOGGER.debug("Retrying a batch of %d instances: %s", len(stored), exc.orig)
+        raise AssertionError("unreachable")
+
+    def _add_batch(
+        self, connection: Connection, stored: Sequence[StoredInstance], replace: bool
+    ) -> list[IndexOutcome | None]:
+        """Index a batch with few statements: one upsert per parent, one for all instances.
+
+        The result equals indexing the instances one by one with
+        :meth:`_add_instance`: the last instance of a patient, study or
+        series defines its row, and parents left empty are removed.
+        """
+        now = datetime.datetime.now(datetime.UTC)
+        existing = _existing_instances(
+            connection, [item.header.sop_instance_uid for item in stored]
+        )
+
+        # Decide per instance, in order, which ones are written and what each replaces.
+        outcomes: list[IndexOutcome | None] = []
+        latest: dict[str, StoredInstance] = {}
+        for item in stored:
+            uid = item.header.sop_instance_uid
+            earlier = latest.get(uid)
+            if earlier is None and uid not in existing:
+                outcomes.append(IndexOutcome(replaced=False, replaced_storage_key=None))
+            elif not replace:
+                outcomes.append(None)
+                continue
+            else:
+                old_key = earlier.storage_key if earlier else existing[uid].storage_key
+                replaced_key = old_key if old_key != item.storage_key else None
+                outcomes.append(IndexOutcome(replaced=True, replaced_storage_key=replaced_key))
+            latest[uid] = item
+        if not latest:
+            return outcomes
+
+        # Parents, each upserted once with the values of its last instance.
+        written = list(latest.values())
+        old_series = _existing_parents(
+            connection,
+            series,
+            "series_instance_uid",
+            "study_pk",
+            [i.header.series_instance_uid for i in written],
+        )
+        old_studies = _existing_parents(
+            connection,
+            studies,
+            "study_instance_uid",
+            "patient_pk",
+            [i.header.study_instance_uid for i in written],
+        )
+        patient_rows: dict[str, dict[str, Any]] = {}
+        study_rows: dict[str, tuple[str, dict[str, Any]]] = {}
+        series_rows: dict[str, tuple[str, dict[str, Any]]] = {}
+        for item in written:
+            header = item.header
+            key = patient_key(header)
+            patient_rows[key] = {
+                "patient_key": key,
+                **_level_row(header, Level.PATIENT),
+                "updated_at": now,
+            }
+            study_rows[header.study_instance_uid] = (
+                key,
+                {
+                    **_level_row(header, Level.STUDY),
+                    "study_instance_uid": header.study_instance_uid,
+                    "updated_at": now,
+                },
+            )
+            series_rows[header.series_instance_uid] = (
+                header.study_instance_uid,
+                {
+                    **_level_row(header, Level.SERIES),
+                    "series_instance_uid": header.series_instance_uid,
+                    "updated_at": now,
+                },
+            )
+        patient_pks = {
+            key: self._upsert(connection, patients, "patient_key", row)
+            for key, row in patient_rows.items()
+        }
+        study_pks = {
+            uid: self._upsert(
+                connection, studies, "study_instance_uid", {**row, "patient_pk": patient_pks[key]}
+            )
+            for uid, (key, row) in study_rows.items()
+        }
+        series_pks = {
+            uid: self._upsert(
+                connection, series, "series_instance_uid", {**row, "study_pk": study_pks[study_uid]}
+            )
+            for uid, (study_uid, row) in series_rows.items()
+        }
+
+        rows = [
+            {
+                **_level_row(item.header, Level.IMAGE),
+                "sop_instance_uid": item.header.sop_instance_uid,
+                "sop_class_uid": item.header.sop_class_uid,
+                "series_pk": series_pks[item.header.series_instance_uid],
+                "transfer_syntax_uid": item.header.transfer_syntax_uid,
+                "specific_character_set": item.header.specific_character_set,
+                "storage_key": item.storage_key,
+                "size": item.size,
+                "source_ae_title": item.source_ae_title,
+                "received_at": now,
+                "header": item.header.header_json,
+            }
+            for item in written
+        ]
+        insert = self._insert(instances)
+        statement = insert.on_conflict_do_update(
+            index_elements=["sop_instance_uid"],
+            set_={name: insert.excluded[name] for name in rows[0] if name != "sop_instance_uid"},
+        )
+        connection.execute(statement, rows)
+
+        # Parents left empty by instances, series or studies that moved, up the
+        # hierarchy. A parent created in this batch may be left empty too, when a
+        # later instance of the batch moved its only child elsewhere.
+        for old in existing.values():
+            _prune_series(connection, old.series_pk)
+        for series_pk in series_pks.values():
+            _prune_series(connection, series_pk)
+        for study_pk in [*old_series.values(), *study_pks.values()]:
+            _prune_study(connection, study_pk)
+        for patient_pk in [*old_studies.values(), *patient_pks.values()]:
+            _prune_patient(connection, patient_pk)
+        return outcomes
 
     def _add_instance(
         self, connection: Connection, stored: StoredInstance, replace: bool
@@ -217,6 +405,44 @@ _EXISTING_STUDY = select(studies.c.pk, studies.c.patient_pk).where(
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class _ExistingInstance:
+    series_pk: int
+    storage_key: str
+
+
+_LOOKUP_CHUNK = 500  # UIDs per IN list, below SQLite's bound parameter limit
+
+
+def _existing_instances(connection: Connection, uids: list[str]) -> dict[str, _ExistingInstance]:
+    found: dict[str, _ExistingInstance] = {}
+    unique = list(dict.fromkeys(uids))
+    for start in range(0, len(unique), _LOOKUP_CHUNK):
+        statement = (
+            select(instances.c.sop_instance_uid, instances.c.series_pk, instances.c.storage_key)
+            .where(instances.c.sop_instance_uid.in_(unique[start : start + _LOOKUP_CHUNK]))
+            .with_for_update()
+        )
+        for row in connection.execute(statement):
+            found[row.sop_instance_uid] = _ExistingInstance(row.series_pk, row.storage_key)
+    return found
+
+
+def _existing_parents(
+    connection: Connection, table: Table, uid_column: str, parent_column: str, uids: list[str]
+) -> dict[str, int]:
+    """Map each UID already indexed at this level to the pk of its parent."""
+    found: dict[str, int] = {}
+    unique = list(dict.fromkeys(uids))
+    for start in range(0, len(unique), _LOOKUP_CHUNK):
+        statement = select(table.c[uid_column], table.c[parent_column]).where(
+            table.c[uid_column].in_(unique[start : start + _LOOKUP_CHUNK])
+        )
+        for uid, parent_pk in connection.execute(statement):
+            found[uid] = parent_pk
+    return found
+
+
 def patient_key(header: InstanceHeader) -> str:
     """Return the identity of the patient: issuer and Patient ID, or the name if no ID.
 
@@ -253,6 +479,12 @@ def match_form(value: str, vr: str) -> str:
     if vr in {"TM", "DT"}:
         return normalize_stored_time(value.split("\\")[0], vr)
     return value
+
+
+def prune_empty_parents(connection: Connection, series_pks: Iterable[int]) -> None:
+    """Delete the series left without instances, then studies and patients left empty."""
+    for series_pk in series_pks:
+        _prune_series(connection, series_pk)
 
 
 def _prune_series(connection: Connection, series_pk: int) -> None:

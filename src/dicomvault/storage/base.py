@@ -20,6 +20,10 @@ class Storage(Protocol):
     Keys are relative, slash-separated names chosen by the archive, such as
     ``ab/cd/abcd...ef.dcm``. ``put`` is atomic: after it returns the object is
     durable and complete, and a failure leaves no object under the key.
+
+    Keys of the form ``inplace:/absolute/path`` (see
+    :mod:`dicomvault.storage.in_place`) reference files indexed where they
+    are. Back-ends open them but never write or delete them.
     """
 
     def put(self, key: str, chunks: Iterable[bytes]) -> int:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from dicomvault.storage.base import StorageError, StorageFullError
+from dicomvault.storage.in_place import in_place_path
 
 LOGGER = logging.getLogger(__name__)
 
@@ -42,11 +43,18 @@ class FilesystemStorage:
     def path_for(self, key: str) -> Path:
         """Return the file path of a key.
 
+        An in-place key (``inplace:/abs/path``) names a file outside the
+        storage folder that was indexed where it is; its path is returned.
+
         Raises
         ------
         ValueError
-            If the key is not a relative name of safe characters.
+            If the key is neither an in-place key nor a relative name of
+            safe characters.
         """
+        referenced = in_place_path(key)
+        if referenced is not None:
+            return referenced
         parts = key.split("/")
         # Names starting with '.' are reserved (such as the temporary folder).
         if not _KEY_RE.fullmatch(key) or any(part.startswith(".") for part in parts):
@@ -57,7 +65,15 @@ class FilesystemStorage:
         return self.root / key
 
     def put(self, key: str, chunks: Iterable[bytes]) -> int:
-        """Write the chunks to ``key`` atomically and durably; return the size in bytes."""
+        """Write the chunks to ``key`` atomically and durably; return the size in bytes.
+
+        Raises
+        ------
+        ValueError
+            If ``key`` is an in-place key: the archive never writes those files.
+        """
+        if in_place_path(key) is not None:
+            raise ValueError(f"Cannot write {key}: in-place files are never modified")
         path = self.path_for(key)
         temp_path = self.temp_dir / f"{uuid.uuid4().hex}.part"
         size = 0
@@ -91,7 +107,14 @@ class FilesystemStorage:
         return self.path_for(key).open("rb")
 
     def delete(self, key: str) -> None:
-        """Remove the file of ``key``; a missing file is not an error."""
+        """Remove the file of ``key``; a missing file is not an error.
+
+        An in-place key is left alone: the archive never deletes files that it
+        indexed where they are.
+        """
+        if in_place_path(key) is not None:
+            LOGGER.debug("Not deleting in-place file %s", key)
+            return
         _remove_quietly(self.path_for(key))
 
     def exists(self, key: str) -> bool:

@@ -1,0 +1,1 @@
+"""Bulk indexing of files already on disk: scan a folder, read headers in parallel, index."""

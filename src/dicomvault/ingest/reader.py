@@ -1,0 +1,171 @@
+"""Read one file's header for indexing: the work each worker process does.
+
+Everything here runs in worker processes, so the functions take and return
+plain picklable values and never touch the index database. A file is read
+whole, because only the whole byte stream shows whether it is truncated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import os
+
+from dicomvault.archive import new_storage_key
+from dicomvault.dicom.header import (
+    EncodedJSON,
+    InstanceHeader,
+    InvalidDatasetError,
+    MissingAttributeError,
+    describe_instance,
+    encode_file_meta,
+    read_header,
+)
+from dicomvault.dicom.part10 import split_part10
+from dicomvault.storage.base import StorageError
+from dicomvault.storage.filesystem import FilesystemStorage
+from dicomvault.storage.in_place import in_place_key
+
+MEDIA_STORAGE_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
+DICOMDIR_REASON = (
+    "DICOMDIR (Media Storage Directory Storage): a directory of other files, not an instance"
+)
+
+
+class Mode(enum.StrEnum):
+    """The mode of an indexing task: in place or import."""
+
+    IN_PLACE = "in_place"  # the index references the file where it is
+    IMPORT = "import"  # the file is copied into the archive's storage
+
+
+class Outcome(enum.StrEnum):
+    """The outcome of reading one file."""
+
+    INSTANCE = "instance"  # read; ready to be indexed
+    FAILED = "failed"  # not indexed, for the given ``reason``
+    IGNORED = "ignored"  # a DICOMDIR, recognised and not indexed
+    CHANGED = "changed"  # size or modification time changed since the scan: read later
+
+
+@dataclasses.dataclass(frozen=True)
+class FileJob:
+    """A file to read, with the size and modification time the scan saw."""
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+    """Options of the workers: the mode, and the storage folder for imports."""
+
+    mode: Mode
+    storage_root: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadResult:
+    """The result of reading one file.
+
+    For an instance, ``storage_key`` is where the index points: the in-place
+    key of the file itself, or the key of the copy written in import mode,
+    which the caller deletes if indexing fails. ``size`` is the size of the
+    file the key names.
+    """
+
+    job: FileJob
+    outcome: Outcome
+    reason: str = ""
+    header: InstanceHeader | None = None
+    storage_key: str = ""
+    size: int = 0
+
+
+_storages: dict[str, FilesystemStorage] = {}
+
+
+def read_files(jobs: list[FileJob], options: ReadOptions) -> list[ReadResult]:
+    """Read a chunk of files; one result per job, in order. Never raises for one file."""
+    results = []
+    for job in jobs:
+        try:
+            results.append(read_file(job, options))
+        except Exception as exc:  # one bad file must not lose the rest of the chunk
+            results.append(ReadResult(job, Outcome.FAILED, f"Unexpected error: {exc}"))
+    return results
+
+
+def read_file(job: FileJob, options: ReadOptions) -> ReadResult:
+    """Read and check one file; in import mode, also copy it into the storage."""
+    try:
+        with open(job.path, "rb") as file:
+            data = file.read()
+            status = os.fstat(file.fileno())
+    except OSError as exc:
+        return ReadResult(job, Outcome.FAILED, f"Cannot be read: {exc.strerror or exc}")
+    if (
+        status.st_size != job.size
+        or status.st_mtime_ns != job.mtime_ns
+        or len(data) != status.st_size
+    ):
+        return ReadResult(job, Outcome.CHANGED, "The file changed while it was read")
+    if not data:
+        return ReadResult(job, Outcome.FAILED, "Empty file")
+
+    try:
+        part10 = split_part10(data)
+        if part10.media_storage_sop_class_uid == MEDIA_STORAGE_DIRECTORY_STORAGE:
+            return ReadResult(job, Outcome.IGNORED, DICOMDIR_REASON)
+        dataset = data[part10.dataset_offset :]
+        header = _describe(dataset, part10.transfer_syntax_uid)
+    except MissingAttributeError as exc:
+        return ReadResult(
+            job,
+            Outcome.FAILED,
+            f"No {exc.attribute}; the archive needs the SOP Class, SOP Instance, "
+            "Study Instance and Series Instance UIDs",
+        )
+    except InvalidDatasetError as exc:
+        return ReadResult(job, Outcome.FAILED, str(exc))
+    if header.sop_class_uid == MEDIA_STORAGE_DIRECTORY_STORAGE:
+        return ReadResult(job, Outcome.IGNORED, DICOMDIR_REASON)
+
+    if options.mode is Mode.IN_PLACE:
+        key = in_place_key(job.path)
+        return ReadResult(job, Outcome.INSTANCE, header=header, storage_key=key, size=job.size)
+    return _import(job, options, header, dataset)
+
+
+def _describe(dataset: bytes, transfer_syntax_uid: str) -> InstanceHeader:
+    try:
+        ds = read_header(dataset, transfer_syntax_uid)
+        header = describe_instance(ds, transfer_syntax_uid)
+        # Text pickles in microseconds; the JSON object's pydicom values do not.
+        encoded = EncodedJSON(json.dumps(header.header_json))
+        return dataclasses.replace(header, header_json=encoded)
+    except InvalidDatasetError:
+        raise
+    except Exception as exc:  # pydicom raises many types for malformed values
+        raise InvalidDatasetError(f"The dataset cannot be parsed: {exc}") from exc
+
+
+def _import(
+    job: FileJob, options: ReadOptions, header: InstanceHeader, dataset: bytes
+) -> ReadResult:
+    # Imported files take the form C-STORE gives stored files: the archive's
+    # File Meta Information, then the dataset bytes unchanged.
+    storage = _storages.get(options.storage_root)
+    if storage is None:
+        storage = _storages[options.storage_root] = FilesystemStorage(options.storage_root)
+    meta = encode_file_meta(
+        header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid
+    )
+    key = new_storage_key()
+    try:
+        size = storage.put(key, (meta, dataset))
+    except StorageError as exc:
+        return ReadResult(job, Outcome.FAILED, f"Cannot be copied into the storage: {exc}")
+    return ReadResult(job, Outcome.INSTANCE, header=header, storage_key=key, size=size)

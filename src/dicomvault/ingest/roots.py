@@ -1,0 +1,50 @@
+"""Check that a folder to index lies under one of the configured import roots."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class PathNotAllowedError(ValueError):
+    """The folder is outside every import root, or does not exist.
+
+    ``not_a_folder`` is True when the path is under a root but is not an
+    existing folder.
+    """
+
+    def __init__(self, message: str, not_a_folder: bool = False) -> None:
+        super().__init__(message)
+        self.not_a_folder = not_a_folder
+
+
+def resolve_folder(path: str | Path, roots: Sequence[Path]) -> Path:
+    """Return ``path`` resolved, after checking that it is a folder under an import root.
+
+    Symbolic links and '..' are resolved before the check, so neither can
+    lead out of the roots. ``roots`` must already be resolved.
+
+    Raises
+    ------
+    PathNotAllowedError
+        If no import root is configured, the path is outside all of them, or
+        it is not an existing folder. The message names the path and the roots.
+    """
+    text = str(path)
+    if not text.strip():
+        raise PathNotAllowedError("The folder to index is empty; give a path", not_a_folder=True)
+    if not roots:
+        raise PathNotAllowedError(
+            f"Cannot index {text}: no import roots are configured; list the folders that "
+            "may be indexed in [ingest] import_roots or DICOMVAULT_INGEST_IMPORT_ROOTS"
+        )
+    resolved = Path(text).expanduser().resolve()
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        names = ", ".join(str(root) for root in roots)
+        raise PathNotAllowedError(
+            f"Cannot index {text} (resolved to {resolved}): it is not under an import root "
+            f"({names}); add a root to [ingest] import_roots or choose a folder under one"
+        )
+    if not resolved.is_dir():
+        raise PathNotAllowedError(f"Cannot index {text}: no such folder", not_a_folder=True)
+    return resolved

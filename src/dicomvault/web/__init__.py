@@ -1,0 +1,1 @@
+"""The HTTP side of the archive: FastAPI application and the server thread that runs it."""

@@ -1,0 +1,65 @@
+"""Run the HTTP API with uvicorn in a thread beside the DIMSE server."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+import uvicorn
+from fastapi import FastAPI
+
+LOGGER = logging.getLogger(__name__)
+
+GRACEFUL_SHUTDOWN_SECONDS = 5
+
+
+class HttpServer:
+    """Serves an ASGI application on one address until :meth:`stop`."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        self.host = host
+        self.port = port
+        config = uvicorn.Config(
+            app,
+            log_config=None,  # the command line configures logging
+            lifespan="off",
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Bind the address and start serving; returns once the port is open.
+
+        Raises
+        ------
+        OSError
+            If the address cannot be bound.
+        """
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((self.host, self.port))
+            sock.listen(128)
+        except OSError:
+            sock.close()
+            raise
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name="http", daemon=True
+        )
+        self._thread.start()
+        LOGGER.info("HTTP API listening on http://%s:%d (docs at /docs)", self.host, self.port)
+
+    def stop(self, timeout: float = GRACEFUL_SHUTDOWN_SECONDS + 2) -> None:
+        """Stop serving; requests in flight get up to GRACEFUL_SHUTDOWN_SECONDS."""
+        if self._thread is None:
+            return
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            LOGGER.warning("The HTTP server did not stop within %.0f s", timeout)
+        else:
+            LOGGER.info("HTTP API stopped")
+        self._thread = None

@@ -1,0 +1,159 @@
+"""Unit tests for reading one file's header in an indexing task, and the Part 10 split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+
+from dicomvault.dicom.header import EncodedJSON, InvalidDatasetError
+from dicomvault.dicom.part10 import NotDicomFileError, split_part10
+from dicomvault.ingest.reader import DICOMDIR_REASON, FileJob, Mode, Outcome, ReadOptions, read_file
+from dicomvault.storage.in_place import in_place_key
+from tests.support.corpus import PYDICOM_TEST_FILES, dataset_offset, write_instance
+from tests.support.datasets import make_instance
+
+
+def job_for(path: Path) -> FileJob:
+    status = path.stat()
+    return FileJob(str(path), status.st_size, status.st_mtime_ns)
+
+
+def read_in_place(path: Path, storage: Path) -> object:
+    return read_file(job_for(path), ReadOptions(Mode.IN_PLACE, str(storage)))
+
+
+class TestSplitPart10:
+    def test_dataset_offset(self) -> None:
+        data = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
+
+        part10 = split_part10(data)
+
+        assert part10.dataset_offset == dataset_offset(data)
+        assert part10.transfer_syntax_uid == ExplicitVRLittleEndian
+        assert part10.media_storage_sop_class_uid == "1.2.840.10008.5.1.4.1.1.2"
+
+    def test_without_preamble(self) -> None:
+        data = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
+
+        part10 = split_part10(data[128:])
+
+        assert part10.dataset_offset == dataset_offset(data) - 128
+
+    def test_text_not_dicom(self) -> None:
+        with pytest.raises(NotDicomFileError) as excinfo:
+            split_part10(b"hello, this is a text file" * 10)
+
+        assert str(excinfo.value) == (
+            "Not a DICOM file: no 'DICM' prefix after a 128-byte preamble (PS3.10 7.1)"
+        )
+
+    def test_bare_dataset(self) -> None:
+        with pytest.raises(NotDicomFileError, match=r"^No File Meta Information"):
+            split_part10((PYDICOM_TEST_FILES / "ExplVR_BigEndNoMeta.dcm").read_bytes())
+
+    def test_no_transfer_syntax(self) -> None:
+        with pytest.raises(InvalidDatasetError) as excinfo:
+            split_part10((PYDICOM_TEST_FILES / "meta_missing_tsyntax.dcm").read_bytes())
+
+        assert str(excinfo.value) == (
+            "The File Meta Information has no Transfer Syntax UID (0002,0010), so the "
+            "dataset's encoding is unknown"
+        )
+
+    def test_truncated_meta(self) -> None:
+        data = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
+
+        with pytest.raises(InvalidDatasetError, match="File Meta Information is truncated"):
+            split_part10(data[: dataset_offset(data) - 5])
+
+
+class TestReadFile:
+    def test_in_place_instance(self, tmp_path: Path) -> None:
+        path = PYDICOM_TEST_FILES / "CT_small.dcm"
+
+        result = read_in_place(path, tmp_path)
+
+        assert result.outcome is Outcome.INSTANCE  # type: ignore[attr-defined]
+        assert result.storage_key == in_place_key(path)  # type: ignore[attr-defined]
+        assert result.size == path.stat().st_size  # type: ignore[attr-defined]
+        header = result.header  # type: ignore[attr-defined]
+        reference = pydicom.dcmread(path, stop_before_pixels=True)
+        assert header.sop_instance_uid == reference.SOPInstanceUID
+        assert isinstance(header.header_json, EncodedJSON)
+        assert json.loads(header.header_json)["00100010"]["vr"] == "PN"
+
+    def test_import_copies_dataset(self, tmp_path: Path) -> None:
+        source = PYDICOM_TEST_FILES / "MR_small.dcm"
+        before = source.read_bytes()
+
+        result = read_file(job_for(source), ReadOptions(Mode.IMPORT, str(tmp_path)))
+
+        assert result.outcome is Outcome.INSTANCE
+        assert not result.storage_key.startswith("inplace:")
+        stored = (tmp_path / result.storage_key).read_bytes()
+        # The dataset is copied byte for byte after the archive's own File Meta Information.
+        assert stored[dataset_offset(stored) :] == before[dataset_offset(before) :]
+        assert source.read_bytes() == before
+
+    @pytest.mark.parametrize(
+        ("name", "reason"),
+        [
+            pytest.param(
+                "MR_truncated.dcm",
+                "The dataset is truncated: Pixel Data declares 8192 bytes but 8130 follow",
+                id="truncated",
+            ),
+            pytest.param(
+                "README.txt",
+                "Not a DICOM file: no 'DICM' prefix after a 128-byte preamble (PS3.10 7.1)",
+                id="text",
+            ),
+            pytest.param(
+                "JPEGLSNearLossless_08.dcm",
+                "No Study Instance UID (0020,000D); the archive needs the SOP Class, SOP "
+                "Instance, Study Instance and Series Instance UIDs",
+                id="no_study_uid",
+            ),
+        ],
+    )
+    def test_failed(self, name: str, reason: str, tmp_path: Path) -> None:
+        result = read_in_place(PYDICOM_TEST_FILES / name, tmp_path)
+
+        assert result.outcome is Outcome.FAILED  # type: ignore[attr-defined]
+        assert result.reason == reason  # type: ignore[attr-defined]
+
+    def test_dicomdir_ignored(self, tmp_path: Path) -> None:
+        result = read_in_place(PYDICOM_TEST_FILES / "dicomdirtests" / "DICOMDIR", tmp_path)
+
+        assert result.outcome is Outcome.IGNORED  # type: ignore[attr-defined]
+        assert result.reason == DICOMDIR_REASON  # type: ignore[attr-defined]
+
+    def test_empty_file(self, tmp_path: Path) -> None:
+        path = tmp_path / "empty.dcm"
+        path.write_bytes(b"")
+
+        result = read_in_place(path, tmp_path)
+
+        assert (result.outcome, result.reason) == (Outcome.FAILED, "Empty file")  # type: ignore[attr-defined]
+
+    def test_missing_file(self, tmp_path: Path) -> None:
+        job = FileJob(str(tmp_path / "gone.dcm"), 10, 0)
+
+        result = read_file(job, ReadOptions(Mode.IN_PLACE, str(tmp_path)))
+
+        assert result.outcome is Outcome.FAILED
+        assert result.reason == "Cannot be read: No such file or directory"
+
+    def test_changed_since_scan(self, tmp_path: Path) -> None:
+        path = write_instance(tmp_path / "a.dcm", make_instance())
+        job = job_for(path)
+        with path.open("ab") as file:
+            file.write(b"\x00\x00")
+
+        result = read_file(job, ReadOptions(Mode.IN_PLACE, str(tmp_path)))
+
+        assert result.outcome is Outcome.CHANGED
