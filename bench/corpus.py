@@ -66,7 +66,7 @@ COMPRESSIONS = {
     "jpeg2000": (JPEG2000Lossless, JPEG2000LosslessEncoder),
     "jpegls": (JPEGLSLossless, JPEGLSLosslessEncoder),
 }
-# storescu 3.6.7 proposes only uncompressed transfer syntaxes unless told which one to propose.
+# storescu 3.6.7 proposes only uncompressed transfer syntaxes unless an option names another one.
 STORESCU_PROPOSAL_OPTIONS = {"rle": "-xr", "jpeg2000": "-xv", "jpegls": "-xt"}
 
 
@@ -74,9 +74,9 @@ STORESCU_PROPOSAL_OPTIONS = {"rle": "-xr", "jpeg2000": "-xv", "jpegls": "-xt"}
 class Modality:
     """Image geometry, SOP class and descriptions of one modality.
 
-    ``max_instances_per_series`` caps the corpus-wide instances per series:
-    a radiograph series holds one view, an ultrasound series a few frames'
-    worth of single-frame images.
+    ``max_instances_per_series`` caps the corpus-wide instances per series,
+    because a radiograph series contains one view and an ultrasound series
+    a few single-frame images.
     """
 
     name: str
@@ -235,8 +235,8 @@ class CorpusSpec:
     Attributes
     ----------
     patients, studies_per_patient, series_per_study, instances_per_series : int
-        The layout. Radiograph series hold one instance and ultrasound
-        series at most four, whatever ``instances_per_series`` says.
+        The layout. Radiograph series contain one instance and ultrasound
+        series at most four, whatever the value of ``instances_per_series``.
     max_instances : int, optional
         Stop after this many instances, in patient order, even in the middle
         of a series. The layout must then hold at least this many.
@@ -339,7 +339,7 @@ def plan_corpus(spec: CorpusSpec) -> list[_PatientPlan]:
     Raises
     ------
     ValueError
-        If ``spec.max_instances`` is more than the layout holds.
+        If ``spec.max_instances`` is more than the layout contains.
     """
     schedule = spec.schedule()
     remaining = spec.max_instances
@@ -367,8 +367,8 @@ def plan_corpus(spec: CorpusSpec) -> list[_PatientPlan]:
             plans.append(_PatientPlan(patient, tuple(studies)))
     if spec.max_instances is not None and remaining:
         raise ValueError(
-            f"the layout holds {spec.max_instances - remaining} instances, fewer than "
-            f"max_instances={spec.max_instances}; add patients or instances per series"
+            f"invalid max_instances={spec.max_instances}: the layout contains only "
+            f"{spec.max_instances - remaining} instances; add patients or instances per series"
         )
     return plans
 

@@ -55,7 +55,7 @@ class QueryResult:
 
 @dataclasses.dataclass
 class ServerFindResult:
-    """What one server did: index build rate and memory, and the result of each query."""
+    """The measurements of one server: index build rate and memory, and each query's result."""
 
     build_rate: float
     peak_memory_mib: float | None

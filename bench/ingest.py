@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from bench.clients import send_folders, split_into_folders
-from bench.corpus import STORESCU_PROPOSAL_OPTIONS, Corpus
+from bench.corpus import COMPRESSIONS, STORESCU_PROPOSAL_OPTIONS, Corpus
 from bench.report import Sample, Table, format_ratio
 from bench.servers import Dicomvault, Orthanc, Server, ServerError, Storescp
 
@@ -28,7 +28,7 @@ KIB_PER_MIB = 1024
 
 @dataclasses.dataclass(frozen=True)
 class IngestCase:
-    """How storescu sends: the number of parallel associations and Nagle's algorithm."""
+    """A storescu configuration: the number of parallel associations, and TCP_NODELAY."""
 
     label: str
     associations: int
@@ -114,7 +114,7 @@ def run_ingest(work: Path, corpus: Corpus, runs: int, nagle_instances: int) -> I
 
     Without TCP_NODELAY, storescp and Orthanc receive only the first
     `nagle_instances` files, because each of their C-STOREs then stalls
-    about 40 ms; dicomvault receives the whole corpus in every case.
+    for tens of milliseconds. dicomvault receives the whole corpus in every case.
     """
     files = corpus.files()
     compression = corpus.spec.compression
@@ -160,7 +160,8 @@ def run_ingest(work: Path, corpus: Corpus, runs: int, nagle_instances: int) -> I
 
 def ingest_tables(results: IngestResults, corpus: Corpus, runs: int) -> list[Table]:
     """Build the instances-per-second and the peak-memory tables."""
-    compression = corpus.spec.compression or "uncompressed, Explicit VR Little Endian"
+    syntax = COMPRESSIONS[corpus.spec.compression][0] if corpus.spec.compression else None
+    compression = syntax.name if syntax else "uncompressed, Explicit VR Little Endian"
     rates = Table(
         f"C-STORE ingest, instances/s, median (min-max) of {runs} runs",
         [

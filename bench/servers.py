@@ -35,7 +35,7 @@ def read_memory_kib(pid: int, field: str) -> int:
 
 
 class Server:
-    """One server process; subclasses say how to start it and count what it stored.
+    """One server process; subclasses define how to start it and count what it stored.
 
     Attributes
     ----------
@@ -144,8 +144,8 @@ class Storescp(Server):
 
     It runs with TCP_NODELAY=1, so its own C-STORE responses are not held
     back by Nagle's algorithm. With ``fork`` it handles each association in
-    a child process, so parallel associations are received in parallel; the
-    peak memory then covers only the parent and is not reported.
+    a child process, so that parallel associations are received in
+    parallel. Its peak memory then covers only the parent and is not reported.
     """
 
     name = "storescp"
@@ -159,7 +159,7 @@ class Storescp(Server):
 
     def command(self) -> list[str]:
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        # +xa accepts every transfer syntax DCMTK knows, for compressed corpora.
+        # +xa accepts every transfer syntax DCMTK supports, for compressed corpora.
         command = ["storescp", "-aet", self.ae_title, "-od", str(self.output_dir), "+xa"]
         if self.fork:
             command.append("--fork")
@@ -197,7 +197,7 @@ class Orthanc(Server):
         self.config_path = workdir / "orthanc.json"
 
     def command(self) -> list[str]:
-        # Orthanc answers C-FIND only to registered modalities. The
+        # Orthanc accepts C-FIND only from registered modalities. The
         # benchmark's SCU is registered with a port nothing listens on.
         modalities = {CALLING_AE: (LOOPBACK, 1), **self.modalities}
         config = {
