@@ -407,7 +407,14 @@ REPORT_LINES = 100  # files listed in the summary of `dicomvault index`
 
 
 def _ingest_context(settings: Settings) -> IngestContext:
-    """Open the index and storage for an indexing command, or exit with a message."""
+    """Open the index and storage for an indexing command, or exit with a message.
+
+    The command does not take the data directory lock, so that it can run
+    beside ``serve``.
+    """
+    # NOTE: a serve starting during `dicomvault index --import` removes the
+    # temporary files of copies in flight; those files fail and the next run
+    # imports them.
     try:
         engine = open_index_engine(settings.index_url)
     except DatabaseError as exc:
@@ -538,14 +545,14 @@ def remove_command(
     index_url: IndexUrlOption = None,
 ) -> None:
     """Remove a study, series or instance from the index."""
-    given = [
+    selected = [
         (level, uid)
         for level, uid in ((Level.STUDY, study), (Level.SERIES, series), (Level.IMAGE, instance))
         if uid
     ]
-    if len(given) != 1:
+    if len(selected) != 1:
         raise _fail("Give exactly one of --study, --series and --instance")
-    level, uid = given[0]
+    level, uid = selected[0]
     settings = _settings(config, {"storage.data_dir": data_dir, "index.url": index_url})
     configure_logging("WARNING", settings.logging.format)
     context = _ingest_context(settings)

@@ -128,6 +128,7 @@ def test_index_watch_stops_on_sigterm(tmp_path: Path) -> None:
         env=env,
         cwd=tmp_path,
     )
+    output = b""
     try:
         write_instance(root / "new.dcm", make_instance())
 
@@ -135,15 +136,18 @@ def test_index_watch_stops_on_sigterm(tmp_path: Path) -> None:
             shown = run_cli(["tasks", "list", "--data-dir", str(data_dir)], tmp_path)
             return "indexed 1," in shown.output
 
-        assert wait_until(indexed, TIMEOUT_SECONDS, interval=0.5)
+        found = wait_until(indexed, TIMEOUT_SECONDS, interval=0.5)
         process.send_signal(signal.SIGTERM)
         output, _ = process.communicate(timeout=STOP_TIMEOUT_SECONDS)
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait(timeout=5)
+            output, _ = process.communicate(timeout=5)
+        assert process.stdout is not None
+        process.stdout.close()
 
     text = output.decode("utf-8", errors="replace")
+    assert found, text
     assert process.returncode == 0, text
     assert "Received SIGTERM; stopping" in text
     assert "stopped in" in text

@@ -449,3 +449,27 @@ class TestBatchWriter:
 def test_stored_instance_helper_types() -> None:
     # The batch tests reuse the single-instance helper of test_index.
     assert isinstance(stored_instance(make_instance()), StoredInstance)
+
+
+class TestStorageFailure:
+    def test_failed_copy_retried_next_time(self, context: IngestContext, tmp_path: Path) -> None:
+        folder = tmp_path / "in"
+        [ds] = write_series(folder, 1)
+        # A file where the storage's temporary folder belongs makes every copy fail.
+        temp_dir = context.storage.temp_dir
+        temp_dir.rmdir()
+        temp_dir.write_bytes(b"")
+
+        failed = run(context, folder, Mode.IMPORT)
+        remembered = count(context.engine, indexed_files)
+        temp_dir.unlink()
+        temp_dir.mkdir()
+        retried = run(context, folder, Mode.IMPORT)
+
+        [entry] = context.tasks.files(failed.id)
+        assert entry.outcome == "failed"
+        assert entry.reason.startswith("Unexpected error: ")
+        assert remembered == 0
+        assert retried.counts.indexed == 1
+        assert retried.counts.skipped == 0
+        assert set(indexed_uids(context.engine)) == {ds.SOPInstanceUID}

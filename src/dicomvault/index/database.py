@@ -117,7 +117,13 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     try:
-        with engine.begin() as connection:
+        # On SQLite the write option takes the lock at BEGIN, so that two
+        # processes opening a new index at once queue instead of one failing
+        # with "database is locked" when its read transaction turns into a write.
+        with (
+            engine.connect().execution_options(write=True) as connection,
+            connection.begin(),
+        ):
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except OperationalError as exc:

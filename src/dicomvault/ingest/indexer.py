@@ -235,7 +235,9 @@ class FolderIndexer:
             if result.outcome in (Outcome.FAILED, Outcome.IGNORED):
                 LOGGER.debug("Not indexing %s: %s", result.job.path, result.reason)
                 report.append(TaskFile(result.job.path, str(result.outcome), result.reason))
-                states.append(self._state(result, str(result.outcome), reason=result.reason))
+                # Without a remembered state, the next task reads the file again.
+                if not result.retry:
+                    states.append(self._state(result, str(result.outcome), reason=result.reason))
         duplicates: list[ReadResult] = []
 
         def record(connection: Connection, outcomes: list[IndexOutcome | None]) -> None:

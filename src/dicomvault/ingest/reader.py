@@ -73,7 +73,8 @@ class ReadResult:
     For an instance, ``storage_key`` is where the index points: the in-place
     key of the file itself, or the key of the copy written in import mode,
     which the caller deletes if indexing fails. ``size`` is the size of the
-    file the key names.
+    file the key names. ``retry`` marks a failure of the file system rather
+    than of the file's content, which the next task tries again.
     """
 
     job: FileJob
@@ -82,6 +83,7 @@ class ReadResult:
     header: InstanceHeader | None = None
     storage_key: str = ""
     size: int = 0
+    retry: bool = False
 
 
 _storages: dict[str, FilesystemStorage] = {}
@@ -94,18 +96,22 @@ def read_files(jobs: list[FileJob], options: ReadOptions) -> list[ReadResult]:
         try:
             results.append(read_file(job, options))
         except Exception as exc:  # one bad file must not lose the rest of the chunk
-            results.append(ReadResult(job, Outcome.FAILED, f"Unexpected error: {exc}"))
+            reason = f"Unexpected error: {exc}"
+            results.append(ReadResult(job, Outcome.FAILED, reason, retry=True))
     return results
 
 
 def read_file(job: FileJob, options: ReadOptions) -> ReadResult:
     """Read and check one file; in import mode, also copy it into the storage."""
+    # NOTE: the whole file is in memory while it is read, so a worker needs
+    # as much memory as the largest file (multi-frame files may be gigabytes).
     try:
         with open(job.path, "rb") as file:
             data = file.read()
             status = os.fstat(file.fileno())
     except OSError as exc:
-        return ReadResult(job, Outcome.FAILED, f"Cannot be read: {exc.strerror or exc}")
+        reason = f"Cannot be read: {exc.strerror or exc}"
+        return ReadResult(job, Outcome.FAILED, reason, retry=True)
     if (
         status.st_size != job.size
         or status.st_mtime_ns != job.mtime_ns
@@ -167,5 +173,6 @@ def _import(
     try:
         size = storage.put(key, (meta, dataset))
     except StorageError as exc:
-        return ReadResult(job, Outcome.FAILED, f"Cannot be copied into the storage: {exc}")
+        reason = f"Cannot be copied into the storage: {exc}"
+        return ReadResult(job, Outcome.FAILED, reason, retry=True)
     return ReadResult(job, Outcome.INSTANCE, header=header, storage_key=key, size=size)
