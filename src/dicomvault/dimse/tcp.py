@@ -31,10 +31,10 @@ def read_promptly(assoc: Any) -> None:
 
     pynetdicom reads a PDU 4 KiB at a time. The replacement reads what the
     socket has, up to the rest of the PDU, into one buffer. On Linux it also
-    sets TCP_QUICKACK after each read: a peer that leaves Nagle's algorithm on
-    (DCMTK's default) holds back the last part of a message until its
-    earlier segments are acknowledged, and a delayed acknowledgement then
-    costs up to 40 ms per message.
+    sets TCP_QUICKACK after each read. A peer that leaves Nagle's algorithm
+    on (DCMTK's default) holds back the last part of a message until its
+    earlier segments are acknowledged, so a delayed acknowledgement costs
+    up to 40 ms per message.
     """
     transport = getattr(assoc.dul, "socket", None)
     sock = _socket_of(assoc)
