@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import weakref
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +107,25 @@ def _configure_sqlite(engine: Engine) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
         else:
             connection.exec_driver_sql("BEGIN")
+
+
+_WRITE_TURNS: weakref.WeakKeyDictionary[Engine, threading.Lock] = weakref.WeakKeyDictionary()
+_TURNS_LOCK = threading.Lock()
+
+
+def write_turn(engine: Engine) -> AbstractContextManager[Any]:
+    """Return the lock that this process's writers to a SQLite index take in turn.
+
+    SQLite has one writer at a time. A thread that finds the database locked
+    sleeps in SQLite's busy handler for 1 ms, then longer, so the writers of
+    one process queue on this lock instead and start as soon as it is free.
+    Every caller with the same engine gets the same lock. PostgreSQL needs
+    none, so a context that does nothing is returned for it.
+    """
+    if engine.dialect.name != "sqlite":
+        return nullcontext()
+    with _TURNS_LOCK:
+        return _WRITE_TURNS.setdefault(engine, threading.Lock())
 
 
 def migrate(engine: Engine) -> None:

@@ -5,9 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import logging
-import threading
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, bindparam, delete, exists, select
@@ -17,6 +15,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from dicomvault.dicom.attributes import COLUMN_ATTRIBUTES, Level
 from dicomvault.dicom.header import InstanceHeader
 from dicomvault.dicom.matching import normalize_stored_time, normalize_value
+from dicomvault.index.database import write_turn
 from dicomvault.index.schema import instances, patients, series, studies
 
 LOGGER = logging.getLogger(__name__)
@@ -57,12 +56,7 @@ class IndexWriter:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._upserts: dict[tuple[str, str, tuple[str, ...]], Any] = {}
-        # SQLite has one writer at a time. A thread that finds the database
-        # locked sleeps in SQLite's busy handler for 1 ms, then longer, so
-        # concurrent stores queue here instead and start as soon as it is free.
-        self._write_turn: AbstractContextManager[Any] = (
-            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
-        )
+        self._write_turn = write_turn(engine)
 
     def instance_exists(self, sop_instance_uid: str) -> bool:
         """Return whether an instance with this SOP Instance UID is indexed."""

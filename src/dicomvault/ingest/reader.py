@@ -90,7 +90,11 @@ _storages: dict[str, FilesystemStorage] = {}
 
 
 def read_files(jobs: list[FileJob], options: ReadOptions) -> list[ReadResult]:
-    """Read a chunk of files; one result per job, in order. Never raises for one file."""
+    """Read a chunk of files and return one result per job, in order.
+
+    An error in one file becomes that file's result, so the rest of the
+    chunk is still read.
+    """
     results = []
     for job in jobs:
         try:
