@@ -14,9 +14,10 @@ import pydicom
 import pytest
 from pydicom import uid
 from pydicom.dataset import Dataset, FileMetaDataset
-from pynetdicom import AE, evt
+from pynetdicom import AE, build_role, evt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
+    StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
     Verification,
 )
@@ -392,6 +393,53 @@ def test_cancel_stops_between_instances(
     )
     assert total == CANCEL_STUDY_SIZE
     assert len(destination.received()) == final.NumberOfCompletedSuboperations
+
+
+def test_get_cancel_on_the_same_association(start_server: ServerFactory) -> None:
+    """A C-CANCEL that arrives while the archive waits for a C-STORE response stops the C-GET."""
+    server = start_server()
+    study_uid = store_generated_study(server, CANCEL_STUDY_SIZE)
+    received: list[str] = []
+    cancel_after = 5
+
+    def on_store(event: Any) -> int:
+        received.append(str(event.request.AffectedSOPInstanceUID))
+        if len(received) == cancel_after:
+            event.assoc.send_c_cancel(9, query_model=StudyRootQueryRetrieveInformationModelGet)
+        return 0x0000
+
+    ae = AE(ae_title="GETSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_SECONDS
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+    ae.add_requested_context(CTImageStorage, uid.ExplicitVRLittleEndian)
+    assoc = ae.associate(
+        LOOPBACK,
+        server.port,
+        ae_title=server.ae_title,
+        ext_neg=[build_role(CTImageStorage, scp_role=True)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    assert assoc.is_established, server.describe()
+    statuses = []
+    try:
+        responses = assoc.send_c_get(
+            study_identifier([study_uid]), StudyRootQueryRetrieveInformationModelGet, msg_id=9
+        )
+        statuses = [status for status, _ in responses]
+    finally:
+        if assoc.is_established:
+            assoc.release()
+
+    final = statuses[-1]
+    assert final.Status == 0xFE00, final
+    assert final.NumberOfCompletedSuboperations == len(received) < CANCEL_STUDY_SIZE
+    assert (
+        final.NumberOfCompletedSuboperations
+        + final.NumberOfFailedSuboperations
+        + final.NumberOfWarningSuboperations
+        + final.NumberOfRemainingSuboperations
+        == CANCEL_STUDY_SIZE
+    )
 
 
 ALL_BUNDLED = bundled_files(PYDICOM_TEST_FILES)

@@ -30,10 +30,17 @@ LOGGER = logging.getLogger(__name__)
 P_DATA_TF = 0x04
 PDU_HEADER = struct.Struct(">BBI")  # PDU type, reserved, PDU length
 PDV_HEADER = struct.Struct(">IB")  # item length, presentation context ID
+# A P-DATA-TF PDU holding one PDV: both headers and the message control header.
+PDU_AND_PDV_HEADER = struct.Struct(">BBIIBB")
+# Message control header (PS3.8 E.2): bit 0 command or data set, bit 1 last fragment.
+DATASET_FRAGMENT = 0x00
+COMMAND_FRAGMENT = 0x01
+LAST_FRAGMENT = 0x02
 # Bytes gathered before one write: large enough that the system call cost
 # vanishes, small enough to keep memory flat for any instance size.
 BATCH_BYTES = 256 * 1024
 QUICK_ACK = getattr(socket, "TCP_QUICKACK", None)  # Linux only
+IOV_MAX = 1024  # buffers per sendmsg call (the Linux limit)
 
 
 def send_directly(assoc: Any) -> Callable[[], None] | None:
@@ -95,6 +102,84 @@ def _send_message(assoc: Any, sock: Any, primitive: Any, context_id: int, quick_
         raise
 
 
+class PartialMessageError(OSError):
+    """Part of a message was written and the rest could not be: the association is unusable."""
+
+
+class MessageWriter:
+    """Writes DIMSE messages whose command set is already encoded, as P-DATA-TF PDUs.
+
+    For the C-STORE requests of retrieve sub-operations: the command set
+    comes from :mod:`dicomvault.dimse.command_set` and the data set from a
+    stored file or from bytes, so no pydicom dataset is built per message.
+    """
+
+    def __init__(self, assoc: Any, sock: Any) -> None:
+        self.assoc = assoc
+        self.sock = sock
+        self.quick_ack = _supports_quick_ack(sock)
+
+    @classmethod
+    def for_association(cls, assoc: Any) -> MessageWriter | None:
+        """Return a writer for ``assoc``, or None when it runs over TLS (see send_directly)."""
+        sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+        if sock is None or isinstance(sock, ssl.SSLSocket):
+            return None
+        return cls(assoc, sock)
+
+    def write(
+        self,
+        context_id: int,
+        command_set: bytes,
+        data_set: bytes | None = None,
+        data_set_file: tuple[Any, int] | None = None,
+    ) -> None:
+        """Write one message: the command set, then the data set from bytes or from a file.
+
+        Raises
+        ------
+        PartialMessageError
+            If the connection failed, or the file could not be read to its
+            end, after part of the message was written. After a connection
+            failure the DUL receives Evt17 (transport connection closed), as
+            in send_directly.
+        OSError
+            If the file cannot be opened or read before anything is written.
+        """
+        fragment = _fragment_size(self.assoc.dimse.maximum_pdu_size)
+        buffers = _fragment_pdus(memoryview(command_set), context_id, fragment, True, True)
+        if data_set_file is not None:
+            path, offset = data_set_file
+            # The command set goes out with the first part of the data set.
+            batches = _file_pdus(path, offset, context_id, fragment)
+            self._send(buffers + next(batches))
+            try:
+                for batch in batches:
+                    self._send(batch)
+            except OSError as exc:
+                if isinstance(exc, PartialMessageError):
+                    raise
+                raise PartialMessageError(f"{path}: {exc}") from exc
+        else:
+            data = memoryview(data_set or b"")
+            for start in range(0, max(len(data), 1), BATCH_BYTES):
+                part = data[start : start + BATCH_BYTES]
+                ends = start + BATCH_BYTES >= len(data)
+                self._send(buffers + _fragment_pdus(part, context_id, fragment, False, ends))
+                buffers = []
+        if self.quick_ack:
+            self.sock.setsockopt(socket.IPPROTO_TCP, QUICK_ACK, 1)
+
+    def _send(self, buffers: list[memoryview | bytes]) -> None:
+        try:
+            _send_buffers(self.sock, buffers)
+        except OSError as exc:
+            peer = self.assoc.acceptor if self.assoc.is_requestor else self.assoc.requestor
+            LOGGER.warning("Connection to %s closed while sending", peer.ae_title)
+            self.assoc.dul.event_queue.put("Evt17")  # transport connection closed
+            raise PartialMessageError(f"connection closed while sending: {exc}") from exc
+
+
 def _supports_quick_ack(sock: Any) -> bool:
     if QUICK_ACK is None:
         return False
@@ -103,6 +188,85 @@ def _supports_quick_ack(sock: Any) -> bool:
     except OSError:  # not a TCP socket
         return False
     return True
+
+
+def _fragment_size(max_pdu: int) -> int:
+    """Return the data bytes per PDV for a peer's maximum PDU length (0: no limit).
+
+    The size is even, because DCMTK refuses odd-length fragments before the last.
+    """
+    if max_pdu == 0:
+        return BATCH_BYTES
+    return max(2, (max_pdu - 6) & ~1)
+
+
+def _fragment_pdus(
+    data: memoryview, context_id: int, fragment: int, command: bool, ends_message: bool
+) -> list[memoryview | bytes]:
+    """Split ``data`` into P-DATA-TF PDUs of one PDV each, as header and data buffers.
+
+    ``ends_message`` marks the PDV holding the end of ``data`` as the last
+    fragment of the command set or data set. An empty ``data`` that ends the
+    message is one empty last fragment.
+    """
+    base = COMMAND_FRAGMENT if command else DATASET_FRAGMENT
+    buffers: list[memoryview | bytes] = []
+    length = len(data)
+    starts = range(0, length, fragment) if length else range(1 if ends_message else 0)
+    for start in starts:
+        piece = data[start : start + fragment]
+        last = ends_message and start + fragment >= length
+        item_length = len(piece) + 2  # context ID and message control header
+        buffers.append(
+            PDU_AND_PDV_HEADER.pack(
+                P_DATA_TF,
+                0,
+                item_length + 4,
+                item_length,
+                context_id,
+                base | LAST_FRAGMENT if last else base,
+            )
+        )
+        buffers.append(piece)
+    return buffers
+
+
+def _file_pdus(
+    path: Any, offset: int, context_id: int, fragment: int
+) -> Iterator[list[memoryview | bytes]]:
+    """Read a data set from ``path`` at ``offset`` and yield its P-DATA-TF PDUs as buffers.
+
+    Each yielded list holds about BATCH_BYTES of PDUs, to write with one
+    ``sendmsg``. The data buffers are views of one reused buffer, valid
+    until the next list is requested.
+    """
+    buffer = bytearray(max(1, BATCH_BYTES // fragment) * fragment)
+    with open(path, "rb") as stream:
+        remaining = stream.seek(0, 2) - offset
+        stream.seek(offset)
+        if remaining <= 0:
+            yield _fragment_pdus(memoryview(b""), context_id, fragment, False, True)
+        while remaining > 0:
+            count = min(stream.readinto(buffer), remaining)
+            if count <= 0:
+                raise OSError(f"{path} ended before its size: {remaining} bytes missing")
+            remaining -= count
+            yield _fragment_pdus(
+                memoryview(buffer)[:count], context_id, fragment, False, remaining == 0
+            )
+
+
+def _send_buffers(sock: Any, buffers: list[memoryview | bytes]) -> None:
+    """Write every buffer, in order, with as few system calls as the kernel allows."""
+    pending = [view for view in (memoryview(buffer).cast("B") for buffer in buffers) if view]
+    while pending:
+        sent = sock.sendmsg(pending[:IOV_MAX])
+        while sent:
+            if sent >= len(pending[0]):
+                sent -= len(pending.pop(0))
+            else:
+                pending[0] = pending[0][sent:]
+                sent = 0
 
 
 def _batches(primitives: Iterator[Any]) -> Iterator[bytes]:

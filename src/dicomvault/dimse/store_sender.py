@@ -4,8 +4,10 @@ pynetdicom's ``Association.send_c_store`` reparses the file meta of every
 file, and before each request waits for the association's reactor to pause,
 which it checks once a millisecond. For a stream of sub-operations that wait
 is a large share of the time per instance. :class:`StoreSender` pauses the
-reactor once for the whole stream, sends each request itself and reads the
-response from the DIMSE message queue, as ``send_c_store`` does.
+reactor once for the whole stream and sends each request itself. Without
+TLS it also writes the command set by hand, the data set straight from the
+file, and reads the response on its own thread; over TLS it goes through
+pynetdicom's encoder and message queue.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 
-from dicomvault.dimse.direct_send import send_directly
+from dicomvault.dimse.command_set import encode_store_request
+from dicomvault.dimse.direct_receive import DirectReceiver, ReceiveError
+from dicomvault.dimse.direct_send import MessageWriter, PartialMessageError, send_directly
 
 LOGGER = logging.getLogger(__name__)
 
@@ -63,13 +67,18 @@ class StoreSender:
     On an association the archive requested (C-MOVE), the reactor is paused
     on entry and resumed on exit. On the association of a C-GET the archive
     is the acceptor and the requests are sent from the reactor's own thread,
-    so no pause is needed. In both cases P-DATA PDUs are written directly
-    (see :mod:`dicomvault.dimse.direct_send`) unless the connection uses TLS.
+    so no pause is needed. In both cases, unless the connection uses TLS,
+    requests are written directly (see :mod:`dicomvault.dimse.direct_send`)
+    and responses read on the sending thread (see
+    :mod:`dicomvault.dimse.direct_receive`).
     """
 
     def __init__(self, assoc: Any) -> None:
         self.assoc = assoc
         self._restore_send: Any = None
+        self._writer: MessageWriter | None = None
+        self._receiver: DirectReceiver | None = None
+        self._restore_receive: Any = None
         self._paused = False
         self._idle_delay = 0.001
 
@@ -77,10 +86,15 @@ class StoreSender:
         if self.assoc.is_requestor:
             self._pause_reactor()
         self._restore_send = send_directly(self.assoc)
-        # The DUL thread sleeps this long between looks at the socket when it
-        # has nothing to do; each C-STORE response waits for its next look.
+        self._writer = MessageWriter.for_association(self.assoc)
+        installed = DirectReceiver.install(self.assoc) if self._writer is not None else None
+        if installed is not None:
+            self._receiver, self._restore_receive = installed
         self._idle_delay = self.assoc.dul._run_loop_delay
-        self.assoc.dul._run_loop_delay = RESPONSE_POLL_SECONDS
+        if self._receiver is None:
+            # The DUL thread sleeps this long between looks at the socket when
+            # it has nothing to do; each C-STORE response waits for its next look.
+            self.assoc.dul._run_loop_delay = RESPONSE_POLL_SECONDS
         return self
 
     def __exit__(
@@ -90,6 +104,8 @@ class StoreSender:
         traceback: TracebackType | None,
     ) -> None:
         self.assoc.dul._run_loop_delay = self._idle_delay
+        if self._restore_receive is not None:
+            self._restore_receive()
         if self._restore_send is not None:
             self._restore_send()
         if self._paused:
@@ -120,8 +136,14 @@ class StoreSender:
 
         The file's transfer syntax must be the one of the presentation context.
         """
+        offset = dataset_offset(path)
+        if self._receiver is not None:
+            command = _store_request(message_id, sop_class_uid, sop_instance_uid, originator)
+            return self._exchange_directly(
+                context_id, message_id, command, data_set_file=(path, offset)
+            )
         request = self._request(context_id, sop_class_uid, sop_instance_uid, message_id)
-        request._dataset_path = (path, dataset_offset(path))  # streamed by pynetdicom's encoder
+        request._dataset_path = (path, offset)  # streamed by pynetdicom's encoder
         return self._exchange(request, context_id, originator)
 
     def send_dataset(
@@ -138,9 +160,11 @@ class StoreSender:
         )
         if encoded is None:
             raise SendError(f"cannot encode {dataset.SOPInstanceUID} in {syntax.name}")
-        request = self._request(
-            context_id, str(dataset.SOPClassUID), str(dataset.SOPInstanceUID), message_id
-        )
+        sop_class_uid, sop_instance_uid = str(dataset.SOPClassUID), str(dataset.SOPInstanceUID)
+        if self._receiver is not None:
+            command = _store_request(message_id, sop_class_uid, sop_instance_uid, originator)
+            return self._exchange_directly(context_id, message_id, command, data_set=encoded)
+        request = self._request(context_id, sop_class_uid, sop_instance_uid, message_id)
         request.DataSet = BytesIO(encoded)
         return self._exchange(request, context_id, originator)
 
@@ -158,6 +182,38 @@ class StoreSender:
         request.AffectedSOPInstanceUID = sop_instance
         request.Priority = 0x0002  # low, pynetdicom's default
         return request
+
+    def _exchange_directly(
+        self,
+        context_id: int,
+        message_id: int,
+        command_set: bytes,
+        data_set: bytes | None = None,
+        data_set_file: tuple[Path, int] | None = None,
+    ) -> StoreOutcome:
+        """Write a request with the message writer and read its response on this thread."""
+        assert self._writer is not None and self._receiver is not None
+        if not self.assoc.is_established:
+            raise SendError("the association is no longer established")
+        failure: str | None = None
+        with self._receiver.socket_taken():
+            try:
+                self._writer.write(context_id, command_set, data_set, data_set_file)
+                response = self._receiver.read_store_response(self.assoc.dimse_timeout)
+            except (PartialMessageError, ReceiveError) as exc:
+                failure = str(exc)
+        if failure is not None:
+            if self.assoc.is_established:
+                LOGGER.error("C-STORE sub-operation failed (%s); aborting the association", failure)
+                self.assoc.abort()
+            raise SendError(failure)
+        if response.message_id_being_responded_to != message_id:
+            self.assoc.abort()
+            raise SendError(
+                f"C-STORE response to message {response.message_id_being_responded_to}, "
+                f"expected {message_id}; association aborted"
+            )
+        return StoreOutcome(response.status, response.error_comment)
 
     def _exchange(
         self, request: C_STORE, context_id: int, originator: Originator | None
@@ -185,6 +241,16 @@ class StoreSender:
             )
         comment = getattr(response, "ErrorComment", None)
         return StoreOutcome(int(response.Status or 0), str(comment) if comment else None)
+
+
+def _store_request(
+    message_id: int, sop_class_uid: str, sop_instance_uid: str, originator: Originator | None
+) -> bytes:
+    if originator is None:
+        return encode_store_request(message_id, sop_class_uid, sop_instance_uid)
+    return encode_store_request(
+        message_id, sop_class_uid, sop_instance_uid, originator.ae_title, originator.message_id
+    )
 
 
 def dataset_offset(path: Path) -> int:
