@@ -2,8 +2,9 @@
 
 A retrieve sends one C-STORE request per instance and reads one response.
 pynetdicom builds a pydicom dataset for every command set, which costs
-about half a millisecond per sub-operation; the few fixed elements of
-these two messages take microseconds to write and read directly. Command
+about half a millisecond per sub-operation (measured with pynetdicom 3.0).
+Writing and reading the few fixed elements of these two messages directly
+takes microseconds. Command
 sets are always Implicit VR Little Endian (PS3.7 6.3.1); the elements
 follow PS3.7 9.3.1.
 """

@@ -8,7 +8,7 @@ the associations that carry sub-operations, the sending thread takes the
 socket for the time of one request and its response and reads the response
 PDUs itself.
 
-While the sending thread holds the socket, the DUL thread skips its reads
+While the sending thread has the socket, the DUL thread skips its reads
 (it keeps running its state machine and its timers). P-DATA-TF PDUs in
 state Sta6 are decoded here, the C-STORE response by hand (see
 :mod:`dicomvault.dimse.command_set`); another message without a data set,

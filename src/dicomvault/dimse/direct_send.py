@@ -30,7 +30,7 @@ LOGGER = logging.getLogger(__name__)
 P_DATA_TF = 0x04
 PDU_HEADER = struct.Struct(">BBI")  # PDU type, reserved, PDU length
 PDV_HEADER = struct.Struct(">IB")  # item length, presentation context ID
-# A P-DATA-TF PDU holding one PDV: both headers and the message control header.
+# A P-DATA-TF PDU with one PDV: both headers and the message control header.
 PDU_AND_PDV_HEADER = struct.Struct(">BBIIBB")
 # Message control header (PS3.8 E.2): bit 0 command or data set, bit 1 last fragment.
 DATASET_FRAGMENT = 0x00
@@ -193,7 +193,8 @@ def _supports_quick_ack(sock: Any) -> bool:
 def _fragment_size(max_pdu: int) -> int:
     """Return the data bytes per PDV for a peer's maximum PDU length (0: no limit).
 
-    The size is even, because DCMTK refuses odd-length fragments before the last.
+    The size is even, so that only the last fragment of an odd-length data
+    set has an odd length, as with pynetdicom and an even maximum.
     """
     if max_pdu == 0:
         return BATCH_BYTES
@@ -205,14 +206,19 @@ def _fragment_pdus(
 ) -> list[memoryview | bytes]:
     """Split ``data`` into P-DATA-TF PDUs of one PDV each, as header and data buffers.
 
-    ``ends_message`` marks the PDV holding the end of ``data`` as the last
+    ``ends_message`` marks the PDV with the end of ``data`` as the last
     fragment of the command set or data set. An empty ``data`` that ends the
     message is one empty last fragment.
     """
     base = COMMAND_FRAGMENT if command else DATASET_FRAGMENT
     buffers: list[memoryview | bytes] = []
     length = len(data)
-    starts = range(0, length, fragment) if length else range(1 if ends_message else 0)
+    if length:
+        starts = range(0, length, fragment)
+    elif ends_message:
+        starts = range(1)  # one empty fragment
+    else:
+        starts = range(0)
     for start in starts:
         piece = data[start : start + fragment]
         last = ends_message and start + fragment >= length
@@ -236,7 +242,7 @@ def _file_pdus(
 ) -> Iterator[list[memoryview | bytes]]:
     """Read a data set from ``path`` at ``offset`` and yield its P-DATA-TF PDUs as buffers.
 
-    Each yielded list holds about BATCH_BYTES of PDUs, to write with one
+    Each yielded list contains about BATCH_BYTES of PDUs, to write with one
     ``sendmsg``. The data buffers are views of one reused buffer, valid
     until the next list is requested.
     """
