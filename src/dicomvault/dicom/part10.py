@@ -14,6 +14,7 @@ _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC
 _LONG_LENGTH_VRS |= {b"UT", b"UV"}
 _TRANSFER_SYNTAX_UID = 0x0010
 _MEDIA_STORAGE_SOP_CLASS_UID = 0x0002
+_MEDIA_STORAGE_SOP_INSTANCE_UID = 0x0003
 
 
 class NotDicomFileError(InvalidDatasetError):
@@ -27,6 +28,7 @@ class Part10File:
     transfer_syntax_uid: str
     media_storage_sop_class_uid: str
     dataset_offset: int
+    media_storage_sop_instance_uid: str = ""
 
 
 def split_part10(data: bytes | memoryview) -> Part10File:
@@ -78,7 +80,11 @@ def split_part10(data: bytes | memoryview) -> Part10File:
                 f"The File Meta Information is truncated: element (0002,{element:04X}) "
                 f"declares {length} bytes but {len(view) - start} follow"
             )
-        if element in (_TRANSFER_SYNTAX_UID, _MEDIA_STORAGE_SOP_CLASS_UID):
+        if element in (
+            _TRANSFER_SYNTAX_UID,
+            _MEDIA_STORAGE_SOP_CLASS_UID,
+            _MEDIA_STORAGE_SOP_INSTANCE_UID,
+        ):
             raw = bytes(view[start : start + length])
             values[element] = raw.decode("ascii", errors="replace").strip(" \x00")
         offset = start + length
@@ -89,7 +95,12 @@ def split_part10(data: bytes | memoryview) -> Part10File:
             "The File Meta Information has no Transfer Syntax UID (0002,0010), so the "
             "dataset's encoding is unknown"
         )
-    return Part10File(syntax, values.get(_MEDIA_STORAGE_SOP_CLASS_UID, ""), offset)
+    return Part10File(
+        syntax,
+        values.get(_MEDIA_STORAGE_SOP_CLASS_UID, ""),
+        offset,
+        values.get(_MEDIA_STORAGE_SOP_INSTANCE_UID, ""),
+    )
 
 
 def _starts_like_dataset(view: memoryview) -> bool:
