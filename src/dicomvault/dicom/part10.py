@@ -31,12 +31,14 @@ class Part10File:
     media_storage_sop_instance_uid: str = ""
 
 
-def split_part10(data: bytes | memoryview) -> Part10File:
+def split_part10(data: bytes | memoryview, bare_meta: bool = False) -> Part10File:
     """Read the File Meta Information of a whole DICOM file.
 
     The 128-byte preamble may be missing when the file starts with 'DICM',
-    a form some writers produce. The group 0002 elements are read in
-    Explicit VR Little Endian, as PS3.10 7.1 requires.
+    a form some writers produce. With ``bare_meta``, the file may also start
+    with the group 0002 elements themselves, without preamble and 'DICM', as
+    pydicom writes a dataset created in memory. The group 0002 elements are
+    read in Explicit VR Little Endian, as PS3.10 7.1 requires.
 
     Raises
     ------
@@ -50,6 +52,8 @@ def split_part10(data: bytes | memoryview) -> Part10File:
         offset = PREAMBLE_LENGTH + 4
     elif bytes(view[:4]) == PREFIX:
         offset = 4
+    elif bare_meta and _starts_with_meta_element(view):
+        offset = 0
     elif _starts_like_dataset(view):
         raise NotDicomFileError(
             "No File Meta Information (128-byte preamble, 'DICM' and group 0002), so the "
@@ -101,6 +105,15 @@ def split_part10(data: bytes | memoryview) -> Part10File:
         offset,
         values.get(_MEDIA_STORAGE_SOP_INSTANCE_UID, ""),
     )
+
+
+def _starts_with_meta_element(view: memoryview) -> bool:
+    """Return whether the bytes begin with a group 0002 element in explicit VR little endian."""
+    if len(view) < 8:
+        return False
+    group = struct.unpack_from("<H", view, 0)[0]
+    vr = bytes(view[4:6])
+    return group == 0x0002 and vr.isalpha() and vr.isupper()
 
 
 def _starts_like_dataset(view: memoryview) -> bool:

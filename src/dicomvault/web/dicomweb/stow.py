@@ -392,11 +392,11 @@ def _identify(spool: PartSpool, part: SpooledPart) -> _Instance:
     prefix = spool.read(part, META_PREFIX_SIZE)
     try:
         try:
-            meta = split_part10(prefix)
+            meta = split_part10(prefix, bare_meta=True)
         except InvalidDatasetError:
             if len(prefix) == part.size:
                 raise
-            meta = split_part10(spool.read(part))
+            meta = split_part10(spool.read(part), bare_meta=True)
     except InvalidDatasetError as exc:
         raise StowRequestError(
             status.HTTP_400_BAD_REQUEST, f"Part {part.number} is not a DICOM file: {exc}"
@@ -440,7 +440,6 @@ def _store_one(archive: Archive, spool: PartSpool, instance: _Instance, study: s
             dataset=dataset,
             transfer_syntax_uid=instance.meta.transfer_syntax_uid,
             sop_class_uid=instance.sop_class_uid,
-            sop_instance_uid=instance.sop_instance_uid,
             study_instance_uid=study,
         )
     except Exception as exc:
@@ -454,6 +453,15 @@ def _store_one(archive: Archive, spool: PartSpool, instance: _Instance, study: s
         )
         return _Outcome(instance, reason=reason, message=message)
 
+    if result.sop_instance_uid != instance.sop_instance_uid:
+        # The archive writes a new File Meta Information from the dataset's UIDs.
+        LOGGER.warning(
+            "Stored %s over STOW-RS, though the File Meta Information of part %d has "
+            "Media Storage SOP Instance UID %s",
+            result.sop_instance_uid,
+            part.number,
+            instance.sop_instance_uid,
+        )
     for warning in result.warnings:
         LOGGER.warning(
             "Stored %s over STOW-RS with a warning: %s", result.sop_instance_uid, warning
