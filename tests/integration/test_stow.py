@@ -288,7 +288,11 @@ def _bad_requests() -> list[object]:
             MULTIPART, body[: len(body) // 2], 400, "no close delimiter", id="truncated body"
         ),
         pytest.param(
-            MULTIPART, b"junk\r\n" + body, 400, "The multipart body is malformed", id="malformed"
+            MULTIPART,
+            body.replace(b"\r\n\r\n", b"\r\n", 1),
+            400,
+            "The multipart body is malformed",
+            id="malformed",
         ),
         pytest.param(
             MULTIPART,

@@ -1,7 +1,7 @@
 """STOW-RS on a test app: store responses, failure reasons, and bad requests that store nothing.
 
 The router is mounted under /dicomweb on a small FastAPI app, served by
-uvicorn on a loopback port, over an archive with an emptied index; every
+uvicorn on a loopback port, over an archive with an emptied index. Every
 test runs on SQLite and on PostgreSQL.
 """
 
@@ -215,6 +215,14 @@ class TestStoreInstances:
         assert response.status_code == 200, response.text
         assert is_stored(archive, ds.SOPInstanceUID)
 
+    def test_preamble_ignored(self, client: httpx.Client, archive: Archive) -> None:
+        ds = make_instance()
+        body = b"This is a preamble.\r\n" + multipart_body([part10_bytes(ds)])
+        response = post(client, body)
+
+        assert response.status_code == 200, response.text
+        assert is_stored(archive, ds.SOPInstanceUID)
+
     def test_single_application_dicom_body(self, client: httpx.Client, archive: Archive) -> None:
         ds = make_instance()
         response = post(client, part10_bytes(ds), "application/dicom")
@@ -281,6 +289,7 @@ class TestStoreStudy:
         assert response.status_code == 409
         rsp = response_dataset(response)
         assert "ReferencedSOPSequence" not in rsp
+        assert rsp.RetrieveURL in ("", None)
         item = rsp.FailedSOPSequence[0]
         assert item.ReferencedSOPInstanceUID == ds.SOPInstanceUID
         assert item.ReferencedSOPClassUID == ds.SOPClassUID
@@ -494,13 +503,14 @@ def _bad_requests() -> list[Any]:
             'multipart/related; type="application/dicom"; boundary=other',
             body,
             400,
-            "The multipart body is malformed",
+            "has no delimiter '--other': it is empty, or its boundary differs",
         ),
         ("truncated body", MULTIPART, body[: len(body) // 2], 400, "no close delimiter"),
         ("no close delimiter", MULTIPART, body[: -len(f"--{BOUNDARY}--\r\n")], 400, "truncated"),
-        ("preamble", MULTIPART, b"preamble\r\n" + body, 400, "malformed"),
+        ("no delimiter", MULTIPART, b"x" * 70_000, 400, "has no delimiter '--stow-test"),
+        ("delimiter without CRLF", MULTIPART, b"preamble" + body, 400, "no instance to store"),
         ("no part", MULTIPART, f"--{BOUNDARY}--\r\n".encode(), 400, "no instance to store"),
-        ("empty body", MULTIPART, b"", 400, "no close delimiter"),
+        ("empty body", MULTIPART, b"", 400, "has no delimiter"),
         ("empty single body", "application/dicom", b"", 400, "no instance to store"),
         (
             "text part",

@@ -22,10 +22,12 @@ LOGGER = logging.getLogger(__name__)
 SPOOL_MEMORY_SIZE = 8 * 1024 * 1024
 # RFC 2046 5.1.1 limits a boundary to 70 characters.
 MAX_BOUNDARY_LENGTH = 70
+# Maximum size of a preamble (text before the first delimiter, RFC 2046 5.1.1).
+MAX_PREAMBLE_SIZE = 64 * 1024
 
 
 class MultipartError(ValueError):
-    """The request body is not a well-formed multipart body; the message says where."""
+    """The request body is not a well-formed multipart body; the message names the fault."""
 
 
 class PayloadTooLargeError(ValueError):
@@ -70,9 +72,9 @@ class PartSpool:
     Parameters
     ----------
     max_part_size : int
-        Largest part accepted, in bytes.
+        Maximum size of one part body, in bytes.
     max_total_size : int
-        Largest sum of all part bodies accepted, in bytes.
+        Maximum size of all part bodies together, in bytes.
     part_limit_name, total_limit_name : str
         Setting names quoted when a limit is exceeded.
     """
@@ -193,6 +195,8 @@ class MultipartReader:
         self._field = bytearray()
         self._value = bytearray()
         self._ended = False
+        # Bytes before the first delimiter, until it is found; None after.
+        self._preamble: bytearray | None = bytearray()
         self._parser = MultipartParser(
             boundary.encode("latin-1"),
             callbacks={
@@ -220,10 +224,40 @@ class MultipartReader:
         if self._ended:
             # RFC 2046 5.1.1: an epilogue after the close delimiter is ignored.
             return
+        if self._preamble is not None:
+            chunk = self._skip_preamble(chunk)
+            if not chunk:
+                return
         try:
             self._parser.write(chunk)
         except MultipartParseError as exc:
             raise MultipartError(f"The multipart body is malformed: {exc}") from None
+
+    def _skip_preamble(self, chunk: bytes) -> bytes:
+        """Return the body from the first delimiter on, or b"" while it has not come.
+
+        python-multipart expects the body to start with the delimiter, but
+        RFC 2046 5.1.1 allows a preamble before it, which is ignored.
+        """
+        assert self._preamble is not None
+        self._preamble += chunk
+        delimiter = b"--" + self._boundary.encode("latin-1")
+        if self._preamble.startswith(delimiter):
+            start = 0
+        else:
+            found = self._preamble.find(b"\r\n" + delimiter)
+            start = -1 if found == -1 else found + 2
+        if start == -1:
+            if len(self._preamble) > MAX_PREAMBLE_SIZE:
+                raise MultipartError(
+                    f"The multipart body has no delimiter '--{self._boundary}' in its first "
+                    f"{MAX_PREAMBLE_SIZE} bytes; its boundary differs from the Content-Type's "
+                    "boundary parameter"
+                )
+            return b""
+        body = bytes(self._preamble[start:])
+        self._preamble = None
+        return body
 
     def finish(self) -> list[SpooledPart]:
         """Check that the body ended with the close delimiter; return the parts.
@@ -234,6 +268,11 @@ class MultipartReader:
             If the close delimiter never came, so the body is truncated or
             its boundary differs from the Content-Type's.
         """
+        if self._preamble is not None:
+            raise MultipartError(
+                f"The multipart body has no delimiter '--{self._boundary}': it is empty, or its "
+                "boundary differs from the Content-Type's boundary parameter"
+            )
         if not self._ended:
             raise MultipartError(
                 f"The multipart body has no close delimiter '--{self._boundary}--': it is "

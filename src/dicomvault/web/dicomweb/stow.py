@@ -1,9 +1,9 @@
 """STOW-RS (PS3.18 10.5): store DICOM files sent over HTTP through the archive, as C-STORE does.
 
-The request body is spooled to a temporary file as it arrives and checked
-before anything is stored: a malformed multipart body, an unsupported media
-type or a part that is not a DICOM file fails the whole request with a 4xx
-and stores nothing. Then each instance goes through :meth:`Archive.store`,
+The request body is spooled to a temporary file as it arrives, and every
+part is checked before anything is stored. A malformed multipart body, an
+unsupported media type or a part that is not a DICOM file fails the whole
+request with a 4xx and stores nothing. Then each instance goes through :meth:`Archive.store`,
 the path of C-STORE, with its durability and duplicate rules, and the
 response lists what was stored and what failed, and why.
 """
@@ -151,7 +151,7 @@ class _Instance:
 
 @dataclasses.dataclass(frozen=True)
 class _Outcome:
-    """What happened to one instance: stored (``result``) or failed (``reason``)."""
+    """The outcome of one instance: stored (``result``) or failed (``reason``)."""
 
     instance: _Instance
     result: StoreResult | None = None
@@ -175,7 +175,7 @@ async def store_instances(request: Request) -> Response:
 
     - 200: every instance is durable and indexed.
     - 202: some instances were stored, and others failed or were stored
-      with a warning; the body says which and why.
+      with a warning; the body lists which and why.
     - 409: no instance was stored; the FailedSOPSequence gives each reason.
     - 400: the body is not well-formed multipart, has no part, or a part is
       not a DICOM file or has no SOP Class or SOP Instance UID. Nothing is stored.
@@ -205,7 +205,7 @@ async def store_study_instances(study: str, request: Request) -> Response:
     -----
     As POST /studies. An instance whose Study Instance UID differs from
     ``study`` is not stored and has Failure Reason 0xC409. A ``study`` that
-    is not a valid UID is answered with 400.
+    is not a valid UID gets 400.
     """
     if not is_valid_uid(study):
         raise HTTPException(
@@ -497,8 +497,8 @@ def _store_response(outcomes: list[_Outcome], base: str, study: str) -> Response
     stored_studies = {
         outcome.result.study_instance_uid for outcome in outcomes if outcome.result is not None
     }
-    target = study or (next(iter(stored_studies)) if len(stored_studies) == 1 else "")
-    # Type 2: empty when the stored instances belong to several studies.
+    # Type 2: empty when no instance was stored, or the stored ones belong to several studies.
+    target = next(iter(stored_studies)) if len(stored_studies) == 1 else ""
     ds.RetrieveURL = f"{base}/studies/{target}" if target else ""
 
     referenced: list[Dataset] = []
@@ -555,11 +555,11 @@ def _json_bytes(ds: Dataset) -> bytes:
 
 def _warning_values(messages: list[str]) -> list[str]:
     """Format messages as Warning header values: 299 dicomvault "text" (RFC 7234 5.5)."""
-    shown = messages[:MAX_WARNING_HEADERS]
+    listed = messages[:MAX_WARNING_HEADERS]
     if len(messages) > MAX_WARNING_HEADERS:
-        shown[-1] = f"{len(messages) - MAX_WARNING_HEADERS + 1} more instances failed or warned"
+        listed[-1] = f"{len(messages) - MAX_WARNING_HEADERS + 1} more instances failed or warned"
     values = []
-    for message in shown:
+    for message in listed:
         text = message.encode("ascii", errors="replace").decode("ascii")
         text = text.replace("\\", "/").replace('"', "'")[:MAX_WARNING_TEXT]
         values.append(f'299 {WARN_AGENT} "{text}"')
