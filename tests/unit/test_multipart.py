@@ -49,6 +49,16 @@ class TestMultipartReader:
         body = body_of(PART_BODIES[:1], preamble=b"preamble\r\n", epilogue=b"epilogue")
         assert read(body, chunk_size) == PART_BODIES[:1]
 
+    def test_read_range(self) -> None:
+        with PartSpool(10**6, 10**6) as spool:
+            reader = MultipartReader(BOUNDARY, spool)
+            reader.write(body_of([b"first", b"0123456789"]))
+            first, second = reader.finish()
+            assert spool.read(second, start=3) == b"3456789"
+            assert spool.read(second, start=3, size=2) == b"34"
+            assert spool.read(second, start=20) == b""
+            assert spool.read(first, size=100) == b"first"
+
     def test_part_headers(self) -> None:
         spool = PartSpool(10**6, 10**6)
         reader = MultipartReader(BOUNDARY, spool)

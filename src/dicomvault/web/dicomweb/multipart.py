@@ -142,10 +142,11 @@ class PartSpool:
         )
         self._part_headers = None
 
-    def read(self, part: SpooledPart, size: int | None = None) -> bytes:
-        """Return the body of ``part``, or only its first ``size`` bytes."""
-        self._file.seek(part.offset)
-        return self._file.read(part.size if size is None else min(size, part.size))
+    def read(self, part: SpooledPart, start: int = 0, size: int | None = None) -> bytes:
+        """Return the body of ``part`` from byte ``start`` on, or only ``size`` bytes of it."""
+        available = max(part.size - start, 0)
+        self._file.seek(part.offset + start)
+        return self._file.read(available if size is None else min(size, available))
 
     def close(self) -> None:
         """Delete the temporary file."""

@@ -389,7 +389,7 @@ def _store_parts(archive: Archive, spool: PartSpool, study: str) -> list[_Outcom
 
 
 def _identify(spool: PartSpool, part: SpooledPart) -> _Instance:
-    prefix = spool.read(part, META_PREFIX_SIZE)
+    prefix = spool.read(part, size=META_PREFIX_SIZE)
     try:
         try:
             meta = split_part10(prefix, bare_meta=True)
@@ -411,7 +411,7 @@ def _identify(spool: PartSpool, part: SpooledPart) -> _Instance:
 
 def _dataset_uids(spool: PartSpool, part: SpooledPart, meta: Part10File) -> tuple[str, str]:
     """Read SOP Class and Instance UIDs from the dataset, for a file meta without them."""
-    dataset = spool.read(part)[meta.dataset_offset :]
+    dataset = spool.read(part, start=meta.dataset_offset)
     try:
         ds = read_header(dataset, meta.transfer_syntax_uid)
     except InvalidDatasetError as exc:
@@ -434,7 +434,8 @@ def _dataset_uids(spool: PartSpool, part: SpooledPart, meta: Part10File) -> tupl
 
 def _store_one(archive: Archive, spool: PartSpool, instance: _Instance, study: str) -> _Outcome:
     part = instance.part
-    dataset = spool.read(part)[instance.meta.dataset_offset :]
+    # Read from the dataset's start, so that only one copy of it is in memory.
+    dataset = spool.read(part, start=instance.meta.dataset_offset)
     try:
         result = archive.store(
             dataset=dataset,
