@@ -6,7 +6,7 @@ VENV_PYTHON := $(VENV)/bin/python
 # Extra options for `make serve`, for example: make serve ARGS='--port 11113 -v'
 ARGS ?=
 
-.PHONY: venv serve test lint bench bench-move
+.PHONY: venv serve test lint bench bench-move bench-dicomweb
 
 venv: $(VENV)/.installed
 
@@ -41,3 +41,11 @@ bench: venv
 bench-move: venv
 	bash tests/services.sh
 	bash bench/run.sh --only move $(ARGS)
+
+# DICOMweb beside Orthanc with its DICOMweb plugin: QIDO-RS study search
+# latency and WADO-RS study retrieve throughput (bench/dicomweb_bench.py;
+# root, for the network namespace). The tables also go to
+# bench/results/dicomweb-latest.md.
+bench-dicomweb: venv
+	bash tests/services.sh
+	bash bench/run_dicomweb_bench.sh --markdown bench/results/dicomweb-latest.md $(ARGS)

@@ -20,6 +20,8 @@ from bench.loopback import LOOPBACK, accepts_connections, free_port, process_env
 START_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
 KILL_TIMEOUT_SECONDS = 10.0
+# Installed by the Debian package orthanc-dicomweb (tests/services.sh installs it).
+ORTHANC_DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
 
 
 class ServerError(RuntimeError):
@@ -183,17 +185,24 @@ class Orthanc(Server):
     The configuration sets only folders, ports and AE title, and what the
     benchmarks need: DicomCheckCalledAet off, C-MOVE from any calling AE
     (movescu is not a registered modality), and the C-MOVE destinations.
+    With ``dicomweb``, it loads the DICOMweb plugin of the Debian package
+    orthanc-dicomweb, serving DICOMweb under ``DICOMWEB_ROOT``.
     """
 
     name = "Orthanc"
     ae_title = "ORTHANC"
+    DICOMWEB_ROOT = "/dicom-web"
 
     def __init__(
-        self, workdir: Path, modalities: Mapping[str, tuple[str, int]] | None = None
+        self,
+        workdir: Path,
+        modalities: Mapping[str, tuple[str, int]] | None = None,
+        dicomweb: bool = False,
     ) -> None:
         super().__init__(workdir)
         self.http_port = free_port()
         self.modalities = dict(modalities or {})
+        self.dicomweb = dicomweb
         self.config_path = workdir / "orthanc.json"
 
     def command(self) -> list[str]:
@@ -216,6 +225,16 @@ class Orthanc(Server):
             },
             "Plugins": [],
         }
+        if self.dicomweb:
+            config["Plugins"] = [str(ORTHANC_DICOMWEB_PLUGIN)]
+            # Host and Ssl set the scheme and host of the URLs in responses.
+            config["DicomWeb"] = {
+                "Enable": True,
+                "Root": f"{self.DICOMWEB_ROOT}/",
+                "EnableWado": False,
+                "Host": f"{LOOPBACK}:{self.http_port}",
+                "Ssl": False,
+            }
         self.config_path.write_text(json.dumps(config, indent=2), encoding="utf-8")
         return ["Orthanc", str(self.config_path)]
 
@@ -230,13 +249,18 @@ class Orthanc(Server):
 
 
 class Dicomvault(Server):
-    """dicomvault with its embedded defaults: SQLite index and files under the data folder."""
+    """dicomvault with its embedded defaults: SQLite index and files under the data folder.
+
+    It serves its HTTP API, DICOMweb under ``DICOMWEB_ROOT`` included, on ``http_port``.
+    """
 
     name = "dicomvault"
     ae_title = "DICOMVAULT"
+    DICOMWEB_ROOT = "/dicomweb"
 
     def __init__(self, workdir: Path, nodes: Mapping[str, tuple[str, int]] | None = None) -> None:
         super().__init__(workdir)
+        self.http_port = free_port()
         self.data_dir = workdir / "data"
         self.nodes = dict(nodes or {})
 
@@ -254,7 +278,12 @@ class Dicomvault(Server):
             str(self.port),
             "--ae-title",
             self.ae_title,
+            "--http-port",
+            str(self.http_port),
         ]
+
+    def ports(self) -> list[int]:
+        return [self.port, self.http_port]
 
     def count_instances(self) -> int:
         return count_instances(self.port, self.ae_title)

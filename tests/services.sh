@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install and start what the integration tests need: the DCMTK command line
-# tools, Orthanc (started by the tests themselves), and a PostgreSQL 15
-# cluster with a login role for the tests.
+# tools, Orthanc with its DICOMweb plugin (started by the tests and the
+# benchmarks themselves), and a PostgreSQL 15 cluster with a login role for
+# the tests.
 #
 # Safe to run again: each step checks its state first. Runs as root, the way
 # CI and the development machines run it.
@@ -14,6 +15,8 @@ PG_PORT=5432
 PG_ROLE=dicomvault
 PG_PASSWORD=dicomvault
 PG_READY_TIMEOUT_SECONDS=60
+# Installed by the Debian package orthanc-dicomweb; bench/servers.py loads it from here.
+ORTHANC_DICOMWEB_PLUGIN=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
 
 log() {
     printf 'services.sh: %s\n' "$*"
@@ -21,12 +24,15 @@ log() {
 
 install_packages() {
     # DCMTK's tools and Orthanc are peers of the integration tests. The tests
-    # start Orthanc themselves, inside a network namespace of their own.
+    # start Orthanc themselves, inside a network namespace of their own. The
+    # DICOMweb benchmark loads Orthanc's DICOMweb plugin from its package.
     local missing=()
     command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
     command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
+    [[ -e "$ORTHANC_DICOMWEB_PLUGIN" ]] || missing+=(orthanc-dicomweb)
     if [[ ${#missing[@]} -eq 0 ]]; then
-        log "DCMTK and Orthanc found: $(command -v storescu), $(command -v Orthanc)"
+        log "DCMTK, Orthanc and its DICOMweb plugin found: $(command -v storescu)," \
+            "$(command -v Orthanc), $ORTHANC_DICOMWEB_PLUGIN"
         return
     fi
     log "installing ${missing[*]}"

@@ -43,6 +43,7 @@ __all__ = [
     "StorageError",
     "StorageFullError",
     "StoreResult",
+    "StudyMismatchError",
 ]
 
 
@@ -52,6 +53,10 @@ class ArchiveError(Exception):
 
 class InstanceMismatchError(ArchiveError):
     """The request's SOP Instance UID differs from the one in the dataset."""
+
+
+class StudyMismatchError(ArchiveError):
+    """The dataset's Study Instance UID differs from the study the request names."""
 
 
 class IndexUnavailableError(ArchiveError):
@@ -64,6 +69,7 @@ class StoreResult:
 
     ``warnings`` lists deviations the archive accepted (such as a SOP Class
     UID that differs between request and dataset); empty on a clean store.
+    The UIDs of the SOP class, study and series are the dataset's.
     """
 
     sop_instance_uid: str
@@ -72,6 +78,9 @@ class StoreResult:
     replaced: bool
     warnings: tuple[str, ...] = ()
     sop_class_mismatch: bool = False
+    sop_class_uid: str = ""
+    study_instance_uid: str = ""
+    series_instance_uid: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,6 +117,7 @@ class Archive:
         sop_class_uid: str = "",
         sop_instance_uid: str = "",
         source_ae_title: str = "",
+        study_instance_uid: str = "",
     ) -> StoreResult:
         """Store an encoded dataset as received and index it.
 
@@ -127,6 +137,9 @@ class Archive:
             against the dataset when given.
         source_ae_title : str, optional
             Calling AE title, recorded in the file meta and the index.
+        study_instance_uid : str, optional
+            The study the request stores into, checked against the dataset
+            when given, as STOW-RS to /studies/{study} requires.
 
         Raises
         ------
@@ -134,6 +147,8 @@ class Archive:
             The bytes cannot be parsed, or a required UID is missing.
         InstanceMismatchError
             ``sop_instance_uid`` differs from the dataset's SOP Instance UID.
+        StudyMismatchError
+            ``study_instance_uid`` differs from the dataset's Study Instance UID.
         DuplicateInstanceError
             The instance exists and the duplicate policy is ``reject``.
         StorageFullError, StorageError
@@ -143,7 +158,12 @@ class Archive:
         """
         try:
             return self._store(
-                dataset, transfer_syntax_uid, sop_class_uid, sop_instance_uid, source_ae_title
+                dataset,
+                transfer_syntax_uid,
+                sop_class_uid,
+                sop_instance_uid,
+                source_ae_title,
+                study_instance_uid,
             )
         except (ArchiveError, InvalidDatasetError, DuplicateInstanceError, StorageError) as exc:
             reason = "duplicate" if isinstance(exc, DuplicateInstanceError) else str(exc)
@@ -157,6 +177,7 @@ class Archive:
         sop_class_uid: str,
         sop_instance_uid: str,
         source_ae_title: str,
+        study_instance_uid: str,
     ) -> StoreResult:
         ds = read_header(dataset, transfer_syntax_uid)
         header = describe_instance(ds, transfer_syntax_uid)
@@ -165,6 +186,11 @@ class Archive:
             raise InstanceMismatchError(
                 f"The request's Affected SOP Instance UID {sop_instance_uid} differs from the "
                 f"dataset's SOP Instance UID {header.sop_instance_uid}"
+            )
+        if study_instance_uid and study_instance_uid != header.study_instance_uid:
+            raise StudyMismatchError(
+                f"The dataset's Study Instance UID {header.study_instance_uid} differs from "
+                f"the study {study_instance_uid} the request stores into"
             )
         if sop_class_uid and sop_class_uid != header.sop_class_uid:
             warnings.append(
@@ -220,6 +246,9 @@ class Archive:
             outcome.replaced,
             tuple(warnings),
             sop_class_mismatch=bool(sop_class_uid and sop_class_uid != header.sop_class_uid),
+            sop_class_uid=header.sop_class_uid,
+            study_instance_uid=header.study_instance_uid,
+            series_instance_uid=header.series_instance_uid,
         )
 
     def _instance_exists(self, sop_instance_uid: str) -> bool:

@@ -319,6 +319,22 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         "TCP port of the HTTP API; 0 turns the HTTP API off",
     ),
     SettingDefinition(
+        "http",
+        "stow_max_instance_size",
+        _parse_int_range(1, 2**63 - 1),
+        1024**3,
+        "maximum size in bytes of one instance sent to STOW-RS; "
+        "the archive holds one instance in memory while it stores it",
+    ),
+    SettingDefinition(
+        "http",
+        "stow_max_request_size",
+        _parse_int_range(1, 2**63 - 1),
+        16 * 1024**3,
+        "maximum size in bytes of one STOW-RS request body, which is spooled to a "
+        "temporary file before any instance is stored",
+    ),
+    SettingDefinition(
         "logging", "level", _parse_log_level, "INFO", "log level: DEBUG, INFO, WARNING or ERROR"
     ),
     SettingDefinition(
@@ -386,6 +402,8 @@ class HttpSettings:
 
     host: str
     port: int
+    stow_max_instance_size: int
+    stow_max_request_size: int
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,6 +33,7 @@ from dicomvault.archive import (
     InvalidDatasetError,
     StorageFullError,
     StoreResult,
+    StudyMismatchError,
 )
 from dicomvault.dicom.header import MissingAttributeError, encode_file_meta
 from dicomvault.dicom.matching import parse_identifier
@@ -98,6 +99,13 @@ class TestStore:
         assert result.replaced is False
         assert result.warnings == ()
 
+    def test_result_uids(self, archive: Archive) -> None:
+        ds = make_instance()
+        result = store(archive, ds)
+        assert result.sop_class_uid == ds.SOPClassUID
+        assert result.study_instance_uid == ds.StudyInstanceUID
+        assert result.series_instance_uid == ds.SeriesInstanceUID
+
     def test_file_is_meta_and_dataset(self, archive: Archive) -> None:
         ds = make_instance()
         data = encode_dataset(ds)
@@ -162,6 +170,22 @@ class TestStore:
     def test_sop_instance_mismatch_stores_nothing(self, archive: Archive) -> None:
         with pytest.raises(InstanceMismatchError):
             store(archive, make_instance(), sop_instance_uid="1.2.3.4")
+        assert stored_files(archive) == []
+        assert count_rows(archive.engine, instances) == 0
+
+    def test_study_matches(self, archive: Archive) -> None:
+        ds = make_instance()
+        result = store(archive, ds, study_instance_uid=ds.StudyInstanceUID)
+        assert result.study_instance_uid == ds.StudyInstanceUID
+
+    def test_study_mismatch_stores_nothing(self, archive: Archive) -> None:
+        ds = make_instance()
+        with pytest.raises(StudyMismatchError) as excinfo:
+            store(archive, ds, study_instance_uid="1.2.3.4")
+        assert str(excinfo.value) == (
+            f"The dataset's Study Instance UID {ds.StudyInstanceUID} differs from the study "
+            "1.2.3.4 the request stores into"
+        )
         assert stored_files(archive) == []
         assert count_rows(archive.engine, instances) == 0
 

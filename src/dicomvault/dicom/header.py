@@ -37,6 +37,10 @@ class InvalidDatasetError(ValueError):
     """The received dataset cannot be stored; the message states what is wrong."""
 
 
+class UnsupportedTransferSyntaxError(InvalidDatasetError):
+    """The dataset's transfer syntax is not one the archive can parse."""
+
+
 class MissingAttributeError(InvalidDatasetError):
     """The dataset lacks an attribute the archive needs to store it.
 
@@ -152,7 +156,9 @@ def _decode_stream(data: bytes, transfer_syntax_uid: str) -> tuple[bytes, bool, 
         deflated = syntax.is_deflated or syntax in DEFLATED_JPIP_SYNTAXES
         is_implicit, is_little = syntax.is_implicit_VR, syntax.is_little_endian
     except ValueError:
-        raise InvalidDatasetError(f"Unknown transfer syntax {transfer_syntax_uid}") from None
+        raise UnsupportedTransferSyntaxError(
+            f"Unknown transfer syntax {transfer_syntax_uid}"
+        ) from None
     if not deflated:
         return data, is_implicit, is_little
     try:

@@ -14,6 +14,7 @@ _LONG_LENGTH_VRS = {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC
 _LONG_LENGTH_VRS |= {b"UT", b"UV"}
 _TRANSFER_SYNTAX_UID = 0x0010
 _MEDIA_STORAGE_SOP_CLASS_UID = 0x0002
+_MEDIA_STORAGE_SOP_INSTANCE_UID = 0x0003
 
 
 class NotDicomFileError(InvalidDatasetError):
@@ -27,14 +28,17 @@ class Part10File:
     transfer_syntax_uid: str
     media_storage_sop_class_uid: str
     dataset_offset: int
+    media_storage_sop_instance_uid: str = ""
 
 
-def split_part10(data: bytes | memoryview) -> Part10File:
+def split_part10(data: bytes | memoryview, bare_meta: bool = False) -> Part10File:
     """Read the File Meta Information of a whole DICOM file.
 
     The 128-byte preamble may be missing when the file starts with 'DICM',
-    a form some writers produce. The group 0002 elements are read in
-    Explicit VR Little Endian, as PS3.10 7.1 requires.
+    a form some writers produce. With ``bare_meta``, the file may also start
+    with the group 0002 elements themselves, without preamble and 'DICM', as
+    pydicom writes a dataset created in memory. The group 0002 elements are
+    read in Explicit VR Little Endian, as PS3.10 7.1 requires.
 
     Raises
     ------
@@ -48,6 +52,8 @@ def split_part10(data: bytes | memoryview) -> Part10File:
         offset = PREAMBLE_LENGTH + 4
     elif bytes(view[:4]) == PREFIX:
         offset = 4
+    elif bare_meta and _starts_with_meta_element(view):
+        offset = 0
     elif _starts_like_dataset(view):
         raise NotDicomFileError(
             "No File Meta Information (128-byte preamble, 'DICM' and group 0002), so the "
@@ -78,7 +84,11 @@ def split_part10(data: bytes | memoryview) -> Part10File:
                 f"The File Meta Information is truncated: element (0002,{element:04X}) "
                 f"declares {length} bytes but {len(view) - start} follow"
             )
-        if element in (_TRANSFER_SYNTAX_UID, _MEDIA_STORAGE_SOP_CLASS_UID):
+        if element in (
+            _TRANSFER_SYNTAX_UID,
+            _MEDIA_STORAGE_SOP_CLASS_UID,
+            _MEDIA_STORAGE_SOP_INSTANCE_UID,
+        ):
             raw = bytes(view[start : start + length])
             values[element] = raw.decode("ascii", errors="replace").strip(" \x00")
         offset = start + length
@@ -89,7 +99,21 @@ def split_part10(data: bytes | memoryview) -> Part10File:
             "The File Meta Information has no Transfer Syntax UID (0002,0010), so the "
             "dataset's encoding is unknown"
         )
-    return Part10File(syntax, values.get(_MEDIA_STORAGE_SOP_CLASS_UID, ""), offset)
+    return Part10File(
+        syntax,
+        values.get(_MEDIA_STORAGE_SOP_CLASS_UID, ""),
+        offset,
+        values.get(_MEDIA_STORAGE_SOP_INSTANCE_UID, ""),
+    )
+
+
+def _starts_with_meta_element(view: memoryview) -> bool:
+    """Return whether the bytes begin with a group 0002 element in explicit VR little endian."""
+    if len(view) < 8:
+        return False
+    group = struct.unpack_from("<H", view, 0)[0]
+    vr = bytes(view[4:6])
+    return group == 0x0002 and vr.isalpha() and vr.isupper()
 
 
 def _starts_like_dataset(view: memoryview) -> bool:
