@@ -27,6 +27,7 @@ from dicomvault.archive import Archive
 from dicomvault.dicom.attributes import Level
 from dicomvault.dicom.header import describe_instance
 from dicomvault.dicom.matching import MatchOptions, parse_identifier
+from dicomvault.dicom.query_language import parse, to_query
 from dicomvault.index.database import (
     DatabaseError,
     create_index_engine,
@@ -792,3 +793,52 @@ class TestSchemaMatchesMigrations:
         with index_engine.connect() as connection:
             differences = compare_metadata(MigrationContext.configure(connection), METADATA)
         assert differences == []
+
+
+class TestQueryLanguageSearch:
+    """Query language expressions searched in the index, with and without SQL prefilters."""
+
+    @pytest.fixture
+    def engine(self, migrated_engine: Engine) -> Engine:
+        writer = IndexWriter(migrated_engine)
+        for number, (name, modality, date, body_part) in enumerate(
+            [
+                ("Smith^John", "CT", "20200615", "CHEST"),
+                ("Smith^Anna", "MR", "20210301", "HEAD"),
+                ("Jones^Ann", "CT", "20191231", "HEAD"),
+            ]
+        ):
+            ds = make_instance(
+                PatientID=f"QL-{number}",
+                PatientName=name,
+                Modality=modality,
+                StudyDate=date,
+                BodyPartExamined=body_part,
+            )
+            writer.add_instance(stored_instance(ds, f"ql/{number}.dcm"))
+        return migrated_engine
+
+    def patient_ids(self, engine: Engine, text: str, level: Level = Level.SERIES) -> list[str]:
+        query = to_query(parse(text), level)
+        results = IndexSearch(engine).search(query)
+        return sorted(str(result.record["PatientID"][0]) for result in results)
+
+    def test_or_of_columns(self, engine: Engine) -> None:
+        assert self.patient_ids(engine, "PatientName:SMITH* AND (Modality:MR OR Modality:XA)") == [
+            "QL-1"
+        ]
+
+    def test_not(self, engine: Engine) -> None:
+        assert self.patient_ids(engine, "Modality:CT AND NOT PatientName:Jones*") == ["QL-0"]
+
+    def test_date_range(self, engine: Engine) -> None:
+        assert self.patient_ids(engine, "StudyDate:[20200101 TO *] -Modality:MR") == ["QL-0"]
+
+    def test_attribute_without_column(self, engine: Engine) -> None:
+        # BodyPartExamined is matched in the stored header, not by SQL.
+        assert self.patient_ids(engine, "BodyPartExamined:HEAD OR PatientID:QL-0") == [
+            "QL-0",
+            "QL-1",
+            "QL-2",
+        ]
+        assert self.patient_ids(engine, "BodyPartExamined:HEAD AND Modality:CT") == ["QL-2"]

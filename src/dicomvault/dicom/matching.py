@@ -19,7 +19,7 @@ import enum
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag
 from pydicom.dataelem import DataElement
@@ -162,23 +162,40 @@ class MatchOptions:
     combined_date_time: bool = False
 
 
+class Filter(Protocol):
+    """A boolean expression over records, such as one of the console's query language."""
+
+    def matches(self, record: Mapping[str, Sequence[Any]]) -> bool:
+        """Return whether ``record`` matches the expression."""
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Query:
-    """A search over one level of the Patient/Study/Series/Instance hierarchy."""
+    """A search over one level of the Patient/Study/Series/Instance hierarchy.
+
+    A record matches when it matches every condition and, if there is one,
+    the ``expression`` (whose keywords ``expression_keywords`` lists).
+    """
 
     level: Level
     conditions: tuple[Condition, ...]
     return_keys: tuple[ReturnKey, ...]
     information_model: str = "STUDY"  # "PATIENT" or "STUDY" root
+    expression: Filter | None = None
+    expression_keywords: frozenset[str] = frozenset()
 
     def matches(self, record: Mapping[str, Sequence[Any]]) -> bool:
-        """Return whether a stored entity matches every condition."""
-        return all(condition.matches(record) for condition in self.conditions)
+        """Return whether a stored entity matches every condition and the expression."""
+        if not all(condition.matches(record) for condition in self.conditions):
+            return False
+        return self.expression is None or self.expression.matches(record)
 
     @property
     def keywords(self) -> set[str]:
         """Keywords whose values matching and the response need."""
         names = {key.keyword for key in self.return_keys}
+        names.update(self.expression_keywords)
         for condition in self.conditions:
             names.add(condition.keyword)
             if condition.time_keyword:

@@ -38,11 +38,14 @@ from pydicom import config
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 
+from dicomvault.dicom.attributes import Level
 from dicomvault.dicom.matching import (
     DATE_TIME_VRS,
     Condition,
     MatchOptions,
+    Query,
     QueryError,
+    ReturnKey,
     parse_condition,
 )
 
@@ -130,6 +133,17 @@ def terms(expression: Expression) -> Iterator[Term]:
     else:
         for operand in expression.operands:
             yield from terms(operand)
+
+
+def to_query(expression: Expression, level: Level, return_keys: Sequence[ReturnKey] = ()) -> Query:
+    """Return a query of ``level`` whose records match ``expression``."""
+    return Query(
+        level,
+        conditions=(),
+        return_keys=tuple(return_keys),
+        expression=expression,
+        expression_keywords=frozenset(keywords(expression)),
+    )
 
 
 def keywords(expression: Expression) -> set[str]:

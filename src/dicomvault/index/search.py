@@ -46,6 +46,7 @@ from dicomvault.dicom.matching import (
     has_wildcard,
     json_element_values,
 )
+from dicomvault.dicom.query_language import And, Or, Term
 from dicomvault.index.schema import instances, patients, series, studies
 
 LOGGER = logging.getLogger(__name__)
@@ -114,6 +115,10 @@ class IndexSearch:
         prefilters = [
             sql for c in query.conditions if (sql := _condition_sql(c, level)) is not None
         ]
+        if query.expression is not None:
+            expression_sql = _expression_sql(query.expression, level)
+            if expression_sql is not None:
+                prefilters.append(expression_sql)
         if prefilters:
             statement = statement.where(and_(*prefilters))
 
@@ -361,6 +366,28 @@ def _condition_sql(condition: Condition, level: Level) -> Any:
         return None
     items = condition.values if condition.kind is MatchKind.LIST else (condition.value,)
     return or_(*(_value_sql(attribute, table, item) for item in items))
+
+
+def _expression_sql(expression: Any, level: Level) -> Any:
+    """Return SQL selecting a superset of the rows matching a query language expression.
+
+    None means no restriction: a term on an attribute without a column, or
+    a NOT, whose superset is every row.
+    """
+    if isinstance(expression, Term):
+        if expression.condition is None:
+            return None
+        return _condition_sql(expression.condition, level)
+    if isinstance(expression, And):
+        parts = [_expression_sql(operand, level) for operand in expression.operands]
+        restricting = [part for part in parts if part is not None]
+        return and_(*restricting) if restricting else None
+    if isinstance(expression, Or):
+        parts = [_expression_sql(operand, level) for operand in expression.operands]
+        if any(part is None for part in parts):
+            return None
+        return or_(*parts)
+    return None
 
 
 def _value_sql(attribute: ColumnAttribute, table: Any, value: str) -> Any:
