@@ -1,9 +1,10 @@
-"""The ``dicomvault`` command line: serve, config, node, index, remove, tasks."""
+"""The ``dicomvault`` command line: serve, config, node, user, index, remove, tasks."""
 
 from __future__ import annotations
 
 import logging
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -22,6 +23,7 @@ from dicomvault.events import log_store_events
 from dicomvault.index.database import DatabaseError, open_index_engine
 from dicomvault.index.nodes import NodeExistsError, NodeNotFoundError, NodeRegistry
 from dicomvault.index.tasks import TaskNotFoundError, TaskStore
+from dicomvault.index.users import UserExistsError, UserNotFoundError, UserStore
 from dicomvault.ingest.indexer import IngestContext
 from dicomvault.ingest.manager import TaskManager
 from dicomvault.ingest.pool import ReaderPool
@@ -34,6 +36,7 @@ from dicomvault.logging_setup import configure_logging
 from dicomvault.nodes import make_node
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.lock import DataDirInUseError, lock_data_dir
+from dicomvault.users import InvalidUserError, check_user_name, parse_role
 from dicomvault.web.app import create_app
 from dicomvault.web.server import HttpServer
 
@@ -399,6 +402,127 @@ def node_echo(
             code=1,
         )
     typer.echo(f"C-ECHO to {node.describe()} succeeded in {result.seconds * 1000:.1f} ms")
+
+
+# --- users of the console and the HTTP API -------------------------------------------------
+
+user_app = typer.Typer(
+    help="Manage the users of the console and the HTTP API, kept in the index database.",
+    no_args_is_help=True,
+)
+app.add_typer(user_app, name="user")
+
+PasswordStdinOption = Annotated[
+    bool,
+    typer.Option(
+        "--password-stdin",
+        help="Read the password from the first line of standard input (for scripts).",
+    ),
+]
+
+
+def _user_store(config: Path | None, data_dir: str | None, index_url: str | None) -> UserStore:
+    settings = _settings(config, {"storage.data_dir": data_dir, "index.url": index_url})
+    configure_logging("WARNING", settings.logging.format)
+    try:
+        engine = open_index_engine(settings.index_url)
+    except DatabaseError as exc:
+        raise _fail(str(exc), code=1) from None
+    return UserStore(engine)
+
+
+def _read_password(from_stdin: bool) -> str:
+    """Return a new password from standard input or from a prompt typed twice."""
+    if from_stdin:
+        line = sys.stdin.readline()
+        if not line:
+            raise _fail("--password-stdin: standard input is empty; send the password on it")
+        return line.rstrip("\r\n")
+    if not sys.stdin.isatty():
+        raise _fail("No terminal to ask for the password; use --password-stdin")
+    return str(typer.prompt("Password", hide_input=True, confirmation_prompt=True))
+
+
+@user_app.command("add")
+def user_add(
+    name: Annotated[str, typer.Argument(help="User name (letters, digits, '.', '_', '@', '-').")],
+    role: Annotated[
+        str, typer.Option("--role", help="admin: everything; user: search, view, download.")
+    ] = "user",
+    password_stdin: PasswordStdinOption = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """Create a user; the password is asked for, or read with --password-stdin."""
+    try:
+        check_user_name(name)
+        user_role = parse_role(role)
+    except InvalidUserError as exc:
+        raise _fail(str(exc)) from None
+    store = _user_store(config, data_dir, index_url)
+    if store.get(name) is not None:
+        raise _fail(f"A user named {name!r} exists; 'dicomvault user passwd {name}' changes it")
+    try:
+        store.add(name, user_role, _read_password(password_stdin))
+    except InvalidUserError as exc:
+        raise _fail(str(exc)) from None
+    except UserExistsError:
+        raise _fail(f"A user named {name!r} exists") from None
+    typer.echo(f"Added user {name} with role {user_role.value}")
+
+
+@user_app.command("passwd")
+def user_passwd(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    password_stdin: PasswordStdinOption = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """Set a user's password; this ends the user's console sessions."""
+    store = _user_store(config, data_dir, index_url)
+    if store.get(name) is None:
+        raise _fail(f"No user named {name!r}; 'dicomvault user list' shows them", 1)
+    try:
+        store.set_password(name, _read_password(password_stdin))
+    except InvalidUserError as exc:
+        raise _fail(str(exc)) from None
+    except UserNotFoundError:
+        raise _fail(f"No user named {name!r}", 1) from None
+    typer.echo(f"Password of {name} changed")
+
+
+@user_app.command("remove")
+def user_remove(
+    name: Annotated[str, typer.Argument(help="User name.")],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """Remove a user with their API tokens and sessions."""
+    store = _user_store(config, data_dir, index_url)
+    try:
+        store.remove(name)
+    except UserNotFoundError:
+        raise _fail(f"No user named {name!r}; 'dicomvault user list' shows them", 1) from None
+    typer.echo(f"Removed user {name}")
+
+
+@user_app.command("list")
+def user_list(
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """List the users and their roles."""
+    users = _user_store(config, data_dir, index_url).list_users()
+    if not users:
+        typer.echo("No users; add an administrator with 'dicomvault user add NAME --role admin'")
+        return
+    width = max(len(user.name) for user in users)
+    for user in users:
+        typer.echo(f"{user.name.ljust(width)}  {user.role.value}")
 
 
 # --- indexing files on disk ----------------------------------------------------------------

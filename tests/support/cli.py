@@ -14,10 +14,14 @@ CLI_TIMEOUT_SECONDS = 30
 DICOMVAULT = str(Path(sys.executable).parent / "dicomvault")
 
 
-def run_cli(args: list[str], cwd: Path, env: Mapping[str, str] | None = None) -> ToolRun:
+def run_cli(
+    args: list[str], cwd: Path, env: Mapping[str, str] | None = None, stdin: bytes | None = None
+) -> ToolRun:
     """Run the dicomvault command with only the DICOMVAULT_* variables in `env`."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
     # Wide enough that no output line wraps.
     environ["COLUMNS"] = "200"
     environ.update(env or {})
-    return run_tool([DICOMVAULT, *args], timeout=CLI_TIMEOUT_SECONDS, env=environ, cwd=cwd)
+    return run_tool(
+        [DICOMVAULT, *args], timeout=CLI_TIMEOUT_SECONDS, env=environ, cwd=cwd, stdin=stdin
+    )

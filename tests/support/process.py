@@ -32,15 +32,18 @@ def run_tool(
     timeout: float = TOOL_TIMEOUT_SECONDS,
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
+    stdin: bytes | None = None,
 ) -> ToolRun:
-    """Run a tool with no standard input and capture stdout and stderr together.
+    """Run a tool and capture stdout and stderr together.
 
     Arguments may be bytes so that a test can pass values in any character
-    set. `env` replaces the whole environment when given.
+    set. `env` replaces the whole environment when given. The tool reads
+    `stdin`, or no standard input at all.
     """
     completed = subprocess.run(
         list(args),
-        stdin=subprocess.DEVNULL,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         timeout=timeout,

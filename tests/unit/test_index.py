@@ -60,6 +60,9 @@ INDEX_TABLES = {
     "indexed_files",
     "ingest_tasks",
     "ingest_task_files",
+    "users",
+    "api_tokens",
+    "sessions",
 }
 CASE_SENSITIVE = MatchOptions(person_name_case_insensitive=False)
 
@@ -192,7 +195,7 @@ class TestMigrate:
         migrate(index_engine)
         with index_engine.connect() as connection:
             version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        assert version == "0003"
+        assert version == "0004"
 
     def test_idempotent(self, index_engine: Engine) -> None:
         migrate(index_engine)

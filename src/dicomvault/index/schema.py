@@ -182,6 +182,48 @@ ingest_task_files = Table(
     Index("ix_ingest_task_files_task_pk", "task_pk"),
 )
 
+# Users of the console and the HTTP API. ``role`` is "admin" or "user";
+# ``password_hash`` is an argon2id hash (PHC string).
+users = Table(
+    "users",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("role", Text, nullable=False),
+    Column("password_hash", Text, nullable=False),
+    Column("failed_logins", Integer, nullable=False, default=0),
+    Column("locked_until", DateTime(timezone=True), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# API tokens for scripts: only the SHA-256 digest of each token is kept.
+api_tokens = Table(
+    "api_tokens",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("user_pk", Integer, ForeignKey("users.pk", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("token_digest", Text, nullable=False, unique=True),
+    Column("prefix", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+    Index("ix_api_tokens_user_pk", "user_pk"),
+)
+
+# Console sessions, in the database so that every server process knows them.
+sessions = Table(
+    "sessions",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("session_digest", Text, nullable=False, unique=True),
+    Column("user_pk", Integer, ForeignKey("users.pk", ondelete="CASCADE"), nullable=False),
+    Column("csrf_token", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Index("ix_sessions_user_pk", "user_pk"),
+)
+
 TABLES = {
     "patients": patients,
     "studies": studies,
@@ -191,4 +233,7 @@ TABLES = {
     "indexed_files": indexed_files,
     "ingest_tasks": ingest_tasks,
     "ingest_task_files": ingest_task_files,
+    "users": users,
+    "api_tokens": api_tokens,
+    "sessions": sessions,
 }
