@@ -222,7 +222,7 @@ def run_server(settings: Settings) -> int:
     manager.start()
     http = None
     if settings.http.port:
-        http = HttpServer(create_app(manager), settings.http.host, settings.http.port)
+        http = HttpServer(create_app(manager, archive), settings.http.host, settings.http.port)
         try:
             http.start()
         except OSError as exc:
