@@ -38,7 +38,7 @@ LOGGER = logging.getLogger(__name__)
 router = APIRouter(tags=["WADO-RS"])
 
 ArchiveDependency = Annotated[Archive, Depends(get_archive)]
-_FRAME_LIST_RE = re.compile(r"^\d+(,\d+)*$")
+_FRAME_LIST_RE = re.compile(r"^[1-9]\d*(,[1-9]\d*)*$")
 _TAG_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
 PIXEL_DATA_TAG = 0x7FE00010
 LITTLE_ENDIAN_NATIVE = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian))

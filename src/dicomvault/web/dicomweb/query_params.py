@@ -271,6 +271,11 @@ def _element(tag: int, vr: str, values: list[str], name: str) -> DataElement:
     # Repeated keys and comma-separated UIDs form a list (PS3.18 8.3.4.1).
     items = [item for value in values for item in (value.split(",") if vr == "UI" else [value])]
     text = "\\".join(item.strip() if vr == "UI" else item for item in items)
+    if vr == "UI" and any("*" in item or "?" in item for item in items):
+        raise QueryParameterError(
+            f"{name} is a UID and may not contain wildcards; list several UIDs separated "
+            "by commas instead"
+        )
     if vr in {"US", "SS", "UL", "SL", "FL", "FD", "UV", "SV", "AT"}:
         raise QueryParameterError(
             f"{name} has the binary VR {vr} and cannot be used as a matching key"
