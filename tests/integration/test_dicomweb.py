@@ -545,7 +545,11 @@ BAD_REQUESTS = [
     pytest.param("/dicomweb/studies?fuzzymatching=yes", {}, 400, "true or false", id="fuzzy"),
     pytest.param("/dicomweb/studies?SOPInstanceUID=1.2", {}, 400, "cannot be matched", id="level"),
     pytest.param(
-        "/dicomweb/instances?SOPInstanceUID=1.2*", {}, 400, "may not contain wildcards", id="uid-wildcard"
+        "/dicomweb/instances?SOPInstanceUID=1.2*",
+        {},
+        400,
+        "may not contain wildcards",
+        id="uid-wildcard",
     ),
     pytest.param("/dicomweb/studies/not-a-uid", {}, 400, "Invalid Study Instance UID", id="uid"),
     pytest.param("/dicomweb/studies/1.2.3.4.5", {}, 404, "No study 1.2.3.4.5", id="unknown"),
