@@ -34,7 +34,7 @@ MAX_VIEWPORT = 8192
 
 
 class RenderError(ValueError):
-    """A frame cannot be rendered; the message says why."""
+    """A frame cannot be rendered; the message states the reason."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -108,7 +108,11 @@ class TestControlParameters:
         assert {"BodyPartExamined", "StudyDescription", "PatientAge"} <= set(keywords)
 
     def test_includefield_all(self) -> None:
-        assert parse("includefield=all").include_all
+        request = parse("includefield=all")
+        assert request.include_all
+        keywords = return_keywords(request)
+        assert {"StudyDescription", "PatientSex", "SOPClassesInStudy"} <= set(keywords)
+        assert "Modality" not in keywords
 
     def test_private_tag_include(self) -> None:
         request = parse("includefield=00091001")

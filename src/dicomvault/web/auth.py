@@ -1,7 +1,7 @@
 """Authentication hook of the DICOMweb routes: who is calling, and may they.
 
-Every DICOMweb route depends on :func:`require_dicomweb_access`. It asks the
-:class:`Authenticator` stored in ``app.state.authenticator`` for the caller.
+Every DICOMweb route depends on :func:`require_dicomweb_access`, which calls
+the :class:`Authenticator` in ``app.state.authenticator`` to identify the caller.
 The default :class:`OpenAccess` lets every request through, which is safe only
 while the HTTP server listens on a loopback address (the default 127.0.0.1).
 Token or password checks replace the authenticator, not the routes.

@@ -1,4 +1,4 @@
-"""Translate archive errors raised inside DICOMweb routes into HTTP answers with a JSON message."""
+"""Translate archive errors in DICOMweb routes into HTTP responses with a JSON message."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ LOGGER = logging.getLogger(__name__)
 
 
 async def index_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    """Answer 503 when the index database fails; the client may try again later."""
+    """Return 503 when the index database fails; the client may try again later."""
     LOGGER.error("%s %s failed: %s", request.method, request.url.path, exc)
     return JSONResponse(
         {"detail": "The index database is unavailable; try again later"},
@@ -22,7 +22,7 @@ async def index_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def file_missing(request: Request, exc: Exception) -> JSONResponse:
-    """Answer 500 when a file the index lists is missing from storage."""
+    """Return 500 when a file the index lists is missing from storage."""
     LOGGER.error("%s %s: a stored file is missing: %s", request.method, request.url.path, exc)
     return JSONResponse(
         {

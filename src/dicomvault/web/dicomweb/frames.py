@@ -46,7 +46,7 @@ LITTLE_ENDIAN_NATIVE = (str(ExplicitVRLittleEndian), str(ImplicitVRLittleEndian)
 
 @dataclasses.dataclass(frozen=True)
 class FrameChoice:
-    """How frames go out: as stored, or decoded to native little endian."""
+    """The representation of frames in a response: as stored, or decoded."""
 
     as_stored: bool
     part_media_type: str
@@ -211,10 +211,10 @@ def retrieve_frames(
 
     Notes
     -----
-    - 200: the frames; ``application/octet-stream`` parts hold native little
-      endian pixels (decoded when stored compressed), ``image/jpeg``,
+    - 200: the frames. ``application/octet-stream`` parts contain native
+      little endian pixels, decoded when stored compressed. ``image/jpeg``,
       ``image/jls``, ``image/jp2``, ``image/jpx`` and ``image/dicom-rle``
-      parts hold the stored bitstream (PS3.18 8.7.3.3).
+      parts contain the stored bitstream (PS3.18 8.7.3.3).
     - 400: the frame list or the Accept header is malformed.
     - 404: the instance, or one of the frames, does not exist.
     - 406: the frames cannot be given in any acceptable media type.
@@ -250,7 +250,7 @@ def retrieve_bulk_data(
     Notes
     -----
     - 200: multipart/related with one ``application/octet-stream`` part. For
-      Pixel Data it holds every frame as native little endian bytes, or with
+      Pixel Data it contains every frame as native little endian bytes, or with
       ``transfer-syntax=*`` the stored frames, one part each when compressed.
     - 400: the tag is not 8 hexadecimal digits.
     - 404: the instance or the attribute does not exist.

@@ -54,11 +54,11 @@ NATIVE_SYNTAXES = (
 
 
 class NotAcceptableError(ValueError):
-    """No representation the client accepts can be produced; answered with 406."""
+    """No representation the client accepts can be produced; the route returns 406."""
 
 
 class MediaTypeError(ValueError):
-    """An Accept header cannot be parsed; answered with 400."""
+    """An Accept header cannot be parsed; the route returns 400."""
 
 
 @dataclasses.dataclass(frozen=True)

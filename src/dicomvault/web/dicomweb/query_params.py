@@ -17,7 +17,13 @@ from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 
-from dicomvault.dicom.attributes import CONTROL_KEYWORDS, Level, level_of_keyword
+from dicomvault.dicom.attributes import (
+    COLUMN_ATTRIBUTES,
+    COMPUTED_ATTRIBUTES,
+    CONTROL_KEYWORDS,
+    Level,
+    level_of_keyword,
+)
 from dicomvault.dicom.matching import (
     MatchOptions,
     Query,
@@ -32,7 +38,6 @@ LEVEL_RESOURCES = {
     Level.SERIES: "series",
     Level.IMAGE: "instances",
 }
-CONTROL_PARAMETERS = frozenset({"includefield", "fuzzymatching", "limit", "offset"})
 _TAG_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
 
 # Result attributes of PS3.18 10.6.3.3 returned without includefield.
@@ -119,6 +124,17 @@ def default_keywords(level: Level, study_in_path: bool, series_in_path: bool) ->
     return list(dict.fromkeys(keywords))
 
 
+def index_keywords(level: Level) -> list[str]:
+    """Return the index columns and computed attributes of ``level`` and the levels above.
+
+    These are what ``includefield=all`` adds to study and series results;
+    instance results get the whole stored header instead.
+    """
+    keywords = [attribute.keyword for attribute in COLUMN_ATTRIBUTES if attribute.level <= level]
+    keywords += [keyword for keyword, kind in COMPUTED_ATTRIBUTES.items() if kind <= level]
+    return keywords
+
+
 def parse_search(
     params: Iterable[tuple[str, str]],
     level: Level,
@@ -175,13 +191,15 @@ def parse_search(
         _add_matching_key(identifier, name, values, level, path_uids)
 
     include_all = any(item.lower() == "all" for item in includes)
-    wanted = default_keywords(
+    result_keywords = default_keywords(
         level, "StudyInstanceUID" in path_uids, "SeriesInstanceUID" in path_uids
     )
     for item in includes:
         if item.lower() != "all":
-            wanted.append(_include_keyword(item))
-    for keyword in wanted:
+            result_keywords.append(_include_keyword(item))
+    if include_all and level is not Level.IMAGE:
+        result_keywords += index_keywords(level)
+    for keyword in result_keywords:
         _add_return_key(identifier, keyword)
 
     try:
@@ -252,7 +270,7 @@ def _add_matching_key(
     if len(path) == 2:
         if vr != "SQ":
             raise QueryParameterError(
-                f"Invalid key '{name}': {keyword or path[0][0]:} is not a sequence"
+                f"Invalid key '{name}': {keyword or f'{tag:08X}'} is not a sequence"
             )
         item = Dataset()
         sub_tag, _, sub_vr = path[1]

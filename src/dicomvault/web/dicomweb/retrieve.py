@@ -63,7 +63,7 @@ def can_decode(transfer_syntax_uid: str) -> bool:
 
 
 def _retrieve(request: Request, archive: Archive, refs: list[InstanceRef]) -> StreamingResponse:
-    """Answer a retrieve of ``refs`` as multipart/related application/dicom.
+    """Return the instances ``refs`` as multipart/related application/dicom.
 
     Notes
     -----
@@ -134,9 +134,9 @@ def _convert(archive: Archive, ref: InstanceRef, syntax: str) -> bytes:
     try:
         return encode_instance(local_path(archive, ref), syntax)
     except ConversionError as exc:
-        # NOTE: inside a streamed multi-instance response the status is
-        # already sent; the exception then ends the body without its close
-        # delimiter, which clients report as an incomplete response.
+        # NOTE: a streamed multi-instance response has already sent its
+        # status. The exception then ends the body without its close
+        # delimiter, and clients report an incomplete response.
         LOGGER.error("Cannot convert %s to %s: %s", ref.sop_instance_uid, syntax, exc)
         raise HTTPException(
             status.HTTP_406_NOT_ACCEPTABLE,
@@ -145,7 +145,7 @@ def _convert(archive: Archive, ref: InstanceRef, syntax: str) -> bytes:
 
 
 def _metadata(request: Request, archive: Archive, refs: list[InstanceRef]) -> StreamingResponse:
-    """Answer the metadata of ``refs`` as a JSON array, streamed in batches.
+    """Return the metadata of ``refs`` as a JSON array, streamed in batches.
 
     Notes
     -----
