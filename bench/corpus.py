@@ -250,6 +250,9 @@ class CorpusSpec:
         None writes Explicit VR Little Endian.
     modalities : tuple of str, optional
         Use only these modalities, in the schedule's order; None uses all.
+    first_patient_number : int
+        Number in the Patient ID of the first patient (MRN0000001 for 1), so
+        that corpora written side by side can have distinct patients.
     """
 
     patients: int
@@ -261,6 +264,7 @@ class CorpusSpec:
     small_pixels: bool = False
     compression: str | None = None
     modalities: tuple[str, ...] | None = None
+    first_patient_number: int = 1
 
     def __post_init__(self) -> None:
         for name in ("patients", "studies_per_patient", "series_per_study", "instances_per_series"):
@@ -441,7 +445,7 @@ def _write_patient(
 ) -> tuple[list[SeriesSummary], int]:
     """Write every instance of one patient; return its series and the bytes written."""
     rng = np.random.default_rng([spec.seed, plan.index])
-    patient = _patient_dataset(rng, plan.index)
+    patient = _patient_dataset(rng, plan.index + spec.first_patient_number)
     summaries = []
     written = 0
     study_dates = sorted(_random_date(rng, FIRST_STUDY_DATE, LAST_STUDY_DATE) for _ in plan.studies)
@@ -495,14 +499,14 @@ def _random_time(rng: np.random.Generator) -> str:
     return f"{seconds // 3600:02d}{seconds // 60 % 60:02d}{seconds % 60:02d}"
 
 
-def _patient_dataset(rng: np.random.Generator, index: int) -> Dataset:
+def _patient_dataset(rng: np.random.Generator, number: int) -> Dataset:
     weights = np.array([pool.weight for pool in NAME_POOLS], dtype=float)
     pool = NAME_POOLS[int(rng.choice(len(NAME_POOLS), p=weights / weights.sum()))]
     ds = Dataset()
     if pool.specific_character_set is not None:
         ds.SpecificCharacterSet = pool.specific_character_set
     ds.PatientName = pool.names[int(rng.integers(len(pool.names)))]
-    ds.PatientID = f"MRN{index + 1:07d}"
+    ds.PatientID = f"MRN{number:07d}"
     ds.IssuerOfPatientID = "DICOMVAULT-BENCH"
     birth = _random_date(rng, datetime.date(1930, 1, 1), datetime.date(2015, 12, 31))
     ds.PatientBirthDate = birth.strftime("%Y%m%d")

@@ -208,6 +208,7 @@ def scale_from(args: argparse.Namespace) -> Scale:
 def write_studies(scale: Scale, seed: int, folder: Path) -> list[Study]:
     """Write the corpus, one bench/corpus.py corpus per study size, and list its studies."""
     studies: list[Study] = []
+    patients_written = 0
     for group, size in enumerate(scale.study_sizes):
         count = len(range(group, scale.studies, len(scale.study_sizes)))
         if count == 0:
@@ -220,7 +221,11 @@ def write_studies(scale: Scale, seed: int, folder: Path) -> list[Study]:
             # A seed per group, so that the groups' UIDs differ.
             seed=seed * 1000 + group,
             modalities=("MR",),
+            # One patient per study: the same Patient ID in two groups would
+            # merge two patients of different names.
+            first_patient_number=patients_written + 1,
         )
+        patients_written += count
         started = time.perf_counter()
         corpus = write_corpus(spec, folder / f"size-{size}")
         LOGGER.info(

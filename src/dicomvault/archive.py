@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -296,6 +297,21 @@ class Archive:
         """
         try:
             yield from self.searcher.search(query)
+        except SQLAlchemyError as exc:
+            raise IndexUnavailableError(f"The index database failed: {exc}") from exc
+
+    def headers(self, level: Level, pks: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Return the stored DICOM JSON headers of entities found by :meth:`search`.
+
+        ``pks`` are primary keys of ``level`` from ``SearchResult.pks``.
+
+        Raises
+        ------
+        IndexUnavailableError
+            If the index database fails.
+        """
+        try:
+            return self.searcher.headers(level, pks)
         except SQLAlchemyError as exc:
             raise IndexUnavailableError(f"The index database failed: {exc}") from exc
 

@@ -138,6 +138,40 @@ def _parse_path_list(value: Any) -> list[str]:
     return items
 
 
+# An origin is scheme://host[:port] (RFC 6454), with an IPv6 host in brackets.
+_ORIGIN_RE = re.compile(
+    r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?$"
+)
+
+
+def _parse_origin_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list):
+        items = [str(item).strip() for item in value]
+    else:
+        raise ValueError(
+            f"must be a list of origins such as https://viewer.example.org, got {value!r}"
+        )
+    for item in items:
+        if item != "*" and not _ORIGIN_RE.match(item):
+            raise ValueError(
+                f"must contain '*' or origins of the form scheme://host[:port] without a "
+                f"path, such as https://viewer.example.org, got {item!r}"
+            )
+    return items
+
+
+def _parse_base_url(value: Any) -> str:
+    text = str(value).strip().rstrip("/")
+    if text and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", text):
+        raise ValueError(
+            f"must be empty or an http or https URL such as https://pacs.example.org/archive, "
+            f"got {value!r}"
+        )
+    return text
+
+
 def _parse_log_level(value: Any) -> str:
     text = str(value).strip().upper()
     if text not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -335,6 +369,22 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         "temporary file before any instance is stored",
     ),
     SettingDefinition(
+        "http",
+        "cors_allow_origins",
+        _parse_origin_list,
+        [],
+        "origins of browser applications allowed to call the DICOMweb and HTTP APIs "
+        "(CORS), or '*' for any; empty turns CORS off",
+    ),
+    SettingDefinition(
+        "http",
+        "public_url",
+        _parse_base_url,
+        "",
+        "URL at which clients reach the HTTP server, used in URLs the responses contain "
+        "(set it behind a reverse proxy); empty takes scheme and host from each request",
+    ),
+    SettingDefinition(
         "logging", "level", _parse_log_level, "INFO", "log level: DEBUG, INFO, WARNING or ERROR"
     ),
     SettingDefinition(
@@ -404,6 +454,8 @@ class HttpSettings:
     port: int
     stow_max_instance_size: int
     stow_max_request_size: int
+    cors_allow_origins: list[str]
+    public_url: str
 
 
 @dataclasses.dataclass(frozen=True)

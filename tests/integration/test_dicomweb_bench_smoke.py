@@ -21,10 +21,6 @@ pytestmark = pytest.mark.integration
 REPOSITORY = Path(__file__).resolve().parents[2]
 RUN_TIMEOUT_SECONDS = 300
 QUERIES = ["all studies", "PatientName", "PatientID", "StudyDate", "StudyInstanceUID"]
-NOT_SERVED = "not served"
-# TODO: set to True once dicomvault serves QIDO-RS and WADO-RS under /dicomweb;
-# until then the benchmark must print "not served" for them, and after that figures.
-SERVES_QIDO_AND_WADO = False
 
 
 @pytest.fixture(scope="module")
@@ -75,18 +71,12 @@ def test_qido_table_has_every_query(bench_output: str) -> None:
 def test_qido_figures(bench_output: str) -> None:
     rows = table_starting(parse_tables(bench_output), "QIDO-RS study search latency")
     for row in rows[1:]:
-        if SERVES_QIDO_AND_WADO:
-            assert row[1][0].isdigit(), row
-            assert int(row[2]) >= 1, row
-        else:
-            assert row[1:] == [NOT_SERVED, "-"]
+        assert row[1][0].isdigit(), row
+        assert int(row[2]) >= 1, row
 
 
 def test_wado_figures(bench_output: str) -> None:
     rows = table_starting(parse_tables(bench_output), "WADO-RS study retrieve throughput")
     assert rows[0] == ["server", "MB/s", "MB received per run"]
     assert rows[1][0] == "dicomvault"
-    if SERVES_QIDO_AND_WADO:
-        assert rows[1][1][0].isdigit(), rows
-    else:
-        assert rows[1][1:] == [NOT_SERVED, "-"]
+    assert rows[1][1][0].isdigit(), rows

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import time
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from tests.support.cli import run_cli
 from tests.support.corpus import PYDICOM_TEST_FILES, BundledFile, bundled_files, make_uid
 from tests.support.network import LOOPBACK, free_port, port_accepts_connections, wait_until
+from tests.support.pixels import decodes, pick_corpus, pixels
 from tests.support.process import run_tool
 from tests.support.scu import send_file_unchanged
 from tests.support.server import DicomvaultServer, ServerFactory
@@ -47,50 +47,7 @@ SYNTAXES = [
 ]
 
 
-def pick_corpus() -> list[BundledFile]:
-    """Return the first bundled image file of each transfer syntax in SYNTAXES."""
-    picked: dict[str, BundledFile] = {}
-    # Several bundled files share a SOP Instance UID; the archive keeps one.
-    uids: set[str] = set()
-    for bundled in bundled_files(PYDICOM_TEST_FILES):
-        syntax = bundled.transfer_syntax_uid
-        if syntax not in SYNTAXES or syntax in picked or bundled.sop_instance_uid in uids:
-            continue
-        if decodes(bundled.path):
-            picked[syntax] = bundled
-            uids.add(bundled.sop_instance_uid)
-    return list(picked.values())
-
-
-def decodes(path: Path) -> bool:
-    """Return whether pydicom decodes the file's pixel data here."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            ds = pydicom.dcmread(path)
-            if "PixelData" not in ds:
-                return False
-            ds.pixel_array  # noqa: B018
-        except Exception:
-            return False
-    return True
-
-
-def pixels(path: Path) -> np.ndarray[Any, Any]:
-    """Decode the pixel data the way the archive does: with pylibjpeg first.
-
-    Lossy JPEG decoders may differ by one in a few pixels, so the reference
-    must come from the decoder the archive tries first.
-    """
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ds = pydicom.dcmread(path)
-        if ds.file_meta.TransferSyntaxUID.is_compressed:
-            ds.decompress(decoding_plugin="pylibjpeg", generate_instance_uid=False)
-        return ds.pixel_array
-
-
-CORPUS = pick_corpus()
+CORPUS = pick_corpus(SYNTAXES)
 
 
 class Storescp:

@@ -113,12 +113,15 @@ class DicomvaultServer:
         return None if self.process is None else self.process.poll()
 
     def start(self, timeout: float = START_TIMEOUT_SECONDS) -> None:
-        """Start the process and wait until its DIMSE port accepts connections.
+        """Start the process and wait until its DIMSE and HTTP ports accept connections.
+
+        The server opens its HTTP port after its DIMSE port, so waiting for
+        the DIMSE port alone lets an HTTP request arrive too early.
 
         Raises
         ------
         ServerStartError
-            If the process exits first, or the port does not accept
+            If the process exits first, or the ports do not accept
             connections within `timeout` seconds. The message has the log.
         """
         env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
@@ -137,7 +140,12 @@ class DicomvaultServer:
 
         process = self.process
         ready = wait_until(
-            lambda: process.poll() is not None or port_accepts_connections(self.port),
+            lambda: (
+                process.poll() is not None
+                or (
+                    port_accepts_connections(self.port) and port_accepts_connections(self.http_port)
+                )
+            ),
             timeout,
         )
         if process.poll() is not None:
@@ -150,7 +158,8 @@ class DicomvaultServer:
             self.stop()
             raise ServerStartError(
                 f"dicomvault serve did not accept connections on {LOOPBACK}:{self.port} "
-                f"within {timeout:.0f} s.\n{self.describe()}"
+                f"(DIMSE) and {LOOPBACK}:{self.http_port} (HTTP) within {timeout:.0f} s."
+                f"\n{self.describe()}"
             )
 
     def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int | None:

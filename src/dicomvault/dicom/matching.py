@@ -472,6 +472,32 @@ def _combine_date_time(conditions: list[Condition]) -> list[Condition]:
     return merged
 
 
+def fuzzy_person_name_conditions(condition: Condition) -> list[Condition]:
+    """Return the conditions of fuzzy person name matching for a PN condition.
+
+    Each word of the value (split at spaces, '^', '=' and ',') must begin a
+    component of the stored name, without regard to case, so ``john d``
+    finds ``DOE^JOHN``. A value with wildcards, a list, or a key of another
+    VR keeps its usual matching. This is the archive's meaning of QIDO-RS
+    ``fuzzymatching=true``; the standard leaves the rules to the archive.
+    """
+    if condition.vr != "PN" or condition.kind is not MatchKind.SINGLE:
+        return [condition]
+    words = [word for word in re.split(r"[ ^=,]+", fold_case(condition.value)) if word]
+    if not words:
+        return [condition]
+    return [
+        Condition(
+            condition.keyword,
+            "PN",
+            MatchKind.LIST,
+            values=(f"{word}*", f"*^{word}*", f"*={word}*", f"* {word}*"),
+            case_insensitive=True,
+        )
+        for word in words
+    ]
+
+
 # --- Normalization -----------------------------------------------------------------------
 
 
@@ -744,5 +770,6 @@ __all__ = [
     "Query",
     "QueryError",
     "ReturnKey",
+    "fuzzy_person_name_conditions",
     "parse_identifier",
 ]

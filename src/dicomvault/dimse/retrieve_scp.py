@@ -18,14 +18,12 @@ from collections.abc import Iterator
 from io import BytesIO
 from typing import Any
 
-import numpy as np
 import pydicom
 import pynetdicom.association
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
 from pydicom.filewriter import write_dataset
-from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import (
     UID,
     ExplicitVRBigEndian,
@@ -51,6 +49,12 @@ from dicomvault.dimse.store_sender import Originator, SendError, StoreSender
 from dicomvault.dimse.tcp import disable_nagle
 from dicomvault.index.nodes import NodeRegistry
 from dicomvault.nodes import RemoteNode
+from dicomvault.transcode import (
+    DECODING_PLUGINS,
+    ConversionError,
+    decompressed,
+    swap_pixel_data_bytes,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -411,10 +415,6 @@ class _Retrieval:
         return outcome.status
 
 
-class ConversionError(ValueError):
-    """A stored instance cannot be converted to a transfer syntax the peer accepts."""
-
-
 def convert_for(path: Any, accepted: dict[str, int]) -> tuple[Dataset, int]:
     """Read a stored file and prepare it for sending in one of the ``accepted`` syntaxes.
 
@@ -445,7 +445,7 @@ def convert_for(path: Any, accepted: dict[str, int]) -> tuple[Dataset, int]:
     for _ in ds.iterall():
         pass  # decodes every raw element, so none is copied in the old encoding
     if not syntax.is_little_endian and target.is_little_endian:
-        _swap_pixel_data_bytes(ds)
+        swap_pixel_data_bytes(ds)
     buffer = DicomBytesIO()
     buffer.is_implicit_VR = target.is_implicit_VR
     buffer.is_little_endian = target.is_little_endian
@@ -456,54 +456,6 @@ def convert_for(path: Any, accepted: dict[str, int]) -> tuple[Dataset, int]:
     converted.file_meta = ds.file_meta
     converted.file_meta.TransferSyntaxUID = target
     return converted, accepted[target]
-
-
-# Decoders in the order they are tried: pylibjpeg and pydicom's own RLE
-# decoder first, python-gdcm where they fail.
-DECODING_PLUGINS = ("pylibjpeg", "pydicom", "gdcm")
-
-
-def decompressed(path: Any, ds: Dataset) -> Dataset:
-    """Return the dataset read from ``path`` with its pixel data decoded.
-
-    ``ds`` is the dataset already read from ``path``. Each plugin of
-    DECODING_PLUGINS that supports the transfer syntax is tried in turn.
-
-    Raises
-    ------
-    ConversionError
-        If no installed decoder supports the syntax or every one fails.
-    """
-    syntax = ds.file_meta.TransferSyntaxUID
-    try:
-        available = set(get_decoder(syntax).available_plugins)
-    except NotImplementedError:  # pydicom has no decoder for the syntax at all
-        available = set()
-    errors = []
-    for plugin in (name for name in DECODING_PLUGINS if name in available):
-        try:
-            # Keep the SOP Instance UID: pydicom would otherwise make a new one.
-            ds.decompress(decoding_plugin=plugin, generate_instance_uid=False)
-            return ds
-        except Exception as exc:  # pixel data decoders raise many types
-            errors.append(f"{plugin}: {exc}")
-            ds = pydicom.dcmread(path)
-    if not errors:
-        raise ConversionError(f"no installed decoder supports {syntax.name}")
-    raise ConversionError(f"decoding {syntax.name} failed ({'; '.join(errors)})")
-
-
-def _swap_pixel_data_bytes(ds: Dataset) -> None:
-    """Reorder the bytes of native Pixel Data words from big to little endian.
-
-    pydicom converts numeric values when it changes byte order but writes OB
-    and OW values as they are, so 16- and 32-bit pixel words are swapped here.
-    """
-    # NOTE: other OW values (LUT data, overlays) keep big endian byte order.
-    if "PixelData" not in ds or ds.get("BitsAllocated") not in (16, 32):
-        return
-    word = f">u{ds.BitsAllocated // 8}"
-    ds.PixelData = np.frombuffer(ds.PixelData, dtype=word).astype(word.replace(">", "<")).tobytes()
 
 
 def proposed_contexts(instances: list[InstanceToSend]) -> Iterator[tuple[str, list[str]]]:
@@ -565,4 +517,11 @@ def _final_status(counts: SubOperationCounts) -> int:
     return Status.SUB_OPERATIONS_WARNING
 
 
-__all__ = ["RETRIEVE_SOP_CLASSES", "RetrieveAE", "install_retrieve_service"]
+__all__ = [
+    "DECODING_PLUGINS",
+    "RETRIEVE_SOP_CLASSES",
+    "ConversionError",
+    "RetrieveAE",
+    "decompressed",
+    "install_retrieve_service",
+]

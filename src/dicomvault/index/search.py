@@ -143,6 +143,15 @@ class IndexSearch:
             if len(rows) < self.page_size:
                 return
 
+    def headers(self, level: Level, pks: Iterable[int]) -> dict[int, dict[str, Any]]:
+        """Return the stored DICOM JSON header describing each entity, by primary key.
+
+        At IMAGE level this is the instance's own header; above it, the header
+        of the most recently stored instance of the entity.
+        """
+        with self.engine.connect() as connection:
+            return _representative_headers(connection, level, pks)
+
     def _base_select(self, level: Level) -> Select[Any]:
         columns: list[Any] = []
         from_clause: FromClause = patients

@@ -1,27 +1,39 @@
-"""Build the FastAPI application of the archive's HTTP API."""
+"""Build the FastAPI application: the admin REST API and the DICOMweb services."""
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from dicomvault import __version__
 from dicomvault.archive import Archive
 from dicomvault.ingest.manager import TaskManager
 from dicomvault.web.api import tasks
-from dicomvault.web.dicomweb import stow
+from dicomvault.web.auth import Authenticator, OpenAccess
+from dicomvault.web.dicomweb.errors import install_error_handlers
+from dicomvault.web.dicomweb.routers import include_dicomweb
 
-# Base path of the DICOMweb services (PS3.18 8.2), below the server's root.
-DICOMWEB_PREFIX = "/dicomweb"
+LOGGER = logging.getLogger(__name__)
+
+# Response headers a browser application on another origin may read.
+CORS_EXPOSED_HEADERS = ["Content-Type", "Content-Length", "Content-Location", "Location", "Warning"]
 
 
-def create_app(manager: TaskManager, archive: Archive | None = None) -> FastAPI:
-    """Return the application serving the REST API, with OpenAPI docs at /docs.
+def create_app(
+    manager: TaskManager,
+    archive: Archive,
+    authenticator: Authenticator | None = None,
+) -> FastAPI:
+    """Return the application serving the REST API and DICOMweb, with OpenAPI docs at /docs.
 
-    With ``archive``, the application also serves DICOMweb STOW-RS under
-    ``DICOMWEB_PREFIX``.
+    DICOMweb is under /dicomweb and WADO-URI at /wado. ``authenticator``
+    decides who may use DICOMweb; the default lets every request through.
 
-    NOTE: the API has no authentication yet, so anyone who can connect may
-    start and cancel indexing tasks and store instances. It listens on
+    NOTE: the admin API and, with the default authenticator, DICOMweb have
+    no authentication yet, so anyone who can connect may read every
+    instance and start or cancel indexing tasks. The server listens on
     127.0.0.1 by default; do not expose it on other addresses until
     authentication exists.
     """
@@ -31,8 +43,20 @@ def create_app(manager: TaskManager, archive: Archive | None = None) -> FastAPI:
         description="Administration API and DICOMweb services of the dicomvault DICOM archive.",
     )
     app.state.manager = manager
+    app.state.archive = archive
+    app.state.authenticator = authenticator or OpenAccess()
     app.include_router(tasks.router)
-    if archive is not None:
-        app.state.archive = archive
-        app.include_router(stow.router, prefix=DICOMWEB_PREFIX)
+    include_dicomweb(app)
+    install_error_handlers(app)
+
+    origins = archive.settings.http.cors_allow_origins
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_headers=["Accept", "Authorization", "Content-Type"],
+            expose_headers=CORS_EXPOSED_HEADERS,
+        )
+        LOGGER.info("CORS allows origins %s", ", ".join(origins))
     return app

@@ -1,0 +1,69 @@
+"""Authentication hook of the DICOMweb routes: who is calling, and may they.
+
+Every DICOMweb route depends on :func:`require_dicomweb_access`, which calls
+the :class:`Authenticator` in ``app.state.authenticator`` to identify the caller.
+The default :class:`OpenAccess` lets every request through, which is safe only
+while the HTTP server listens on a loopback address (the default 127.0.0.1).
+Token or password checks replace the authenticator, not the routes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Protocol
+
+from fastapi import HTTPException, Request, status
+
+LOGGER = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """The caller of a request as an authenticator identified it."""
+
+    name: str
+
+
+ANONYMOUS = Principal("anonymous")
+
+
+class Authenticator(Protocol):
+    """Decides who sends a request; returns None to reject it with 401."""
+
+    def authenticate(self, request: Request) -> Principal | None:
+        """Return the caller of ``request``, or None when it is not authenticated."""
+        ...
+
+
+class OpenAccess:
+    """Accepts every request as the anonymous caller."""
+
+    def authenticate(self, request: Request) -> Principal | None:
+        """Return the anonymous principal for any request."""
+        return ANONYMOUS
+
+
+def require_dicomweb_access(request: Request) -> Principal:
+    """Authenticate a DICOMweb request (a FastAPI dependency of every DICOMweb route).
+
+    Notes
+    -----
+    - 401: the authenticator rejected the request; the response carries a
+      ``WWW-Authenticate: Bearer`` challenge.
+    """
+    authenticator: Authenticator = getattr(request.app.state, "authenticator", None) or OpenAccess()
+    principal = authenticator.authenticate(request)
+    if principal is None:
+        LOGGER.info(
+            "Rejected unauthenticated %s %s from %s",
+            request.method,
+            request.url.path,
+            request.client.host if request.client else "unknown",
+        )
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "Authentication required; send valid credentials",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    return principal
