@@ -14,7 +14,6 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-import httpx
 import pydicom
 import pytest
 
@@ -327,9 +326,8 @@ def test_http_api_through_serve(
     write_instance(folder / "a.dcm", ds)
     age_files(folder)
     server = start_server(index_url=index_url, env={"DICOMVAULT_INGEST_IMPORT_ROOTS": str(root)})
-    base = f"http://{LOOPBACK}:{server.http_port}"
 
-    with httpx.Client(base_url=base, timeout=TIMEOUT_SECONDS) as client:
+    with server.admin_client(TIMEOUT_SECONDS) as client:
         started = client.post("/api/tasks", json={"path": str(folder), "mode": "import"})
         rejected = client.post("/api/tasks", json={"path": str(tmp_path)})
         task_id = started.json()["id"]

@@ -9,14 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.support.cli import run_cli
 from tests.support.corpus import write_instance
 from tests.support.datasets import make_instance
 from tests.support.dcmtk import findscu
-from tests.support.network import LOOPBACK, free_port, wait_until
+from tests.support.network import free_port, wait_until
 from tests.support.server import ServerFactory
 
 pytestmark = pytest.mark.integration
@@ -66,7 +65,7 @@ def test_serve_watches_slow_copy(
         return len(run.responses) == 1
 
     assert wait_until(found, TIMEOUT_SECONDS, interval=0.5), server.describe()
-    with httpx.Client(base_url=f"http://{LOOPBACK}:{server.http_port}") as client:
+    with server.admin_client() as client:
         [task] = [t for t in client.get("/api/tasks").json() if t["kind"] == "watch"]
         report = client.get(f"/api/tasks/{task['id']}").json()
     assert task["status"] == "running"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+
+import httpx
 
 from tests.support.network import LOOPBACK, free_port, port_accepts_connections, wait_until
 
@@ -177,6 +180,37 @@ class DicomvaultServer:
                 process.wait(timeout=KILL_TIMEOUT_SECONDS)
         self._forget()
         return process.returncode
+
+    def add_user(self, name: str, password: str, role: str = "admin") -> None:
+        """Create a user with `dicomvault user add`, on the server's index."""
+        command = [*self.command[:3], "user", "add", name, "--role", role, "--password-stdin"]
+        command += ["--data-dir", str(self.data_dir)]
+        if self.index_url:
+            command += ["--index-url", self.index_url]
+        if self.config_path is not None:
+            command += ["--config", str(self.config_path)]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")}
+        completed = subprocess.run(
+            command,
+            input=f"{password}\n".encode(),
+            capture_output=True,
+            env={**env, **self.env},
+            timeout=60,
+            check=False,
+        )
+        assert completed.returncode == 0, completed.stdout + completed.stderr
+
+    @contextlib.contextmanager
+    def admin_client(self, timeout: float = 30) -> Iterator[httpx.Client]:
+        """Yield an HTTP client logged in as a new admin user, sending the CSRF token."""
+        password = "admin password for tests"
+        self.add_user("testadmin", password)
+        base_url = f"http://{LOOPBACK}:{self.http_port}"
+        with httpx.Client(base_url=base_url, timeout=timeout) as client:
+            response = client.post("/api/login", json={"name": "testadmin", "password": password})
+            assert response.status_code == 200, response.text
+            client.headers["X-CSRF-Token"] = response.json()["csrf_token"]
+            yield client
 
     def log_text(self) -> str:
         """Everything the server wrote to stdout and stderr so far."""

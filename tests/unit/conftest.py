@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from sqlalchemy import Engine
 
@@ -19,7 +20,14 @@ from dicomvault.archive import Archive
 from dicomvault.config import load_settings
 from dicomvault.index.database import create_index_engine, open_index_engine
 from dicomvault.index.schema import METADATA
+from dicomvault.index.users import UserStore
+from dicomvault.ingest.manager import TaskManager
+from dicomvault.ingest.pool import ReaderPool
 from dicomvault.storage.filesystem import FilesystemStorage
+from dicomvault.users import Role
+from dicomvault.web.app import create_app
+from dicomvault.web.server import HttpServer
+from tests.support.network import LOOPBACK, free_port
 from tests.support.postgres import PostgresDatabases
 
 INDEX_BACKENDS = [
@@ -132,3 +140,72 @@ def make_module_archive(
     yield factory
     for engine in engines:
         engine.dispose()
+
+
+# --- the HTTP application on a loopback port (test_web_tasks, test_web_auth) -------------
+
+WEB_TIMEOUT_SECONDS = 30
+ADMIN_PASSWORD = "admin password for tests"
+
+
+@pytest.fixture(scope="module")
+def pool() -> Iterator[ReaderPool]:
+    reader_pool = ReaderPool(1)
+    yield reader_pool
+    reader_pool.close()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    folder = tmp_path / "root"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def manager(
+    tmp_path: Path, root: Path, migrated_engine: Engine, pool: ReaderPool
+) -> Iterator[TaskManager]:
+    from tests.unit.test_ingest_indexer import make_context
+
+    context = make_context(
+        tmp_path / "data",
+        migrated_engine,
+        pool,
+        ingest__import_roots=[str(root)],
+        ingest__settle_seconds=5.0,
+    )
+    task_manager = TaskManager(context)
+    task_manager.start()
+    yield task_manager
+    task_manager.stop(WEB_TIMEOUT_SECONDS)
+
+
+@pytest.fixture
+def server_url(manager: TaskManager) -> Iterator[str]:
+    """Serve the application on a loopback port; yield its base URL."""
+    context = manager.context
+    archive = Archive(context.settings, context.engine, context.storage)
+    server = HttpServer(create_app(manager, archive), LOOPBACK, free_port())
+    server.start()
+    yield f"http://{LOOPBACK}:{server.port}"
+    server.stop()
+
+
+@pytest.fixture
+def admin_token(migrated_engine: Engine) -> str:
+    """Create the user "admin" with the admin role; return an API token of theirs."""
+    store = UserStore(migrated_engine)
+    admin = store.add("admin", Role.ADMIN, ADMIN_PASSWORD)
+    return store.create_token(admin, "tests")[1]
+
+
+@pytest.fixture
+def client(server_url: str, admin_token: str) -> Iterator[httpx.Client]:
+    """An HTTP client that sends the admin's API token."""
+    with httpx.Client(
+        base_url=server_url,
+        timeout=WEB_TIMEOUT_SECONDS,
+        headers={"Authorization": f"Bearer {admin_token}"},
+    ) as http_client:
+        yield http_client

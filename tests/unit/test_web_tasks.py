@@ -4,69 +4,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-from sqlalchemy import Engine
 
-from dicomvault.archive import Archive
-from dicomvault.ingest.manager import TaskManager
-from dicomvault.ingest.pool import ReaderPool
-from dicomvault.web.app import create_app
-from dicomvault.web.server import HttpServer
 from tests.support.corpus import write_instance
 from tests.support.datasets import make_instance
-from tests.support.network import LOOPBACK, free_port, wait_until
-from tests.unit.test_ingest_indexer import make_context
-
-TIMEOUT_SECONDS = 30
-
-
-@pytest.fixture(scope="module")
-def pool() -> Iterator[ReaderPool]:
-    reader_pool = ReaderPool(1)
-    yield reader_pool
-    reader_pool.close()
-
-
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    folder = tmp_path / "root"
-    folder.mkdir()
-    return folder
-
-
-@pytest.fixture
-def manager(
-    tmp_path: Path, root: Path, migrated_engine: Engine, pool: ReaderPool
-) -> Iterator[TaskManager]:
-    context = make_context(
-        tmp_path / "data",
-        migrated_engine,
-        pool,
-        ingest__import_roots=[str(root)],
-        ingest__settle_seconds=5.0,
-    )
-    task_manager = TaskManager(context)
-    task_manager.start()
-    yield task_manager
-    task_manager.stop(TIMEOUT_SECONDS)
-
-
-@pytest.fixture
-def client(manager: TaskManager) -> Iterator[httpx.Client]:
-    context = manager.context
-    archive = Archive(context.settings, context.engine, context.storage)
-    server = HttpServer(create_app(manager, archive), LOOPBACK, free_port())
-    server.start()
-    with httpx.Client(
-        base_url=f"http://{LOOPBACK}:{server.port}", timeout=TIMEOUT_SECONDS
-    ) as http_client:
-        yield http_client
-    server.stop()
+from tests.support.network import wait_until
+from tests.unit.conftest import WEB_TIMEOUT_SECONDS
 
 
 def wait_for_status(client: httpx.Client, task_id: int, statuses: set[str]) -> dict[str, Any]:
@@ -76,7 +22,7 @@ def wait_for_status(client: httpx.Client, task_id: int, statuses: set[str]) -> d
         latest.update(client.get(f"/api/tasks/{task_id}").json())
         return latest["status"] in statuses
 
-    assert wait_until(reached, TIMEOUT_SECONDS), latest
+    assert wait_until(reached, WEB_TIMEOUT_SECONDS), latest
     return latest
 
 
@@ -199,6 +145,7 @@ class TestListAndCancel:
 def test_openapi_docs(client: httpx.Client) -> None:
     assert client.get("/docs").status_code == 200
     paths = client.get("/openapi.json").json()["paths"]
-    task_paths = {path for path in paths if path.startswith("/api/")}
+    task_paths = {path for path in paths if path.startswith("/api/tasks")}
     assert task_paths == {"/api/tasks", "/api/tasks/{task_id}", "/api/tasks/{task_id}/cancel"}
+    assert {"/api/login", "/api/logout", "/api/me", "/api/tokens", "/api/users"} <= set(paths)
     assert "/dicomweb/studies" in paths

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import logging
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from dicomvault import __version__
 from dicomvault.archive import Archive
+from dicomvault.index.users import UserStore
 from dicomvault.ingest.manager import TaskManager
-from dicomvault.web.api import tasks
+from dicomvault.web.api import account, tasks
 from dicomvault.web.auth import Authenticator, OpenAccess
 from dicomvault.web.dicomweb.errors import install_error_handlers
 from dicomvault.web.dicomweb.routers import include_dicomweb
+from dicomvault.web.identity import require_admin
 
 LOGGER = logging.getLogger(__name__)
 
 # Response headers a browser application on another origin may read.
 CORS_EXPOSED_HEADERS = ["Content-Type", "Content-Length", "Content-Location", "Location", "Warning"]
+
+
+def health() -> dict[str, str]:
+    """Report that the server is running (for load balancers; no login needed)."""
+    return {"status": "ok"}
 
 
 def create_app(
@@ -31,11 +38,11 @@ def create_app(
     DICOMweb is under /dicomweb and WADO-URI at /wado. ``authenticator``
     decides who may use DICOMweb; the default lets every request through.
 
-    NOTE: the admin API and, with the default authenticator, DICOMweb have
-    no authentication yet, so anyone who can connect may read every
-    instance and start or cancel indexing tasks. The server listens on
-    127.0.0.1 by default; do not expose it on other addresses until
-    authentication exists.
+    The admin API (/api) requires a login or an API token; /health does
+    not. NOTE: with the default authenticator, DICOMweb has no
+    authentication, so anyone who can connect may read every instance. The
+    server listens on 127.0.0.1 by default; do not expose DICOMweb on other
+    addresses until it requires authentication.
     """
     app = FastAPI(
         title="dicomvault",
@@ -45,7 +52,15 @@ def create_app(
     app.state.manager = manager
     app.state.archive = archive
     app.state.authenticator = authenticator or OpenAccess()
-    app.include_router(tasks.router)
+    app.state.users = UserStore(archive.engine)
+    app.include_router(account.router)
+    app.include_router(tasks.router, dependencies=[Depends(require_admin)])
+    app.add_api_route("/health", health, methods=["GET"], tags=["service"])
+    if app.state.users.count_admins() == 0:
+        LOGGER.warning(
+            "No admin user exists, so nobody can use the admin API or the console; "
+            "create one with 'dicomvault user add NAME --role admin'"
+        )
     include_dicomweb(app)
     install_error_handlers(app)
 
