@@ -1,7 +1,7 @@
 """Users, roles, password hashing and the secrets of API tokens and sessions.
 
 Passwords are hashed with argon2id (argon2-cffi's defaults). API tokens and
-session identifiers are random strings shown to their owner once; the index
+session identifiers are random strings shown to their owner once. The index
 keeps only their SHA-256 digests, so a copy of the database grants no access.
 """
 
@@ -28,14 +28,14 @@ _DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
 
 
 class Role(enum.StrEnum):
-    """What a user may do: ``admin`` everything, ``user`` search, view and download."""
+    """The permissions of a user: ``admin`` everything, ``user`` search, view and download."""
 
     ADMIN = "admin"
     USER = "user"
 
 
 class InvalidUserError(ValueError):
-    """A user name, role or password that cannot be used; the message says why."""
+    """An invalid user name, role or password; the message gives the reason."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,7 +108,7 @@ def verify_password(password_hash: str | None, password: str) -> bool:
     """Return whether ``password`` matches ``password_hash``.
 
     With no hash (an unknown user), a dummy hash is checked so that the
-    answer takes as long as for a known user.
+    check takes as long as for a known user.
     """
     try:
         return _HASHER.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)

@@ -1,4 +1,4 @@
-"""Who calls the admin API: a Bearer API token or a console session cookie.
+"""Authentication of the admin API: a Bearer API token or a console session cookie.
 
 A request authenticates with ``Authorization: Bearer <token>`` (scripts) or
 with the session cookie set by ``POST /api/login`` (the console). A request
