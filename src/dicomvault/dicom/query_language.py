@@ -136,7 +136,13 @@ def terms(expression: Expression) -> Iterator[Term]:
 
 
 def to_query(expression: Expression, level: Level, return_keys: Sequence[ReturnKey] = ()) -> Query:
-    """Return a query of ``level`` whose records match ``expression``."""
+    """Return a query of ``level`` whose records match ``expression``.
+
+    At STUDY level a term on Modality, a series attribute, matches the
+    study's Modalities in Study, as users of a study list expect.
+    """
+    if level is Level.STUDY:
+        expression = _modality_as_study_attribute(expression)
     return Query(
         level,
         conditions=(),
@@ -144,6 +150,18 @@ def to_query(expression: Expression, level: Level, return_keys: Sequence[ReturnK
         expression=expression,
         expression_keywords=frozenset(keywords(expression)),
     )
+
+
+def _modality_as_study_attribute(expression: Expression) -> Expression:
+    if isinstance(expression, Term):
+        if expression.keyword != "Modality" or expression.condition is None:
+            return expression
+        condition = dataclasses.replace(expression.condition, keyword="ModalitiesInStudy")
+        return Term("ModalitiesInStudy", condition, expression.position)
+    if isinstance(expression, Not):
+        return Not(_modality_as_study_attribute(expression.operand))
+    operands = tuple(_modality_as_study_attribute(operand) for operand in expression.operands)
+    return And(operands) if isinstance(expression, And) else Or(operands)
 
 
 def keywords(expression: Expression) -> set[str]:
