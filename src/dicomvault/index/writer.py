@@ -207,33 +207,41 @@ class IndexWriter:
             "patient_pk",
             [i.header.study_instance_uid for i in written],
         )
-        patient_rows: dict[str, dict[str, Any]] = {}
-        study_rows: dict[str, tuple[str, dict[str, Any]]] = {}
-        series_rows: dict[str, tuple[str, dict[str, Any]]] = {}
+        # Rows are built for the last instance of each parent only.
+        last_of_patient: dict[str, InstanceHeader] = {}
+        last_of_study: dict[str, InstanceHeader] = {}
+        last_of_series: dict[str, InstanceHeader] = {}
         for item in written:
             header = item.header
-            key = patient_key(header)
-            patient_rows[key] = {
-                "patient_key": key,
-                **_level_row(header, Level.PATIENT),
-                "updated_at": now,
-            }
-            study_rows[header.study_instance_uid] = (
-                key,
+            last_of_patient[patient_key(header)] = header
+            last_of_study[header.study_instance_uid] = header
+            last_of_series[header.series_instance_uid] = header
+        patient_rows = {
+            key: {"patient_key": key, **_level_row(header, Level.PATIENT), "updated_at": now}
+            for key, header in last_of_patient.items()
+        }
+        study_rows = {
+            uid: (
+                patient_key(header),
                 {
                     **_level_row(header, Level.STUDY),
-                    "study_instance_uid": header.study_instance_uid,
+                    "study_instance_uid": uid,
                     "updated_at": now,
                 },
             )
-            series_rows[header.series_instance_uid] = (
+            for uid, header in last_of_study.items()
+        }
+        series_rows = {
+            uid: (
                 header.study_instance_uid,
                 {
                     **_level_row(header, Level.SERIES),
-                    "series_instance_uid": header.series_instance_uid,
+                    "series_instance_uid": uid,
                     "updated_at": now,
                 },
             )
+            for uid, header in last_of_series.items()
+        }
         patient_pks = {
             key: self._upsert(connection, patients, "patient_key", row)
             for key, row in patient_rows.items()
@@ -450,19 +458,29 @@ def patient_key(header: InstanceHeader) -> str:
     return f"name:{header.values.get('PatientName', '')}"
 
 
+# Per level: keyword, column, VR and match column of each column attribute.
+_LEVEL_COLUMNS: dict[Level, tuple[tuple[str, str, str, str | None], ...]] = {
+    level: tuple(
+        (attribute.keyword, attribute.column, attribute.vr, attribute.match_column)
+        for attribute in COLUMN_ATTRIBUTES
+        if attribute.level is level
+    )
+    for level in Level
+}
+
+
 def _level_row(header: InstanceHeader, level: Level) -> dict[str, str]:
     row: dict[str, str] = {}
-    for attribute in COLUMN_ATTRIBUTES:
-        if attribute.level is not level:
-            continue
-        value = header.values.get(attribute.keyword, "")
-        if attribute.vr == "DA":
+    values = header.values
+    for keyword, column, vr, match_column in _LEVEL_COLUMNS[level]:
+        value = values.get(keyword, "")
+        if vr == "DA":
             # Dates are kept as YYYYMMDD (an ACR-NEMA 'YYYY.MM.DD' is rewritten)
             # so that SQL range conditions compare them as strings.
             value = normalize_stored_time(value, "DA") or value
-        row[attribute.column] = value
-        if attribute.match_column is not None:
-            row[attribute.match_column] = match_form(value, attribute.vr)
+        row[column] = value
+        if match_column is not None:
+            row[match_column] = match_form(value, vr)
     return row
 
 

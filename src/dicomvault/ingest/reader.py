@@ -13,6 +13,7 @@ import json
 import os
 
 from dicomvault.archive import new_storage_key
+from dicomvault.dicom.fast_header import describe_encoded
 from dicomvault.dicom.header import (
     EncodedJSON,
     InstanceHeader,
@@ -150,6 +151,11 @@ def read_file(job: FileJob, options: ReadOptions) -> ReadResult:
 
 
 def _describe(dataset: bytes, transfer_syntax_uid: str) -> InstanceHeader:
+    header = describe_encoded(dataset, transfer_syntax_uid)
+    if header is not None:
+        return header
+
+    # Datasets the fast reader does not handle: the pydicom-based path.
     try:
         ds = read_header(dataset, transfer_syntax_uid)
         header = describe_instance(ds, transfer_syntax_uid)
