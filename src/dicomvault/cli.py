@@ -16,8 +16,6 @@ from dicomvault import __version__
 from dicomvault.archive import Archive, IndexUnavailableError
 from dicomvault.config import ConfigError, Settings, describe_settings, load_settings
 from dicomvault.dicom.attributes import Level
-from dicomvault.dimse.echo_scu import echo
-from dicomvault.dimse.server import DimseServer
 from dicomvault.events import log_store_events
 from dicomvault.index.database import DatabaseError, open_index_engine
 from dicomvault.index.nodes import NodeExistsError, NodeNotFoundError, NodeRegistry
@@ -34,8 +32,6 @@ from dicomvault.logging_setup import configure_logging
 from dicomvault.nodes import make_node
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.lock import DataDirInUseError, lock_data_dir
-from dicomvault.web.app import create_app
-from dicomvault.web.server import HttpServer
 
 LOGGER = logging.getLogger(__name__)
 
@@ -153,6 +149,12 @@ def serve(
 
 def run_server(settings: Settings) -> int:
     """Open storage and index, serve until a stop signal, and return the exit code."""
+    # Imported here: the servers' modules (pynetdicom, FastAPI) take about half
+    # a second to import, which every other command would otherwise pay.
+    from dicomvault.dimse.server import DimseServer
+    from dicomvault.web.app import create_app
+    from dicomvault.web.server import HttpServer
+
     # Handlers go in first, so a stop signal during start-up also ends cleanly.
     stop = threading.Event()
 
@@ -387,6 +389,8 @@ def node_echo(
     index_url: IndexUrlOption = None,
 ) -> None:
     """Send a C-ECHO to a registered node and print the result and round-trip time."""
+    from dicomvault.dimse.echo_scu import echo  # pynetdicom, only for this command
+
     settings, registry = _node_registry(config, data_dir, index_url)
     node = registry.get(ae_title)
     if node is None:

@@ -284,7 +284,23 @@ class IndexWriter:
 
         # Parents left empty by instances, series or studies that moved, up the
         # hierarchy. A parent created in this batch may be left empty too, when a
-        # later instance of the batch moved its only child elsewhere.
+        # later instance of the batch moved its only child elsewhere. A batch of
+        # new instances that agree on their parents (the usual bulk import)
+        # moves nothing, and skips the statements.
+        moved = bool(existing) or len(latest) < len(stored)
+        moved = moved or _moves_parents(written)
+        moved = moved or any(
+            old_series[uid] != study_pks[study_uid]
+            for uid, (study_uid, _row) in series_rows.items()
+            if uid in old_series
+        )
+        moved = moved or any(
+            old_studies[uid] != patient_pks[key]
+            for uid, (key, _row) in study_rows.items()
+            if uid in old_studies
+        )
+        if not moved:
+            return outcomes
         for old in existing.values():
             _prune_series(connection, old.series_pk)
         for series_pk in series_pks.values():
@@ -428,6 +444,21 @@ def _existing_instances(connection: Connection, uids: list[str]) -> dict[str, _E
         for row in connection.execute(statement):
             found[row.sop_instance_uid] = _ExistingInstance(row.series_pk, row.storage_key)
     return found
+
+
+def _moves_parents(written: Sequence[StoredInstance]) -> bool:
+    """Return whether instances of the batch name a series or study under two parents."""
+    study_of_series: dict[str, str] = {}
+    patient_of_study: dict[str, str] = {}
+    for item in written:
+        header = item.header
+        study_uid = header.study_instance_uid
+        if study_of_series.setdefault(header.series_instance_uid, study_uid) != study_uid:
+            return True
+        key = patient_key(header)
+        if patient_of_study.setdefault(study_uid, key) != key:
+            return True
+    return False
 
 
 def _existing_parents(

@@ -160,6 +160,9 @@ class FolderIndexer:
             elif now_ns - found.mtime_ns < self.settle_ns:
                 settling.append(FileJob(found.path, found.size, found.mtime_ns))
             else:
+                if not jobs:
+                    # The workers start while the rest of the folder is scanned.
+                    self.context.pool.start_in_background()
                 jobs.append(FileJob(found.path, found.size, found.mtime_ns))
             self._progress()
         if self.cancel.is_set():
@@ -215,7 +218,7 @@ class FolderIndexer:
                 self._write_batch(buffer)
                 buffer = []
                 last_write = time.monotonic()
-                self._progress(force=True)
+                self._progress(force=True, save_when_due=True)
             else:
                 self._progress()
         if buffer:
@@ -390,13 +393,21 @@ class FolderIndexer:
         except SQLAlchemyError as exc:
             raise IndexingError(f"The index database failed: {exc}") from exc
 
-    def _progress(self, force: bool = False) -> None:
+    def _progress(self, force: bool = False, save_when_due: bool = False) -> None:
+        """Report the counts; ``force`` reports now, not only twice a second.
+
+        With ``save_when_due``, a forced report saves the counts to the index
+        (a transaction of its own) only when the interval has passed.
+        """
         now = time.monotonic()
-        if not force and now - self._last_progress < PROGRESS_INTERVAL_SECONDS:
+        due = now - self._last_progress >= PROGRESS_INTERVAL_SECONDS
+        if not force and not due:
             return
-        self._last_progress = now
         if self.on_progress is not None:
             self.on_progress(self.counts)
+        if save_when_due and not due:
+            return
+        self._last_progress = now
         # An idle watched folder writes nothing; it only reads the cancellation flag.
         counts = dataclasses.astuple(self.counts)
         try:

@@ -38,7 +38,8 @@ def _initialize_worker() -> None:
 class ReaderPool:
     """Worker processes that run :func:`~dicomvault.ingest.reader.read_files`.
 
-    The processes start on the first :meth:`submit` and live until
+    The processes start on the first :meth:`submit` or
+    :meth:`start_in_background` and live until
     :meth:`close`, so a watched folder reuses them between scans. They are
     started with forkserver, not fork, because the archive's server process
     runs threads, and a forked child could inherit a lock held by one of them.
@@ -47,24 +48,49 @@ class ReaderPool:
     def __init__(self, workers: int = 0) -> None:
         self.workers = workers or default_workers()
         self._pool: multiprocessing.pool.Pool | None = None
+        self._starting = False
         self._lock = threading.Lock()
+
+    def start_in_background(self) -> None:
+        """Start the worker processes in a thread, unless they run; the caller goes on.
+
+        Starting takes about half a second (a new interpreter imports the
+        reader's modules), which the caller can spend scanning a folder.
+        """
+        with self._lock:
+            if self._pool is not None or self._starting:
+                return
+            self._starting = True
+        thread = threading.Thread(
+            target=self._start, args=(True,), name="reader-pool-start", daemon=True
+        )
+        thread.start()
 
     def submit(
         self, jobs: list[FileJob], options: ReadOptions
     ) -> multiprocessing.pool.AsyncResult[list[ReadResult]]:
         """Queue a chunk of files for reading; the result is one ReadResult per job."""
+        pool = self._start()
+        assert pool is not None
+        return pool.apply_async(read_files, (jobs, options))
+
+    def _start(self, background: bool = False) -> multiprocessing.pool.Pool | None:
         with self._lock:
+            if background and not self._starting:
+                return None  # closed before this thread ran
+            self._starting = False
             if self._pool is None:
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(["dicomvault.ingest.reader"])
                 self._pool = context.Pool(self.workers, initializer=_initialize_worker)
                 LOGGER.info("Started %d header reading processes", self.workers)
-            return self._pool.apply_async(read_files, (jobs, options))
+            return self._pool
 
     def close(self) -> None:
         """Stop the worker processes at once; chunks still queued are dropped."""
         with self._lock:
             pool, self._pool = self._pool, None
+            self._starting = False
         if pool is not None:
             pool.terminate()
             pool.join()

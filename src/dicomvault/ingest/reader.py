@@ -12,7 +12,6 @@ import enum
 import json
 import os
 
-from dicomvault.archive import new_storage_key
 from dicomvault.dicom.fast_header import describe_encoded
 from dicomvault.dicom.header import (
     EncodedJSON,
@@ -173,6 +172,9 @@ def _import(
 ) -> ReadResult:
     # Imported files take the form C-STORE gives stored files: the archive's
     # File Meta Information, then the dataset bytes unchanged.
+    # Imported here, so that worker processes start without the index modules.
+    from dicomvault.archive import new_storage_key
+
     storage = _storages.get(options.storage_root)
     if storage is None:
         storage = _storages[options.storage_root] = FilesystemStorage(options.storage_root)
