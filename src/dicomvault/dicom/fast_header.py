@@ -300,9 +300,10 @@ class _Walker:
                 self.pixel_length = length
                 break
 
+            prefix = _PREFIXES.get((tag, vr)) or _prefix(tag, vr)
             if kind == _SEQUENCE:
                 items, position = self.read_sequence(position, length, end)
-                fragments.append(f'"{tag:08X}": {{"vr": "SQ", "Value": [{items}]}}')
+                fragments.append(prefix + ', "Value": [' + items + "]}")
                 continue
             if length == UNDEFINED_LENGTH:
                 raise _Unsupported
@@ -313,7 +314,7 @@ class _Walker:
             position = value_end
 
             if kind == _BINARY:
-                fragments.append(_binary_fragment(tag, vr, raw))
+                fragments.append(prefix + _binary_json(tag, raw))
                 continue
             if tag == SPECIFIC_CHARACTER_SET:
                 if not top_level:
@@ -323,9 +324,9 @@ class _Walker:
                 raise _Unsupported  # decoded before the character set is known
             value, column = _VALUE_READERS[kind](vr, raw, self.encoding)
             if value:
-                fragments.append(f'"{tag:08X}": {{"vr": "{vr}", "Value": [{value}]}}')
+                fragments.append(prefix + ', "Value": [' + value + "]}")
             else:
-                fragments.append(f'"{tag:08X}": {{"vr": "{vr}"}}')
+                fragments.append(prefix + "}")
             if top_level and tag in _COLUMN_TAGS:
                 if column is None:
                     raise _Unsupported  # pydicom's text of the value differs from its JSON
@@ -376,14 +377,27 @@ class _Walker:
         self.specific_character_set = value
 
 
-def _binary_fragment(tag: int, vr: str, raw: bytes) -> str:
+# The start of an element's JSON text, '"00100010": {"vr": "PN"', by tag and
+# VR; filled as elements are read, up to a bound because private tags vary.
+_PREFIXES: dict[tuple[int, str], str] = {}
+_MAX_PREFIXES = 20_000
+
+
+def _prefix(tag: int, vr: str) -> str:
+    prefix = f'"{tag:08X}": {{"vr": "{vr}"'
+    if len(_PREFIXES) < _MAX_PREFIXES:
+        _PREFIXES[tag, vr] = prefix
+    return prefix
+
+
+def _binary_json(tag: int, raw: bytes) -> str:
+    """Return the JSON text of a binary value after the VR, with the closing brace."""
     if not raw:
-        return f'"{tag:08X}": {{"vr": "{vr}"}}'
+        return "}"
     if len(raw) > MAX_INLINE_BINARY:
         # The same URI as header.header_to_json gives.
-        return f'"{tag:08X}": {{"vr": "{vr}", "BulkDataURI": "bulkdata/{tag:08X}"}}'
-    encoded = base64.b64encode(raw).decode("ascii")
-    return f'"{tag:08X}": {{"vr": "{vr}", "InlineBinary": "{encoded}"}}'
+        return f', "BulkDataURI": "bulkdata/{tag:08X}"}}'
+    return ', "InlineBinary": "' + base64.b64encode(raw).decode("ascii") + '"}'
 
 
 # Each reader takes the VR, the raw value and the text encoding, and returns
@@ -393,8 +407,8 @@ def _binary_fragment(tag: int, vr: str, raw: bytes) -> str:
 
 
 def _strings_json(items: list[str]) -> str:
-    if len(items) == 1 and not items[0]:
-        return ""
+    if len(items) == 1:
+        return _encode_string(items[0]) if items[0] else ""
     return ", ".join([_encode_string(item) for item in items])
 
 

@@ -8,9 +8,9 @@ files and the task's report entries. A cancelled pass stops between batches.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
-import multiprocessing.pool
 import os
 import threading
 import time
@@ -43,7 +43,7 @@ DUPLICATE_REASON = (
 )
 
 
-_Chunk = multiprocessing.pool.AsyncResult[list[ReadResult]]
+_Chunk = concurrent.futures.Future[list[ReadResult]]
 
 
 class IndexingError(RuntimeError):
@@ -204,10 +204,10 @@ class FolderIndexer:
                 in_flight.append(self.context.pool.submit(chunks[position], self.options))
                 position += 1
             pending = in_flight[0]
-            pending.wait(PROGRESS_INTERVAL_SECONDS)
-            if pending.ready():
+            concurrent.futures.wait([pending], PROGRESS_INTERVAL_SECONDS)
+            if pending.done():
                 in_flight.popleft()
-                for result in pending.get():
+                for result in pending.result():
                     if result.outcome is Outcome.CHANGED:
                         changed.append(result.job)
                     else:
@@ -287,9 +287,9 @@ class FolderIndexer:
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         unwritten = list(buffer)
         for pending in in_flight:
-            pending.wait(max(0.0, deadline - time.monotonic()))
-            if pending.ready() and pending.successful():
-                unwritten += pending.get()
+            concurrent.futures.wait([pending], max(0.0, deadline - time.monotonic()))
+            if pending.done() and not pending.cancelled() and pending.exception() is None:
+                unwritten += pending.result()
         self._delete_copies(r for r in unwritten if r.outcome is Outcome.INSTANCE)
 
     def _delete_copies(self, results: Iterable[ReadResult]) -> None:
