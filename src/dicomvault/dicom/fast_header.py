@@ -95,13 +95,16 @@ _NUMBER_FORMATS = {
 _LONG_LENGTH_VRS = frozenset(
     ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV")
 )
-# Explicit VR element headers by their two VR bytes: (VR, kind, 32-bit length).
-_EXPLICIT_VRS: dict[bytes, tuple[str, int, bool]] = {
-    vr.encode(): (vr, kind, vr in _LONG_LENGTH_VRS) for vr, kind in _KINDS.items()
+# A VR's two characters read as a little endian 16-bit number, a cheap dictionary key.
+_VR_CODES = {vr: int.from_bytes(vr.encode(), "little") for vr in _KINDS}
+# Explicit VR element headers by VR code: (VR, kind, 32-bit length).
+_EXPLICIT_VRS: dict[int, tuple[str, int, bool]] = {
+    _VR_CODES[vr]: (vr, kind, vr in _LONG_LENGTH_VRS) for vr, kind in _KINDS.items()
 }
-# Implicit VR: the dictionary VR of public tags; ambiguous ones ("US or SS") are left out.
-_IMPLICIT_VRS: dict[int, tuple[str, int]] = {
-    tag: (entry[0], _KINDS[entry[0]])
+# Implicit VR: the dictionary VR of public tags, with kind and VR code;
+# ambiguous ones ("US or SS") are left out.
+_IMPLICIT_VRS: dict[int, tuple[str, int, int]] = {
+    tag: (entry[0], _KINDS[entry[0]], _VR_CODES[entry[0]])
     for tag, entry in DicomDictionary.items()
     if entry[0] in _KINDS
 }
@@ -112,7 +115,7 @@ _DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 _COLUMN_TAGS: dict[int, str] = {attribute.tag: attribute.keyword for attribute in COLUMN_ATTRIBUTES}
 
-_HEADER = struct.Struct("<HH2sH")  # explicit VR: group, element, VR, 16-bit length
+_HEADER = struct.Struct("<HHHH")  # explicit VR: group, element, VR code, 16-bit length
 _IMPLICIT_HEADER = struct.Struct("<HHI")  # group, element, 32-bit length
 _LENGTH = struct.Struct("<I")
 
@@ -270,15 +273,15 @@ class _Walker:
                 if known is None:
                     if not (top_level and tag in PIXEL_DATA_TAGS):
                         raise _Unsupported  # private, repeating, ambiguous or unknown VR
-                    vr, kind = "OB", _BINARY
+                    vr, kind, code = "OB", _BINARY, _VR_CODES["OB"]
                 else:
-                    vr, kind = known
+                    vr, kind, code = known
             else:
-                group, number, vr_bytes, length = _HEADER.unpack_from(data, position)
+                group, number, code, length = _HEADER.unpack_from(data, position)
                 tag = group << 16 | number
                 if tag == ITEM_DELIMITATION and delimited:
                     return "{" + ", ".join(fragments) + "}", position + 8
-                explicit = _EXPLICIT_VRS.get(vr_bytes)
+                explicit = _EXPLICIT_VRS.get(code)
                 if explicit is None:
                     raise _Unsupported  # UN, or a VR pydicom may correct
                 vr, kind, long_length = explicit
@@ -300,7 +303,7 @@ class _Walker:
                 self.pixel_length = length
                 break
 
-            prefix = _PREFIXES.get((tag, vr)) or _prefix(tag, vr)
+            prefix = _PREFIXES.get(tag << 16 | code) or _prefix(tag, vr, code)
             if kind == _SEQUENCE:
                 items, position = self.read_sequence(position, length, end)
                 fragments.append(prefix + ', "Value": [' + items + "]}")
@@ -378,15 +381,15 @@ class _Walker:
 
 
 # The start of an element's JSON text, '"00100010": {"vr": "PN"', by tag and
-# VR; filled as elements are read, up to a bound because private tags vary.
-_PREFIXES: dict[tuple[int, str], str] = {}
+# VR code; filled as elements are read, up to a bound because private tags vary.
+_PREFIXES: dict[int, str] = {}
 _MAX_PREFIXES = 20_000
 
 
-def _prefix(tag: int, vr: str) -> str:
+def _prefix(tag: int, vr: str, code: int) -> str:
     prefix = f'"{tag:08X}": {{"vr": "{vr}"'
     if len(_PREFIXES) < _MAX_PREFIXES:
-        _PREFIXES[tag, vr] = prefix
+        _PREFIXES[tag << 16 | code] = prefix
     return prefix
 
 

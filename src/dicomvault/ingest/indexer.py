@@ -34,6 +34,9 @@ from dicomvault.storage.in_place import in_place_key
 LOGGER = logging.getLogger(__name__)
 
 CHUNK_FILES = 32  # files per message to and from a worker
+# Chunks queued per worker: enough that the workers keep reading while this
+# process waits for a commit (about 20 ms with synchronous=FULL), a few MB.
+CHUNKS_IN_FLIGHT_PER_WORKER = 16
 PROGRESS_INTERVAL_SECONDS = 0.5
 MAX_BATCH_SECONDS = 1.0  # results wait at most this long before they are written
 STOP_TIMEOUT_SECONDS = 10.0  # a cancelled pass waits this long for chunks in flight
@@ -192,7 +195,7 @@ class FolderIndexer:
         buffer: list[ReadResult] = []
         last_write = time.monotonic()
         chunks = [jobs[i : i + CHUNK_FILES] for i in range(0, len(jobs), CHUNK_FILES)]
-        max_in_flight = 4 * self.context.pool.workers
+        max_in_flight = CHUNKS_IN_FLIGHT_PER_WORKER * self.context.pool.workers
         batch_size = self.context.settings.ingest.batch_size
 
         position = 0
