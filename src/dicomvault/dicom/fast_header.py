@@ -325,11 +325,21 @@ class _Walker:
                 self._set_character_set(raw)
             elif tag < SPECIFIC_CHARACTER_SET and kind in _CHARACTER_SET_KINDS:
                 raise _Unsupported  # decoded before the character set is known
-            value, column = _VALUE_READERS[kind](vr, raw, self.encoding)
-            if value:
-                fragments.append(prefix + ', "Value": [' + value + "]}")
-            else:
-                fragments.append(prefix + "}")
+            # Most values repeat from file to file (modality, dates, image
+            # attributes), so short ones are converted once; UIDs do not repeat.
+            cacheable = length <= MAX_CACHED_LENGTH and kind != _UID
+            key = (tag << 16 | code, raw, self.encoding)
+            converted = _CONVERTED.get(key) if cacheable else None
+            if converted is None:
+                value, column = _VALUE_READERS[kind](vr, raw, self.encoding)
+                closing = ', "Value": [' + value + "]}" if value else "}"
+                converted = (prefix + closing, column)
+                if cacheable:
+                    if len(_CONVERTED) >= MAX_CACHED_VALUES:
+                        _CONVERTED.clear()
+                    _CONVERTED[key] = converted
+            fragment, column = converted
+            fragments.append(fragment)
             if top_level and tag in _COLUMN_TAGS:
                 if column is None:
                     raise _Unsupported  # pydicom's text of the value differs from its JSON
@@ -379,6 +389,13 @@ class _Walker:
         self.encoding = encoding
         self.specific_character_set = value
 
+
+# Converted values by tag, VR code, raw value and text encoding: the JSON
+# text of the element and its column value (see _VALUE_READERS). Bounded
+# in entries and in the length of the values kept, a few MB at most.
+_CONVERTED: dict[tuple[int, bytes, str], tuple[str, str | None]] = {}
+MAX_CACHED_VALUES = 20_000
+MAX_CACHED_LENGTH = 64
 
 # The start of an element's JSON text, '"00100010": {"vr": "PN"', by tag and
 # VR code; filled as elements are read, up to a bound because private tags vary.
