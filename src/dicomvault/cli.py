@@ -431,7 +431,9 @@ def _ingest_context(settings: Settings) -> IngestContext:
         raise _fail(
             f"Cannot use data directory {settings.data_dir}: {exc.strerror or exc}", 1
         ) from None
-    return IngestContext(settings, engine, storage, ReaderPool(settings.ingest.workers))
+    # The command reads the first files itself while the workers start.
+    pool = ReaderPool(settings.ingest.workers, read_while_starting=True)
+    return IngestContext(settings, engine, storage, pool)
 
 
 @app.command("index")

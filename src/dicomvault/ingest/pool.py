@@ -52,8 +52,12 @@ class ReaderPool:
     per file and competed with it for the GIL.
     """
 
-    def __init__(self, workers: int = 0) -> None:
+    def __init__(self, workers: int = 0, read_while_starting: bool = False) -> None:
         self.workers = workers or default_workers()
+        # Whether :meth:`submit` reads chunks in this process while the workers
+        # start in the background, instead of waiting for them. Only for a
+        # process with no other threads that log pydicom's warnings.
+        self.read_while_starting = read_while_starting
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self._starting = False
         self._lock = threading.Lock()
@@ -75,6 +79,8 @@ class ReaderPool:
 
     def submit(self, jobs: list[FileJob], options: ReadOptions) -> Future[list[ReadResult]]:
         """Queue a chunk of files for reading; the result is one ReadResult per job."""
+        if self.read_while_starting and self._starting:
+            return self._read_here(jobs, options)
         executor = self._start()
         assert executor is not None
         try:
@@ -88,12 +94,19 @@ class ReaderPool:
             assert executor is not None
             return executor.submit(read_files, jobs, options)
 
+    def _read_here(self, jobs: list[FileJob], options: ReadOptions) -> Future[list[ReadResult]]:
+        future: Future[list[ReadResult]] = Future()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # as in the workers
+            future.set_result(read_files(jobs, options))
+        return future
+
     def _start(self, background: bool = False) -> concurrent.futures.ProcessPoolExecutor | None:
         with self._lock:
             if background and not self._starting:
                 return None  # closed before this thread ran
-            self._starting = False
             if self._executor is not None:
+                self._starting = False
                 return self._executor
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["dicomvault.ingest.reader"])
@@ -105,6 +118,7 @@ class ReaderPool:
             for future in [executor.submit(os.getpid) for _ in range(self.workers)]:
                 future.result()
             self._executor = executor
+            self._starting = False
             LOGGER.info("Started %d header reading processes", self.workers)
             return executor
 
