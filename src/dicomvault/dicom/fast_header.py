@@ -5,12 +5,13 @@
 with the DICOM JSON already encoded, at a fraction of the cost: it converts
 the common value representations itself instead of building pydicom data
 elements. It handles Implicit and Explicit VR Little Endian datasets whose
-text is in the default repertoire, ISO_IR 100 or ISO_IR 192. For anything
-else (big endian, deflate, other character sets, UN values, ambiguous VRs,
-values it does not parse, truncated or out-of-order elements) it returns
-None, and the caller reads the dataset with the pydicom-based path, which
-accepts or rejects it with the reason. So correctness never depends on this
-module: it either returns what the pydicom path returns, or nothing.
+text is in the default repertoire, ISO_IR 100 or ISO_IR 192.
+
+Anything else returns None: big endian, deflate, other character sets, UN
+values, ambiguous VRs, values it does not parse, truncated or out-of-order
+elements. The caller then reads the dataset with the pydicom-based path,
+which accepts or rejects it with the reason. So correctness never depends
+on this module: it returns what the pydicom path returns, or nothing.
 """
 
 from __future__ import annotations
@@ -217,7 +218,7 @@ def _implicit_vr(transfer_syntax_uid: str) -> bool | None:
             and syntax not in DEFLATED_JPIP_SYNTAXES
         )
         result = syntax.is_implicit_VR if handled else None
-    except ValueError:  # not a transfer syntax pydicom knows
+    except ValueError:  # a UID that is not in pydicom's table of transfer syntaxes
         result = None
     _syntaxes[transfer_syntax_uid] = result
     return result
@@ -392,7 +393,7 @@ class _Walker:
 
 # Converted values by tag, VR code, raw value and text encoding: the JSON
 # text of the element and its column value (see _VALUE_READERS). Bounded
-# in entries and in the length of the values kept, a few MB at most.
+# in entries and in the length of the values kept: an estimated 10 MB at most.
 _CONVERTED: dict[tuple[int, bytes, str], tuple[str, str | None]] = {}
 MAX_CACHED_VALUES = 20_000
 MAX_CACHED_LENGTH = 64
