@@ -33,10 +33,10 @@ from dicomvault.storage.in_place import in_place_key
 
 LOGGER = logging.getLogger(__name__)
 
-CHUNK_FILES = 32  # files per message to and from a worker
+CHUNK_FILES = 64  # files per message to and from a worker
 # Chunks queued per worker: enough that the workers keep reading while this
 # process waits for a commit (about 20 ms with synchronous=FULL), a few MB.
-CHUNKS_IN_FLIGHT_PER_WORKER = 16
+CHUNKS_IN_FLIGHT_PER_WORKER = 8
 PROGRESS_INTERVAL_SECONDS = 0.5
 MAX_BATCH_SECONDS = 1.0  # results wait at most this long before they are written
 STOP_TIMEOUT_SECONDS = 10.0  # a cancelled pass waits this long for chunks in flight
