@@ -120,7 +120,9 @@ _HEADER = struct.Struct("<HHHH")  # explicit VR: group, element, VR code, 16-bit
 _IMPLICIT_HEADER = struct.Struct("<HHI")  # group, element, 32-bit length
 _LENGTH = struct.Struct("<I")
 
+# Transfer syntax UID to the result of _implicit_vr.
 _syntaxes: dict[str, bool | None] = {}
+MAX_CACHED_SYNTAXES = 100
 
 
 class _Unsupported(Exception):
@@ -220,7 +222,8 @@ def _implicit_vr(transfer_syntax_uid: str) -> bool | None:
         result = syntax.is_implicit_VR if handled else None
     except ValueError:  # a UID that is not in pydicom's table of transfer syntaxes
         result = None
-    _syntaxes[transfer_syntax_uid] = result
+    if len(_syntaxes) < MAX_CACHED_SYNTAXES:  # files may name any UID
+        _syntaxes[transfer_syntax_uid] = result
     return result
 
 
