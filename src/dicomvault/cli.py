@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import signal
 import sys
@@ -17,8 +18,6 @@ from dicomvault import __version__
 from dicomvault.archive import Archive, IndexUnavailableError
 from dicomvault.config import ConfigError, Settings, describe_settings, load_settings
 from dicomvault.dicom.attributes import Level
-from dicomvault.dimse.echo_scu import echo
-from dicomvault.dimse.server import DimseServer
 from dicomvault.events import log_store_events
 from dicomvault.index.database import DatabaseError, open_index_engine
 from dicomvault.index.nodes import NodeExistsError, NodeNotFoundError, NodeRegistry
@@ -37,8 +36,6 @@ from dicomvault.nodes import make_node
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.lock import DataDirInUseError, lock_data_dir
 from dicomvault.users import InvalidUserError, check_user_name, parse_role
-from dicomvault.web.app import create_app
-from dicomvault.web.server import HttpServer
 
 LOGGER = logging.getLogger(__name__)
 
@@ -156,6 +153,12 @@ def serve(
 
 def run_server(settings: Settings) -> int:
     """Open storage and index, serve until a stop signal, and return the exit code."""
+    # Imported here: the servers' modules (pynetdicom, FastAPI) take about half
+    # a second to import, which every other command would otherwise pay.
+    from dicomvault.dimse.server import DimseServer
+    from dicomvault.web.app import create_app
+    from dicomvault.web.server import HttpServer
+
     # Handlers go in first, so a stop signal during start-up also ends cleanly.
     stop = threading.Event()
 
@@ -390,6 +393,8 @@ def node_echo(
     index_url: IndexUrlOption = None,
 ) -> None:
     """Send a C-ECHO to a registered node and print the result and round-trip time."""
+    from dicomvault.dimse.echo_scu import echo  # pynetdicom, only for this command
+
     settings, registry = _node_registry(config, data_dir, index_url)
     node = registry.get(ae_title)
     if node is None:
@@ -551,7 +556,9 @@ def _ingest_context(settings: Settings) -> IngestContext:
         raise _fail(
             f"Cannot use data directory {settings.data_dir}: {exc.strerror or exc}", 1
         ) from None
-    return IngestContext(settings, engine, storage, ReaderPool(settings.ingest.workers))
+    # The command reads the first files itself while the workers start.
+    pool = ReaderPool(settings.ingest.workers, read_while_starting=True)
+    return IngestContext(settings, engine, storage, pool)
 
 
 @app.command("index")
@@ -595,6 +602,10 @@ def index_command(
     mode = Mode.IMPORT if import_files else Mode.IN_PLACE
 
     context = _ingest_context(settings)
+    # The objects of the imported modules live until exit. Frozen, they are
+    # not traversed by every full garbage collection, which the many rows of
+    # a bulk index trigger: about 0.2 s less CPU per 20,000 files.
+    gc.freeze()
     try:
         context.tasks.mark_interrupted()
         if watch:

@@ -424,6 +424,27 @@ class TestBatchWriter:
         assert batch_tables == table_snapshot(migrated_engine)
         assert batch_outcomes == single_outcomes
 
+    @pytest.mark.parametrize("move", ["series_to_other_study", "study_to_other_patient"])
+    def test_new_batch_moving_parent(self, migrated_engine: Engine, move: str) -> None:
+        # Only new instances, so the batch writer must notice the move itself.
+        writer = IndexWriter(migrated_engine)
+        first = make_instance(PatientID="P1")
+        if move == "series_to_other_study":
+            second = make_instance(PatientID="P1", SeriesInstanceUID=first.SeriesInstanceUID)
+        else:
+            second = make_instance(PatientID="P2", StudyInstanceUID=first.StudyInstanceUID)
+        batch = [stored_instance(first, "k/1.dcm"), stored_instance(second, "k/2.dcm")]
+
+        writer.add_instances(batch)
+        batch_tables = table_snapshot(migrated_engine)
+        with migrated_engine.begin() as connection:
+            for table in (instances, series, studies, patients):
+                connection.execute(table.delete())
+        for item in batch:
+            writer.add_instance(item)
+
+        assert batch_tables == table_snapshot(migrated_engine)
+
     def test_duplicates_kept_out_without_replace(self, migrated_engine: Engine) -> None:
         writer = IndexWriter(migrated_engine)
         ds = make_instance()

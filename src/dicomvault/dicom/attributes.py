@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 
@@ -49,14 +50,15 @@ class ColumnAttribute:
     column: str
     match_column: str | None = None
 
-    @property
+    # Cached: the index writer reads these for every column of every instance.
+    @functools.cached_property
     def tag(self) -> int:
         """The attribute's tag as an integer."""
         tag = tag_for_keyword(self.keyword)
         assert tag is not None, self.keyword
         return int(tag)
 
-    @property
+    @functools.cached_property
     def vr(self) -> str:
         """The attribute's VR from the data dictionary."""
         return str(dictionary_VR(self.tag))

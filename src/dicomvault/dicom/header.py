@@ -135,8 +135,8 @@ def read_header(data: bytes, transfer_syntax_uid: str) -> Dataset:
 
     _check_values_complete(ds)
     if pixel_position:
-        end = _pixel_data_end(stream, *pixel_position[0])
-        _check_trailing_elements(stream, end, is_implicit, is_little)
+        end = pixel_data_end(stream, *pixel_position[0])
+        check_trailing_elements(stream, end, is_implicit, is_little)
     else:
         _check_stream_end(ds, fp.tell(), len(stream))
 
@@ -181,7 +181,7 @@ def _check_values_complete(ds: Dataset) -> None:
             )
 
 
-def _pixel_data_end(stream: bytes, value_start: int, length: int) -> int:
+def pixel_data_end(stream: bytes, value_start: int, length: int) -> int:
     """Return the offset after the Pixel Data value, checking that it is complete."""
     if length != UNDEFINED_LENGTH:
         if value_start + length > len(stream):
@@ -208,7 +208,7 @@ def _pixel_data_end(stream: bytes, value_start: int, length: int) -> int:
     )
 
 
-def _check_trailing_elements(stream: bytes, end: int, is_implicit: bool, is_little: bool) -> None:
+def check_trailing_elements(stream: bytes, end: int, is_implicit: bool, is_little: bool) -> None:
     """Check that the elements after Pixel Data (such as trailing padding) are complete."""
     if end >= len(stream):
         return
@@ -264,7 +264,7 @@ def describe_instance(ds: Dataset, transfer_syntax_uid: str) -> InstanceHeader:
             )
         uids[keyword] = value
 
-    values = {attribute.keyword: _string_value(ds, attribute) for attribute in COLUMN_ATTRIBUTES}
+    values = {attribute.keyword: column_value(ds, attribute) for attribute in COLUMN_ATTRIBUTES}
     charset = ds.get("SpecificCharacterSet", "")
     if not isinstance(charset, str):
         charset = "\\".join(str(item) for item in charset)
@@ -289,7 +289,8 @@ def _spaced(keyword: str) -> str:
     }[keyword]
 
 
-def _string_value(ds: Dataset, attribute: ColumnAttribute) -> str:
+def column_value(ds: Dataset, attribute: ColumnAttribute) -> str:
+    """Return the value of a column attribute as the index stores it ('' when absent)."""
     element = ds.get(attribute.tag)
     if element is None or element.value is None:
         return ""

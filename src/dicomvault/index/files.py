@@ -56,7 +56,21 @@ class IndexedFiles:
         if not states:
             return
         now = datetime.datetime.now(datetime.UTC)
-        rows = [{**dataclasses.asdict(state), "updated_at": now} for state in states]
+        # Built field by field: dataclasses.asdict deep-copies every value.
+        rows = [
+            {
+                "path": state.path,
+                "size": state.size,
+                "mtime_ns": state.mtime_ns,
+                "mode": state.mode,
+                "outcome": state.outcome,
+                "sop_instance_uid": state.sop_instance_uid,
+                "storage_key": state.storage_key,
+                "reason": state.reason,
+                "updated_at": now,
+            }
+            for state in states
+        ]
         insert = self._insert(indexed_files)
         statement = insert.on_conflict_do_update(
             index_elements=["path"],

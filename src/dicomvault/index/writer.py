@@ -207,33 +207,41 @@ class IndexWriter:
             "patient_pk",
             [i.header.study_instance_uid for i in written],
         )
-        patient_rows: dict[str, dict[str, Any]] = {}
-        study_rows: dict[str, tuple[str, dict[str, Any]]] = {}
-        series_rows: dict[str, tuple[str, dict[str, Any]]] = {}
+        # Rows are built for the last instance of each parent only.
+        last_of_patient: dict[str, InstanceHeader] = {}
+        last_of_study: dict[str, InstanceHeader] = {}
+        last_of_series: dict[str, InstanceHeader] = {}
         for item in written:
             header = item.header
-            key = patient_key(header)
-            patient_rows[key] = {
-                "patient_key": key,
-                **_level_row(header, Level.PATIENT),
-                "updated_at": now,
-            }
-            study_rows[header.study_instance_uid] = (
-                key,
+            last_of_patient[patient_key(header)] = header
+            last_of_study[header.study_instance_uid] = header
+            last_of_series[header.series_instance_uid] = header
+        patient_rows = {
+            key: {"patient_key": key, **_level_row(header, Level.PATIENT), "updated_at": now}
+            for key, header in last_of_patient.items()
+        }
+        study_rows = {
+            uid: (
+                patient_key(header),
                 {
                     **_level_row(header, Level.STUDY),
-                    "study_instance_uid": header.study_instance_uid,
+                    "study_instance_uid": uid,
                     "updated_at": now,
                 },
             )
-            series_rows[header.series_instance_uid] = (
+            for uid, header in last_of_study.items()
+        }
+        series_rows = {
+            uid: (
                 header.study_instance_uid,
                 {
                     **_level_row(header, Level.SERIES),
-                    "series_instance_uid": header.series_instance_uid,
+                    "series_instance_uid": uid,
                     "updated_at": now,
                 },
             )
+            for uid, header in last_of_series.items()
+        }
         patient_pks = {
             key: self._upsert(connection, patients, "patient_key", row)
             for key, row in patient_rows.items()
@@ -276,7 +284,23 @@ class IndexWriter:
 
         # Parents left empty by instances, series or studies that moved, up the
         # hierarchy. A parent created in this batch may be left empty too, when a
-        # later instance of the batch moved its only child elsewhere.
+        # later instance of the batch moved its only child elsewhere. A batch of
+        # new instances that agree on their parents (the usual bulk import)
+        # moves nothing, and skips the statements.
+        moved = bool(existing) or len(latest) < len(stored)
+        moved = moved or _moves_parents(written)
+        moved = moved or any(
+            old_series[uid] != study_pks[study_uid]
+            for uid, (study_uid, _row) in series_rows.items()
+            if uid in old_series
+        )
+        moved = moved or any(
+            old_studies[uid] != patient_pks[key]
+            for uid, (key, _row) in study_rows.items()
+            if uid in old_studies
+        )
+        if not moved:
+            return outcomes
         for old in existing.values():
             _prune_series(connection, old.series_pk)
         for series_pk in series_pks.values():
@@ -422,6 +446,21 @@ def _existing_instances(connection: Connection, uids: list[str]) -> dict[str, _E
     return found
 
 
+def _moves_parents(written: Sequence[StoredInstance]) -> bool:
+    """Return whether instances of the batch name a series or study under two parents."""
+    study_of_series: dict[str, str] = {}
+    patient_of_study: dict[str, str] = {}
+    for item in written:
+        header = item.header
+        study_uid = header.study_instance_uid
+        if study_of_series.setdefault(header.series_instance_uid, study_uid) != study_uid:
+            return True
+        key = patient_key(header)
+        if patient_of_study.setdefault(study_uid, key) != key:
+            return True
+    return False
+
+
 def _existing_parents(
     connection: Connection, table: Table, uid_column: str, parent_column: str, uids: list[str]
 ) -> dict[str, int]:
@@ -450,19 +489,29 @@ def patient_key(header: InstanceHeader) -> str:
     return f"name:{header.values.get('PatientName', '')}"
 
 
+# Per level: keyword, column, VR and match column of each column attribute.
+_LEVEL_COLUMNS: dict[Level, tuple[tuple[str, str, str, str | None], ...]] = {
+    level: tuple(
+        (attribute.keyword, attribute.column, attribute.vr, attribute.match_column)
+        for attribute in COLUMN_ATTRIBUTES
+        if attribute.level is level
+    )
+    for level in Level
+}
+
+
 def _level_row(header: InstanceHeader, level: Level) -> dict[str, str]:
     row: dict[str, str] = {}
-    for attribute in COLUMN_ATTRIBUTES:
-        if attribute.level is not level:
-            continue
-        value = header.values.get(attribute.keyword, "")
-        if attribute.vr == "DA":
+    values = header.values
+    for keyword, column, vr, match_column in _LEVEL_COLUMNS[level]:
+        value = values.get(keyword, "")
+        if vr == "DA":
             # Dates are kept as YYYYMMDD (an ACR-NEMA 'YYYY.MM.DD' is rewritten)
             # so that SQL range conditions compare them as strings.
             value = normalize_stored_time(value, "DA") or value
-        row[attribute.column] = value
-        if attribute.match_column is not None:
-            row[attribute.match_column] = match_form(value, attribute.vr)
+        row[column] = value
+        if match_column is not None:
+            row[match_column] = match_form(value, vr)
     return row
 
 

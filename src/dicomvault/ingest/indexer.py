@@ -8,9 +8,9 @@ files and the task's report entries. A cancelled pass stops between batches.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import dataclasses
 import logging
-import multiprocessing.pool
 import os
 import threading
 import time
@@ -33,7 +33,10 @@ from dicomvault.storage.in_place import in_place_key
 
 LOGGER = logging.getLogger(__name__)
 
-CHUNK_FILES = 32  # files per message to and from a worker
+CHUNK_FILES = 64  # files per message to and from a worker
+# Chunks queued per worker: enough that the workers keep reading while this
+# process waits for a commit (about 20 ms with synchronous=FULL), a few MB.
+CHUNKS_IN_FLIGHT_PER_WORKER = 8
 PROGRESS_INTERVAL_SECONDS = 0.5
 MAX_BATCH_SECONDS = 1.0  # results wait at most this long before they are written
 STOP_TIMEOUT_SECONDS = 10.0  # a cancelled pass waits this long for chunks in flight
@@ -43,7 +46,7 @@ DUPLICATE_REASON = (
 )
 
 
-_Chunk = multiprocessing.pool.AsyncResult[list[ReadResult]]
+_Chunk = concurrent.futures.Future[list[ReadResult]]
 
 
 class IndexingError(RuntimeError):
@@ -160,6 +163,9 @@ class FolderIndexer:
             elif now_ns - found.mtime_ns < self.settle_ns:
                 settling.append(FileJob(found.path, found.size, found.mtime_ns))
             else:
+                if not jobs:
+                    # The workers start while the rest of the folder is scanned.
+                    self.context.pool.start_in_background()
                 jobs.append(FileJob(found.path, found.size, found.mtime_ns))
             self._progress()
         if self.cancel.is_set():
@@ -189,7 +195,7 @@ class FolderIndexer:
         buffer: list[ReadResult] = []
         last_write = time.monotonic()
         chunks = [jobs[i : i + CHUNK_FILES] for i in range(0, len(jobs), CHUNK_FILES)]
-        max_in_flight = 4 * self.context.pool.workers
+        max_in_flight = CHUNKS_IN_FLIGHT_PER_WORKER * self.context.pool.workers
         batch_size = self.context.settings.ingest.batch_size
 
         position = 0
@@ -201,10 +207,10 @@ class FolderIndexer:
                 in_flight.append(self.context.pool.submit(chunks[position], self.options))
                 position += 1
             pending = in_flight[0]
-            pending.wait(PROGRESS_INTERVAL_SECONDS)
-            if pending.ready():
+            concurrent.futures.wait([pending], PROGRESS_INTERVAL_SECONDS)
+            if pending.done():
                 in_flight.popleft()
-                for result in pending.get():
+                for result in pending.result():
                     if result.outcome is Outcome.CHANGED:
                         changed.append(result.job)
                     else:
@@ -215,7 +221,7 @@ class FolderIndexer:
                 self._write_batch(buffer)
                 buffer = []
                 last_write = time.monotonic()
-                self._progress(force=True)
+                self._progress(force=True, save_when_due=True)
             else:
                 self._progress()
         if buffer:
@@ -284,9 +290,9 @@ class FolderIndexer:
         deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
         unwritten = list(buffer)
         for pending in in_flight:
-            pending.wait(max(0.0, deadline - time.monotonic()))
-            if pending.ready() and pending.successful():
-                unwritten += pending.get()
+            concurrent.futures.wait([pending], max(0.0, deadline - time.monotonic()))
+            if pending.done() and not pending.cancelled() and pending.exception() is None:
+                unwritten += pending.result()
         self._delete_copies(r for r in unwritten if r.outcome is Outcome.INSTANCE)
 
     def _delete_copies(self, results: Iterable[ReadResult]) -> None:
@@ -390,13 +396,21 @@ class FolderIndexer:
         except SQLAlchemyError as exc:
             raise IndexingError(f"The index database failed: {exc}") from exc
 
-    def _progress(self, force: bool = False) -> None:
+    def _progress(self, force: bool = False, save_when_due: bool = False) -> None:
+        """Report the counts; ``force`` reports now, not only twice a second.
+
+        With ``save_when_due``, a forced report saves the counts to the index
+        (a transaction of its own) only when the interval has passed.
+        """
         now = time.monotonic()
-        if not force and now - self._last_progress < PROGRESS_INTERVAL_SECONDS:
+        due = now - self._last_progress >= PROGRESS_INTERVAL_SECONDS
+        if not force and not due:
             return
-        self._last_progress = now
         if self.on_progress is not None:
             self.on_progress(self.counts)
+        if save_when_due and not due:
+            return
+        self._last_progress = now
         # An idle watched folder writes nothing; it only reads the cancellation flag.
         counts = dataclasses.astuple(self.counts)
         try:

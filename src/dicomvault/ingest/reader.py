@@ -12,7 +12,7 @@ import enum
 import json
 import os
 
-from dicomvault.archive import new_storage_key
+from dicomvault.dicom.fast_header import describe_encoded
 from dicomvault.dicom.header import (
     EncodedJSON,
     InstanceHeader,
@@ -150,6 +150,11 @@ def read_file(job: FileJob, options: ReadOptions) -> ReadResult:
 
 
 def _describe(dataset: bytes, transfer_syntax_uid: str) -> InstanceHeader:
+    header = describe_encoded(dataset, transfer_syntax_uid)
+    if header is not None:
+        return header
+
+    # Datasets the fast reader does not handle: the pydicom-based path.
     try:
         ds = read_header(dataset, transfer_syntax_uid)
         header = describe_instance(ds, transfer_syntax_uid)
@@ -167,6 +172,9 @@ def _import(
 ) -> ReadResult:
     # Imported files take the form C-STORE gives stored files: the archive's
     # File Meta Information, then the dataset bytes unchanged.
+    # Imported here, so that worker processes start without the index modules.
+    from dicomvault.archive import new_storage_key
+
     storage = _storages.get(options.storage_root)
     if storage is None:
         storage = _storages[options.storage_root] = FilesystemStorage(options.storage_root)
