@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import queue
 import socket
 import struct
@@ -18,7 +19,7 @@ from pynetdicom.pdu import P_DATA_TF
 
 from dicomvault.dimse.command_set import encode_store_request
 from dicomvault.dimse.direct_receive import DirectReceiver, ReceiveError
-from dicomvault.dimse.direct_send import MessageWriter
+from dicomvault.dimse.direct_send import BATCH_BYTES, MessageWriter, PartialMessageError
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 INSTANCE_UID = "1.2.826.0.1.3680043.8.498.7"
@@ -140,7 +141,9 @@ class TestMessageWriter:
         writer = MessageWriter(fake_association(), pair[0])
         command = encode_store_request(5, CT_IMAGE_STORAGE, INSTANCE_UID)
 
-        stream = written_by(lambda: writer.write(3, command, data_set_file=(path, 140)), pair)
+        with path.open("rb") as data_set:
+            data_set.seek(140)
+            stream = written_by(lambda: writer.write(3, command, data_set_stream=data_set), pair)
 
         assert stream == store_request_stream(path, 140, 16384)
 
@@ -157,17 +160,27 @@ class TestMessageWriter:
         assert found[0][2] == command
         assert b"".join(value for _, _, value in found[1:]) == data
 
-    def test_missing_file_writes_nothing(
-        self, tmp_path: Path, pair: tuple[socket.socket, socket.socket]
-    ) -> None:
+    def test_file_shrinking_while_read(self, pair: tuple[socket.socket, socket.socket]) -> None:
         writer = MessageWriter(fake_association(), pair[0])
         command = encode_store_request(5, CT_IMAGE_STORAGE, INSTANCE_UID)
+        stream = ShrinkingStream(bytes(BATCH_BYTES * 3))
 
         def write() -> None:
-            with pytest.raises(FileNotFoundError):
-                writer.write(3, command, data_set_file=(tmp_path / "gone.dcm", 0))
+            with pytest.raises(PartialMessageError, match="ended before its size"):
+                writer.write(3, command, data_set_stream=stream)
 
-        assert written_by(write, pair) == b""
+        written = written_by(write, pair)
+
+        assert 0 < len(written) < BATCH_BYTES * 2
+
+
+class ShrinkingStream(io.BytesIO):
+    """A file that loses its end after the first read, as if truncated meanwhile."""
+
+    def readinto(self, buffer: Any) -> int:
+        if self.tell() > 0:
+            return 0
+        return super().readinto(buffer)
 
 
 class TestDirectReceiver:

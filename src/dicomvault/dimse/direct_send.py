@@ -20,7 +20,7 @@ import socket
 import ssl
 import struct
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import IO, Any
 
 from pynetdicom import evt
 from pynetdicom.dimse import _RQ_TO_MESSAGE, _RSP_TO_MESSAGE
@@ -132,9 +132,11 @@ class MessageWriter:
         context_id: int,
         command_set: bytes,
         data_set: bytes | None = None,
-        data_set_file: tuple[Any, int] | None = None,
+        data_set_stream: IO[bytes] | None = None,
     ) -> None:
-        """Write one message: the command set, then the data set from bytes or from a file.
+        """Write one message: the command set, then the data set from bytes or from a stream.
+
+        A stream is read from its position to its end.
 
         Raises
         ------
@@ -148,10 +150,9 @@ class MessageWriter:
         """
         fragment = _fragment_size(self.assoc.dimse.maximum_pdu_size)
         buffers = _fragment_pdus(memoryview(command_set), context_id, fragment, True, True)
-        if data_set_file is not None:
-            path, offset = data_set_file
+        if data_set_stream is not None:
             # The command set goes out with the first part of the data set.
-            batches = _file_pdus(path, offset, context_id, fragment)
+            batches = _stream_pdus(data_set_stream, context_id, fragment)
             self._send(buffers + next(batches))
             try:
                 for batch in batches:
@@ -159,7 +160,8 @@ class MessageWriter:
             except OSError as exc:
                 if isinstance(exc, PartialMessageError):
                     raise
-                raise PartialMessageError(f"{path}: {exc}") from exc
+                name = getattr(data_set_stream, "name", "data set")
+                raise PartialMessageError(f"{name}: {exc}") from exc
         else:
             data = memoryview(data_set or b"")
             for start in range(0, max(len(data), 1), BATCH_BYTES):
@@ -237,29 +239,28 @@ def _fragment_pdus(
     return buffers
 
 
-def _file_pdus(
-    path: Any, offset: int, context_id: int, fragment: int
-) -> Iterator[list[memoryview | bytes]]:
-    """Read a data set from ``path`` at ``offset`` and yield its P-DATA-TF PDUs as buffers.
+def _stream_pdus(stream: Any, context_id: int, fragment: int) -> Iterator[list[memoryview | bytes]]:
+    """Read a data set from ``stream``'s position to its end; yield its P-DATA-TF PDUs as buffers.
 
     Each yielded list contains about BATCH_BYTES of PDUs, to write with one
     ``sendmsg``. The data buffers are views of one reused buffer, valid
     until the next list is requested.
     """
     buffer = bytearray(max(1, BATCH_BYTES // fragment) * fragment)
-    with open(path, "rb") as stream:
-        remaining = stream.seek(0, 2) - offset
-        stream.seek(offset)
-        if remaining <= 0:
-            yield _fragment_pdus(memoryview(b""), context_id, fragment, False, True)
-        while remaining > 0:
-            count = min(stream.readinto(buffer), remaining)
-            if count <= 0:
-                raise OSError(f"{path} ended before its size: {remaining} bytes missing")
-            remaining -= count
-            yield _fragment_pdus(
-                memoryview(buffer)[:count], context_id, fragment, False, remaining == 0
-            )
+    start = stream.tell()
+    remaining = stream.seek(0, 2) - start
+    stream.seek(start)
+    if remaining <= 0:
+        yield _fragment_pdus(memoryview(b""), context_id, fragment, False, True)
+    while remaining > 0:
+        count = min(stream.readinto(buffer) or 0, remaining)
+        if count <= 0:
+            name = getattr(stream, "name", "the data set")
+            raise OSError(f"{name} ended before its size: {remaining} bytes missing")
+        remaining -= count
+        yield _fragment_pdus(
+            memoryview(buffer)[:count], context_id, fragment, False, remaining == 0
+        )
 
 
 def _send_buffers(sock: Any, buffers: list[memoryview | bytes]) -> None:

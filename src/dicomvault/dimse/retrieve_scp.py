@@ -12,6 +12,7 @@ through pynetdicom's implementation and the archive's C-FIND handler.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from collections.abc import Iterator
@@ -384,7 +385,7 @@ class _Retrieval:
         # deflated stream, and DCMTK rejects odd-length message fragments.
         as_stored = contexts.get(item.transfer_syntax_uid)
         try:
-            if as_stored is not None and not UID(item.transfer_syntax_uid).is_deflated:
+            if as_stored is not None and not _is_deflated(item.transfer_syntax_uid):
                 outcome = sender.send_file(
                     as_stored,
                     item.sop_class_uid,
@@ -503,6 +504,11 @@ def _require_unique_key(query: Query) -> None:
         if condition.keyword == keyword and condition.kind in (MatchKind.SINGLE, MatchKind.LIST):
             return
     raise QueryError(f"{query.level.name} level retrieve needs {keyword} (UID or list)")
+
+
+@functools.cache
+def _is_deflated(transfer_syntax_uid: str) -> bool:
+    return bool(UID(transfer_syntax_uid).is_deflated)
 
 
 def _is_failure(status: int) -> bool:

@@ -19,7 +19,7 @@ import time
 from io import BytesIO
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -136,12 +136,14 @@ class StoreSender:
 
         The file's transfer syntax must be the one of the presentation context.
         """
-        offset = dataset_offset(path)
         if self._receiver is not None:
             command = _store_request(message_id, sop_class_uid, sop_instance_uid, originator)
-            return self._exchange_directly(
-                context_id, message_id, command, data_set_file=(path, offset)
-            )
+            with open(path, "rb") as stream:
+                stream.seek(_dataset_offset_in(stream, path))
+                return self._exchange_directly(
+                    context_id, message_id, command, data_set_stream=stream
+                )
+        offset = dataset_offset(path)
         request = self._request(context_id, sop_class_uid, sop_instance_uid, message_id)
         request._dataset_path = (path, offset)  # streamed by pynetdicom's encoder
         return self._exchange(request, context_id, originator)
@@ -189,7 +191,7 @@ class StoreSender:
         message_id: int,
         command_set: bytes,
         data_set: bytes | None = None,
-        data_set_file: tuple[Path, int] | None = None,
+        data_set_stream: BinaryIO | None = None,
     ) -> StoreOutcome:
         """Write a request with the message writer and read its response on this thread."""
         assert self._writer is not None and self._receiver is not None
@@ -198,7 +200,7 @@ class StoreSender:
         failure: str | None = None
         with self._receiver.socket_taken():
             try:
-                self._writer.write(context_id, command_set, data_set, data_set_file)
+                self._writer.write(context_id, command_set, data_set, data_set_stream)
                 response = self._receiver.read_store_response(self.assoc.dimse_timeout)
             except (PartialMessageError, ReceiveError) as exc:
                 failure = str(exc)
@@ -265,7 +267,11 @@ def dataset_offset(path: Path) -> int:
         If the file has no preamble and file meta information.
     """
     with open(path, "rb") as stream:
-        head = stream.read(PREAMBLE_AND_PREFIX + 12)
+        return _dataset_offset_in(stream, path)
+
+
+def _dataset_offset_in(stream: BinaryIO, path: Path) -> int:
+    head = stream.read(PREAMBLE_AND_PREFIX + 12)
     if head[128:132] == b"DICM" and head[132:140] == GROUP_LENGTH_ELEMENT:
         (group_length,) = struct.unpack("<I", head[140:144])
         return PREAMBLE_AND_PREFIX + 12 + int(group_length)
