@@ -6,6 +6,10 @@ import uuid
 from collections.abc import Iterable, Iterator
 
 CRLF = b"\r\n"
+# Bytes gathered before the body yields them. Each yield of a streamed
+# response costs a hand-over to the event loop, and small parts (part
+# headers, delimiters, small instances) would otherwise each pay it.
+COALESCE_BYTES = 1024 * 1024
 
 
 def new_boundary() -> str:
@@ -35,13 +39,31 @@ def closing(boundary: str) -> bytes:
 
 
 def stream_parts(boundary: str, parts: Iterable[tuple[str, Iterable[bytes]]]) -> Iterator[bytes]:
-    """Yield a multipart body from (content type, chunks) pairs without joining the chunks.
+    """Return a multipart body from (content type, chunks) pairs, as chunks of about 1 MiB.
 
     Every part ends with CRLF before the next delimiter, as RFC 2046 5.1.1
     requires.
     """
+    return coalesce(_pieces(boundary, parts), COALESCE_BYTES)
+
+
+def _pieces(boundary: str, parts: Iterable[tuple[str, Iterable[bytes]]]) -> Iterator[bytes]:
     for part_content_type, chunks in parts:
         yield part_header(boundary, part_content_type)
         yield from chunks
         yield CRLF
     yield closing(boundary)
+
+
+def coalesce(pieces: Iterable[bytes], size: int) -> Iterator[bytes]:
+    """Yield the bytes of ``pieces`` joined into chunks of at least ``size`` (but the last)."""
+    pending: list[bytes] = []
+    pending_size = 0
+    for piece in pieces:
+        pending.append(piece)
+        pending_size += len(piece)
+        if pending_size >= size:
+            yield b"".join(pending)
+            pending, pending_size = [], 0
+    if pending:
+        yield b"".join(pending)
