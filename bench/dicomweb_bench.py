@@ -33,14 +33,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import http.client
 import json
 import logging
-import os
 import shutil
 import sys
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Iterator, Sequence
@@ -49,7 +46,7 @@ from pathlib import Path
 from bench.clients import send_folders, split_into_folders
 from bench.corpus import Corpus, CorpusSpec, SeriesSummary, write_corpus
 from bench.loopback import LOOPBACK
-from bench.report import Sample, Table, format_ratio
+from bench.report import Sample, Table, format_ratio, machine_lines, run_and_report
 from bench.servers import ORTHANC_DICOMWEB_PLUGIN, Dicomvault, Orthanc, ServerError
 
 LOGGER = logging.getLogger("bench.dicomweb")
@@ -634,11 +631,8 @@ def tables(
 
 def describe_machine() -> list[str]:
     """Return lines naming the date, the machine and the Orthanc version."""
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return [
-        f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
-        f"Machine: {os.cpu_count()} cores, {memory_gib:.1f} GiB memory, "
-        f"Python {sys.version.split()[0]}",
+        *machine_lines(),
         f"Orthanc DICOMweb plugin: {ORTHANC_DICOMWEB_PLUGIN.resolve().name}",
     ]
 
@@ -659,25 +653,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     scale = scale_from(args)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="dicomvault-dicomweb-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    try:
-        result_tables = run(work, scale, args)
-    except Exception:
-        LOGGER.exception("benchmark failed; its files are in %s", work)
-        return 1
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-
-    minutes = (time.perf_counter() - started) / 60
-    header = [*describe_machine(), f"Wall time: {minutes:.1f} min", ""]
-    output = "\n".join(header) + "\n" + "\n".join(table.render() for table in result_tables)
-    print(output)
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(output, encoding="utf-8")
-    return 0
+    return run_and_report(
+        lambda work: run(work, scale, args),
+        describe_machine(),
+        args.workdir,
+        args.keep,
+        args.markdown,
+        prefix="dicomvault-dicomweb-bench-",
+    )
 
 
 if __name__ == "__main__":

@@ -3,8 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import logging
+import os
+import shutil
 import statistics
-from collections.abc import Sequence
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+LOGGER = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,3 +62,48 @@ class Table:
             lines.append("")
             lines.extend(f"- {note}" for note in self.notes)
         return "\n".join(lines) + "\n"
+
+
+def machine_lines() -> list[str]:
+    """Return lines naming the date and the machine: cores, memory and Python."""
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return [
+        f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
+        f"Machine: {os.cpu_count()} cores, {memory_gib:.1f} GiB memory, "
+        f"Python {sys.version.split()[0]}",
+    ]
+
+
+def run_and_report(
+    measure: Callable[[Path], list[Table]],
+    header: Sequence[str],
+    workdir: Path | None,
+    keep: bool,
+    markdown: Path | None,
+    prefix: str,
+) -> int:
+    """Run ``measure`` in a work folder, print its tables after ``header``; return the exit code.
+
+    The folder is ``workdir`` or a new temporary one, removed at the end
+    unless ``keep``. A failed measurement is logged with the folder, which
+    is then kept, and gives 1. The output also goes to ``markdown`` if given.
+    """
+    work = workdir or Path(tempfile.mkdtemp(prefix=prefix))
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    try:
+        tables = measure(work)
+    except Exception:
+        LOGGER.exception("benchmark failed; its files are in %s", work)
+        return 1
+    if not keep:
+        shutil.rmtree(work, ignore_errors=True)
+
+    minutes = (time.perf_counter() - started) / 60
+    lines = [*header, f"Wall time: {minutes:.1f} min", ""]
+    output = "\n".join(lines) + "\n" + "\n".join(table.render() for table in tables)
+    print(output)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(output, encoding="utf-8")
+    return 0

@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import importlib.metadata
 import logging
-import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +31,7 @@ from bench.corpus import COMPRESSIONS, Corpus, CorpusSpec, write_corpus
 from bench.find import find_tables, run_find
 from bench.ingest import ingest_tables, run_ingest
 from bench.move import move_tables, run_move
-from bench.report import Table
+from bench.report import Table, machine_lines, run_and_report
 
 LOGGER = logging.getLogger("bench.run")
 
@@ -230,11 +227,8 @@ def run_sections(work: Path, scale: Scale, args: argparse.Namespace) -> list[Tab
 
 def describe_machine() -> list[str]:
     """Return lines naming the date, the machine and the versions of the servers."""
-    cores = os.cpu_count()
-    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     return [
-        f"Date: {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}",
-        f"Machine: {cores} cores, {memory_gib:.1f} GiB memory, Python {sys.version.split()[0]}",
+        *machine_lines(),
         f"Servers: dicomvault {importlib.metadata.version('dicomvault')} ({_git_commit()}), "
         f"{_first_line(['Orthanc', '--version'])}, DCMTK {_dcmtk_version()}",
     ]
@@ -278,25 +272,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
     scale = scale_from(args)
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="dicomvault-bench-"))
-    work.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    try:
-        tables = run_sections(work, scale, args)
-    except Exception:
-        LOGGER.exception("benchmark failed; its files are in %s", work)
-        return 1
-    if not args.keep:
-        shutil.rmtree(work, ignore_errors=True)
-
-    minutes = (time.perf_counter() - started) / 60
-    header = [*describe_machine(), f"Wall time: {minutes:.1f} min", ""]
-    output = "\n".join(header) + "\n" + "\n".join(table.render() for table in tables)
-    print(output)
-    if args.markdown is not None:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(output, encoding="utf-8")
-    return 0
+    return run_and_report(
+        lambda work: run_sections(work, scale, args),
+        describe_machine(),
+        args.workdir,
+        args.keep,
+        args.markdown,
+        prefix="dicomvault-bench-",
+    )
 
 
 if __name__ == "__main__":
