@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import hashlib
 import re
 import secrets
@@ -23,8 +24,16 @@ TOKEN_PREFIX = "dvt_"
 SHOWN_TOKEN_CHARACTERS = len(TOKEN_PREFIX) + 6
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HASHER = PasswordHasher()
-# Verified against for unknown user names, so that they take as long as known ones.
-_DUMMY_HASH = _HASHER.hash(secrets.token_urlsafe(16))
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Return a hash to check unknown user names against, so they take as long as known ones.
+
+    Made on first use, because hashing takes about 0.1 s of CPU and every
+    command would pay it at import.
+    """
+    return _HASHER.hash(secrets.token_urlsafe(16))
 
 
 class Role(enum.StrEnum):
@@ -111,7 +120,7 @@ def verify_password(password_hash: str | None, password: str) -> bool:
     check takes as long as for a known user.
     """
     try:
-        return _HASHER.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+        return _HASHER.verify(password_hash or _dummy_hash(), password) and bool(password_hash)
     except (VerificationError, InvalidHashError):
         return False
 
