@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine, func, select
+from sqlalchemy.exc import OperationalError
 
 from dicomvault.archive import Archive
 from dicomvault.config import load_settings
@@ -20,7 +21,7 @@ from dicomvault.dicom.attributes import Level
 from dicomvault.index.schema import indexed_files, instances, patients, series, studies
 from dicomvault.index.tasks import TaskCounts, TaskRecord
 from dicomvault.index.writer import IndexWriter, StoredInstance
-from dicomvault.ingest.indexer import DUPLICATE_REASON, IngestContext
+from dicomvault.ingest.indexer import CHUNK_FILES, DUPLICATE_REASON, IngestContext
 from dicomvault.ingest.pool import ReaderPool
 from dicomvault.ingest.reader import DICOMDIR_REASON, Mode
 from dicomvault.ingest.runner import run_index_task
@@ -494,3 +495,37 @@ class TestStorageFailure:
         assert retried.counts.indexed == 1
         assert retried.counts.skipped == 0
         assert set(indexed_uids(context.engine)) == {ds.SOPInstanceUID}
+
+
+class TestIndexFailure:
+    def test_import_leaves_no_orphan_copies(
+        self, tmp_path: Path, migrated_engine: Engine, pool: ReaderPool
+    ) -> None:
+        context = make_context(tmp_path / "data", migrated_engine, pool, ingest__batch_size=2)
+        folder = tmp_path / "in"
+        # More files than a worker chunk, so that batches are written more than once.
+        write_series(folder, 3 * CHUNK_FILES)
+        assert context.writer is not None
+        add_instances = context.writer.add_instances
+        calls: list[int] = []
+
+        def fail_after_first(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            if len(calls) > 1:
+                raise OperationalError("INSERT", {}, Exception("disk I/O error"))
+            return add_instances(*args, **kwargs)
+
+        context.writer.add_instances = fail_after_first  # type: ignore[method-assign]
+
+        record = run(context, folder, Mode.IMPORT)
+
+        stored = {
+            path
+            for path in context.storage.root.rglob("*")
+            if path.is_file() and context.storage.temp_dir not in path.parents
+        }
+        indexed = {context.storage.path_for(key) for key in indexed_uids(context.engine).values()}
+        assert record.status == "failed"
+        assert "The index database failed" in record.message
+        assert 0 < len(indexed) < 3 * CHUNK_FILES
+        assert stored == indexed

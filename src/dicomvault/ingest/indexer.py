@@ -189,10 +189,33 @@ class FolderIndexer:
     # --- reading and writing ----------------------------------------------------------------
 
     def _read_and_index(self, jobs: list[FileJob]) -> list[FileJob]:
-        """Read the files in the worker pool and index them; return those that changed."""
+        """Read the files in the worker pool and index them; return those that changed.
+
+        Batches are written by a second thread, so that this one gathers
+        the next batch while the previous commit waits for the disk (about
+        20 ms per commit with SQLite's synchronous=FULL). At most one batch
+        is written at a time, in order.
+        """
+        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="index-writer") as writer:
+            batches = _BatchQueue(writer, self._write_batch)
+            in_flight: collections.deque[_Chunk] = collections.deque()
+            buffer: list[ReadResult] = []
+            try:
+                return self._read_into_batches(jobs, batches, in_flight, buffer)
+            except IndexingError:
+                self._discard(in_flight, buffer)
+                raise
+            finally:
+                batches.wait_quietly()
+
+    def _read_into_batches(
+        self,
+        jobs: list[FileJob],
+        batches: _BatchQueue,
+        in_flight: collections.deque[_Chunk],
+        buffer: list[ReadResult],
+    ) -> list[FileJob]:
         changed: list[FileJob] = []
-        in_flight: collections.deque[_Chunk] = collections.deque()
-        buffer: list[ReadResult] = []
         last_write = time.monotonic()
         chunks = [jobs[i : i + CHUNK_FILES] for i in range(0, len(jobs), CHUNK_FILES)]
         max_in_flight = CHUNKS_IN_FLIGHT_PER_WORKER * self.context.pool.workers
@@ -201,7 +224,9 @@ class FolderIndexer:
         position = 0
         while position < len(chunks) or in_flight:
             if self.cancel.is_set():
+                batches.wait()
                 self._discard(in_flight, buffer)
+                buffer.clear()
                 return changed
             while position < len(chunks) and len(in_flight) < max_in_flight:
                 in_flight.append(self.context.pool.submit(chunks[position], self.options))
@@ -218,14 +243,16 @@ class FolderIndexer:
             if len(buffer) >= batch_size or (
                 buffer and time.monotonic() - last_write >= MAX_BATCH_SECONDS
             ):
-                self._write_batch(buffer)
-                buffer = []
+                batches.put(list(buffer))
+                buffer.clear()
                 last_write = time.monotonic()
                 self._progress(force=True, save_when_due=True)
             else:
                 self._progress()
         if buffer:
-            self._write_batch(buffer)
+            batches.put(list(buffer))
+            buffer.clear()
+        batches.wait()
         return changed
 
     def _write_batch(self, results: list[ReadResult]) -> None:
@@ -425,3 +452,39 @@ class FolderIndexer:
                 self.cancel.set()
         except SQLAlchemyError as exc:
             raise IndexingError(f"The index database failed: {exc}") from exc
+
+
+class _BatchQueue:
+    """Writes batches on one writer thread, one at a time, in the order they are put."""
+
+    def __init__(
+        self,
+        executor: concurrent.futures.ThreadPoolExecutor,
+        write: Callable[[list[ReadResult]], None],
+    ) -> None:
+        self.executor = executor
+        self.write = write
+        self.writing: concurrent.futures.Future[None] | None = None
+
+    def put(self, batch: list[ReadResult]) -> None:
+        """Wait for the batch being written, then start writing ``batch``.
+
+        Raises
+        ------
+        IndexingError
+            If the previous batch failed; ``batch`` is then not written.
+        """
+        self.wait()
+        self.writing = self.executor.submit(self.write, batch)
+
+    def wait(self) -> None:
+        """Wait for the batch being written; raise its error, if any."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            writing.result()
+
+    def wait_quietly(self) -> None:
+        """Wait for the batch being written and ignore its error (already being handled)."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            concurrent.futures.wait([writing])
