@@ -409,10 +409,10 @@ def node_echo(
     typer.echo(f"C-ECHO to {node.describe()} succeeded in {result.seconds * 1000:.1f} ms")
 
 
-# --- users of the console and the HTTP API -------------------------------------------------
+# --- users of the HTTP API ------------------------------------------------------------------
 
 user_app = typer.Typer(
-    help="Manage the users of the console and the HTTP API, kept in the index database.",
+    help="Manage the users of the HTTP API, kept in the index database.",
     no_args_is_help=True,
 )
 app.add_typer(user_app, name="user")

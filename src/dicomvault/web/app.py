@@ -59,7 +59,7 @@ def create_app(
     app.add_api_route("/health", health, methods=["GET"], tags=["service"])
     if app.state.users.count_admins() == 0:
         LOGGER.warning(
-            "No admin user exists, so nobody can use the admin API or the console; "
+            "No admin user exists, so nobody can use the admin API; "
             "create one with 'dicomvault user add NAME --role admin'"
         )
     include_dicomweb(app)
