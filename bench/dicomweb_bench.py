@@ -432,7 +432,7 @@ def retrieve_study(connection: http.client.HTTPConnection, server: WebServer, st
     Raises
     ------
     BenchError
-        If the answer is not 200 multipart/related, or has another number of
+        If the response is not 200 multipart/related, or has another number of
         parts than the study has instances.
     """
     path = f"{server.DICOMWEB_ROOT}/studies/{study.study_instance_uid}"

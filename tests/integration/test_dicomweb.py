@@ -244,11 +244,11 @@ class TestSearch:
         assert study_uids(results) == {archive.generated[0].StudyInstanceUID}
 
     def test_uid_list(self, archive: Archive) -> None:
-        wanted = [str(ds.SOPInstanceUID) for ds in archive.generated[:2]]
+        requested = [str(ds.SOPInstanceUID) for ds in archive.generated[:2]]
         results = archive.client.search_for_instances(
-            search_filters={"SOPInstanceUID": ",".join(wanted)}
+            search_filters={"SOPInstanceUID": ",".join(requested)}
         )
-        assert sop_uids(results) == set(wanted)
+        assert sop_uids(results) == set(requested)
 
     def test_fuzzy_person_name(self, archive: Archive) -> None:
         results = archive.client.search_for_studies(

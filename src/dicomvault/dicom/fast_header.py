@@ -424,10 +424,10 @@ def _binary_json(tag: int, raw: bytes) -> str:
     return ', "InlineBinary": "' + base64.b64encode(raw).decode("ascii") + '"}'
 
 
-# Each reader takes the VR, the raw value and the text encoding, and returns
+# Each reader takes the VR, the raw value and the text encoding. It returns
 # the JSON text of the "Value" array's items ('' for no value) and the column
-# value as header.describe_instance computes it before stripping (None when
-# that differs from the JSON form).
+# value as header.describe_instance computes it before stripping. The column
+# value is None when it differs from the JSON form.
 
 
 def _strings_json(items: list[str]) -> str:

@@ -221,7 +221,7 @@ def tokenize(text: str) -> list[Token]:
         elif char == '"':
             phrase, position = _read_phrase(text, position)
             tokens.append(phrase)
-        elif char == "-" and not tokens_end_term(tokens) and _starts_term(text, position + 1):
+        elif char == "-" and not _after_colon(tokens) and _starts_term(text, position + 1):
             tokens.append(Token("-", char, position))
             position += 1
         else:
@@ -231,8 +231,8 @@ def tokenize(text: str) -> list[Token]:
     return tokens
 
 
-def tokens_end_term(tokens: list[Token]) -> bool:
-    """Return whether the previous token is ':' (so a '-' starts a value, not NOT)."""
+def _after_colon(tokens: list[Token]) -> bool:
+    """Return whether the previous token is a colon, so that a minus sign starts a value."""
     return bool(tokens) and tokens[-1].kind == ":"
 
 

@@ -5,9 +5,9 @@ file, and before each request waits for the association's reactor to pause,
 which it checks once a millisecond. For a stream of sub-operations that wait
 is a large share of the time per instance. :class:`StoreSender` pauses the
 reactor once for the whole stream and sends each request itself. Without
-TLS it also writes the command set by hand, the data set straight from the
-file, and reads the response on its own thread; over TLS it goes through
-pynetdicom's encoder and message queue.
+TLS it also writes the command set by hand and the data set straight from
+the file, and it reads the response on its own thread. Over TLS it goes
+through pynetdicom's encoder and message queue.
 """
 
 from __future__ import annotations

@@ -211,7 +211,7 @@ api_tokens = Table(
     Index("ix_api_tokens_user_pk", "user_pk"),
 )
 
-# Console sessions, in the database so that every server process knows them.
+# Console sessions, in the database so that every server process can check them.
 sessions = Table(
     "sessions",
     METADATA,

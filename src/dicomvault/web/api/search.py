@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from dicomvault.archive import Archive, IndexUnavailableError
 from dicomvault.dicom.attributes import COLUMN_ATTRIBUTES, Level
+from dicomvault.dicom.matching import Query as QueryModel
 from dicomvault.dicom.query_language import QueryLanguageError, parse, to_query
 from dicomvault.web.identity import CurrentUser
 
@@ -18,12 +19,12 @@ LOGGER = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api", tags=["search"])
 
-# Matches read and sorted at most; a search with more answers with the first ones.
+# Maximum number of matches read and sorted. A search with more returns the first ones.
 MAX_SORTED_MATCHES = 10_000
 
 
 class SearchError(BaseModel):
-    """Where and why the query could not be parsed."""
+    """The reason and position of a query language syntax error."""
 
     detail: str
     column: int = Field(description="1-based position of the problem in the query.")
@@ -46,6 +47,19 @@ class SearchPage(BaseModel):
 
 def _keywords(level: Level) -> list[str]:
     return [attribute.keyword for attribute in COLUMN_ATTRIBUTES if attribute.level <= level]
+
+
+def _read_matches(
+    archive: Archive, query: QueryModel, keywords: list[str]
+) -> tuple[list[dict[str, list[str]]], bool]:
+    """Return up to MAX_SORTED_MATCHES matches as keyword values, and whether more matched."""
+    matches: list[dict[str, list[str]]] = []
+    for result in archive.search(query):
+        if len(matches) == MAX_SORTED_MATCHES:
+            return matches, True
+        values = {keyword: [str(v) for v in result.record.get(keyword, [])] for keyword in keywords}
+        matches.append(values)
+    return matches, False
 
 
 def _sort_value(values: dict[str, list[str]], keyword: str) -> str:
@@ -72,10 +86,12 @@ def search(
     try:
         expression = parse(q)
     except QueryLanguageError as exc:
+        LOGGER.info("Search of user %s rejected: %s", user.name, exc)
         return JSONResponse(
             SearchError(detail=str(exc), column=exc.column).model_dump(),
             status_code=status.HTTP_400_BAD_REQUEST,
         )
+
     keywords = _keywords(search_level)
     descending = sort.startswith("-")
     sort_keyword = sort.lstrip("-")
@@ -84,22 +100,16 @@ def search(
             status.HTTP_400_BAD_REQUEST,
             f"Cannot sort by {sort_keyword!r}; choose one of {', '.join(keywords)}",
         )
+
     archive: Archive = request.app.state.archive
-    matches: list[dict[str, list[str]]] = []
-    truncated = False
     try:
-        for result in archive.search(to_query(expression, search_level)):
-            if len(matches) == MAX_SORTED_MATCHES:
-                truncated = True
-                break
-            matches.append(
-                {keyword: [str(v) for v in result.record.get(keyword, [])] for keyword in keywords}
-            )
+        matches, truncated = _read_matches(archive, to_query(expression, search_level), keywords)
     except IndexUnavailableError as exc:
         LOGGER.error("Search %r of user %s failed: %s", q, user.name, exc)
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "The index database failed; try again later"
         ) from None
+
     if sort_keyword:
         matches.sort(key=lambda values: _sort_value(values, sort_keyword), reverse=descending)
     page = matches[offset : offset + limit]

@@ -125,10 +125,10 @@ def _return_key_element(key: ReturnKey, result: SearchResult, retrieve_url: str)
 def _select_item_keys(stored: dict[str, Any], key: ReturnKey) -> dict[str, Any]:
     if stored.get("vr") != "SQ" or not key.item_tags:
         return stored
-    wanted = {tag_key(tag) for tag in key.item_tags}
+    requested = {tag_key(tag) for tag in key.item_tags}
     selected = copy.deepcopy(stored)
     selected["Value"] = [
-        {tag: value for tag, value in item.items() if tag in wanted}
+        {tag: value for tag, value in item.items() if tag in requested}
         for item in stored.get("Value") or []
     ]
     return selected

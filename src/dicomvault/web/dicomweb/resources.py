@@ -103,14 +103,14 @@ def find_instances(
 
 def _not_found_message(uids: dict[str, str]) -> str:
     if "SOPInstanceUID" in uids:
-        what = f"instance {uids['SOPInstanceUID']}"
+        entity = f"instance {uids['SOPInstanceUID']}"
     elif "SeriesInstanceUID" in uids:
-        what = f"series {uids['SeriesInstanceUID']}"
+        entity = f"series {uids['SeriesInstanceUID']}"
     else:
-        what = f"study {uids['StudyInstanceUID']}"
+        entity = f"study {uids['StudyInstanceUID']}"
     parents = [f"{_UID_NAMES[k]} {v}" for k, v in uids.items() if k in _UID_NAMES][:-1]
     within = f" in {' and '.join(parents)}" if parents else ""
-    return f"No {what} is stored{within}"
+    return f"No {entity} is stored{within}"
 
 
 def _ref(result: SearchResult) -> InstanceRef:
