@@ -7,11 +7,22 @@ import datetime
 from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Connection, Engine, delete, select
-from sqlalchemy.dialects import postgresql, sqlite
 
+from dicomvault.index.bulk_upsert import BulkUpsert
 from dicomvault.index.schema import indexed_files
 
 _CHUNK = 500  # values per IN list, below SQLite's bound parameter limit
+_COLUMNS = (
+    "path",
+    "size",
+    "mtime_ns",
+    "mode",
+    "outcome",
+    "sop_instance_uid",
+    "storage_key",
+    "reason",
+    "updated_at",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +48,7 @@ class IndexedFiles:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+        self._upsert = BulkUpsert(engine, indexed_files, "path", _COLUMNS)
 
     def under(self, folder: str) -> dict[str, FileState]:
         """Return the remembered files under ``folder`` (an absolute path), by path."""
@@ -71,13 +82,8 @@ class IndexedFiles:
             }
             for state in states
         ]
-        insert = self._insert(indexed_files)
-        statement = insert.on_conflict_do_update(
-            index_elements=["path"],
-            set_={name: insert.excluded[name] for name in rows[0] if name != "path"},
-        )
         # Several states of one path in a batch (a file read twice) keep the last.
-        connection.execute(statement, list({row["path"]: row for row in rows}.values()))
+        self._upsert.execute(connection, list({row["path"]: row for row in rows}.values()))
 
     def forget(self, connection: Connection, paths: Iterable[str]) -> None:
         """Delete the rows of ``paths`` in the caller's transaction."""

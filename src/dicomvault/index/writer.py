@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from dicomvault.dicom.attributes import COLUMN_ATTRIBUTES, Level
 from dicomvault.dicom.header import InstanceHeader
 from dicomvault.dicom.matching import normalize_stored_time, normalize_value
+from dicomvault.index.bulk_upsert import BulkUpsert
 from dicomvault.index.database import write_turn
 from dicomvault.index.schema import instances, patients, series, studies
 
@@ -56,6 +57,7 @@ class IndexWriter:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
         self._upserts: dict[tuple[str, str, tuple[str, ...]], Any] = {}
+        self._instance_upserts: dict[tuple[str, ...], BulkUpsert] = {}
         self._write_turn = write_turn(engine)
 
     def instance_exists(self, sop_instance_uid: str) -> bool:
@@ -275,12 +277,7 @@ class IndexWriter:
             }
             for item in written
         ]
-        insert = self._insert(instances)
-        statement = insert.on_conflict_do_update(
-            index_elements=["sop_instance_uid"],
-            set_={name: insert.excluded[name] for name in rows[0] if name != "sop_instance_uid"},
-        )
-        connection.execute(statement, rows)
+        self._instance_upsert(tuple(rows[0])).execute(connection, rows)
 
         # Parents left empty by instances, series or studies that moved, up the
         # hierarchy. A parent created in this batch may be left empty too, when a
@@ -389,6 +386,13 @@ class IndexWriter:
             return IndexOutcome(replaced=False, replaced_storage_key=None)
         old_key = existing.storage_key if existing.storage_key != stored.storage_key else None
         return IndexOutcome(replaced=True, replaced_storage_key=old_key)
+
+    def _instance_upsert(self, columns: tuple[str, ...]) -> BulkUpsert:
+        upsert = self._instance_upserts.get(columns)
+        if upsert is None:
+            upsert = BulkUpsert(self.engine, instances, "sop_instance_uid", columns)
+            self._instance_upserts[columns] = upsert
+        return upsert
 
     def _upsert(self, connection: Connection, table: Table, key: str, row: dict[str, Any]) -> int:
         statement = self._upsert_statement(table, key, tuple(row))
