@@ -151,6 +151,7 @@ class TestDefaults:
         ("ReferencedStudySequence=1", Level.IMAGE, "is matched through one of its attributes"),
         ("00100020.00100010=A", Level.STUDY, "is not a sequence"),
         ("QueryRetrieveLevel=STUDY", Level.STUDY, "cannot be used as a matching key"),
+        ("RetrieveURL=http://host", Level.STUDY, "cannot be used as a matching key"),
         ("includefield=NoSuchKeyword", Level.STUDY, "Unknown query parameter 'NoSuchKeyword'"),
     ],
     ids=[
@@ -167,6 +168,7 @@ class TestDefaults:
         "sequence-alone",
         "not-sequence",
         "control-key",
+        "retrieve-url-key",
         "unknown-include",
     ],
 )

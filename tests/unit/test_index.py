@@ -28,6 +28,7 @@ from dicomvault.dicom.attributes import Level
 from dicomvault.dicom.header import describe_instance
 from dicomvault.dicom.matching import MatchOptions, parse_identifier
 from dicomvault.dicom.query_language import parse, to_query
+from dicomvault.index import search as index_search
 from dicomvault.index.database import (
     DatabaseError,
     create_index_engine,
@@ -653,6 +654,18 @@ class TestHeaderAttributes:
     def test_absent_attribute(self, corpus: Corpus) -> None:
         results = search(corpus.engine, "STUDY", StudyInstanceUID=corpus["study2"], StationName="")
         assert "StationName" not in results[0].record
+
+    def test_retrieve_url_reads_no_header(
+        self, corpus: Corpus, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The responder fills RetrieveURL itself; reading stored headers for it
+        # cost QIDO-RS about a third of a single-match study search.
+        def fail(*args: object) -> None:
+            raise AssertionError("stored headers were read")
+
+        monkeypatch.setattr(index_search, "_representative_headers", fail)
+        results = search(corpus.engine, "STUDY", StudyInstanceUID=corpus["study2"], RetrieveURL="")
+        assert corpus.names(first_values(results, "StudyInstanceUID")) == ["study2"]
 
 
 class TestPaging:

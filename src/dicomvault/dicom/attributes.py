@@ -133,12 +133,15 @@ COMPUTED_ATTRIBUTES: dict[str, Level] = {
     "NumberOfSeriesRelatedInstances": Level.SERIES,
 }
 
-# Identifier elements that are not attributes of the matched entities.
+# Identifier elements that are not attributes of the matched entities. The
+# responder fills them itself: QIDO-RS answers RetrieveURL with the entity's
+# WADO-RS URL, so the index never reads stored headers to look for it.
 CONTROL_KEYWORDS = frozenset(
     {
         "QueryRetrieveLevel",
         "SpecificCharacterSet",
         "RetrieveAETitle",
+        "RetrieveURL",
         "InstanceAvailability",
         "TimezoneOffsetFromUTC",
     }

@@ -14,6 +14,7 @@ import logging
 from typing import Protocol
 
 from fastapi import HTTPException, Request, status
+from starlette.concurrency import run_in_threadpool
 
 LOGGER = logging.getLogger(__name__)
 
@@ -44,8 +45,11 @@ class OpenAccess:
         return ANONYMOUS
 
 
-def require_dicomweb_access(request: Request) -> Principal:
+async def require_dicomweb_access(request: Request) -> Principal:
     """Authenticate a DICOMweb request (a FastAPI dependency of every DICOMweb route).
+
+    :class:`OpenAccess` is answered on the event loop. Other authenticators
+    may read the database, so they run in a worker thread.
 
     Notes
     -----
@@ -53,7 +57,10 @@ def require_dicomweb_access(request: Request) -> Principal:
       ``WWW-Authenticate: Bearer`` challenge.
     """
     authenticator: Authenticator = getattr(request.app.state, "authenticator", None) or OpenAccess()
-    principal = authenticator.authenticate(request)
+    if isinstance(authenticator, OpenAccess):
+        principal: Principal | None = ANONYMOUS
+    else:
+        principal = await run_in_threadpool(authenticator.authenticate, request)
     if principal is None:
         LOGGER.info(
             "Rejected unauthenticated %s %s from %s",

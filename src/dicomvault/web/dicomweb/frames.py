@@ -10,11 +10,11 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
 import pydicom
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydicom.dataset import Dataset
 from pydicom.encaps import get_frame
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
@@ -31,13 +31,17 @@ from dicomvault.web.dicomweb.media import (
     multipart_acceptables,
     parse_accept,
 )
-from dicomvault.web.dicomweb.resources import InstanceRef, find_instances, get_archive, local_path
+from dicomvault.web.dicomweb.resources import (
+    ArchiveDependency,
+    InstanceRef,
+    find_instances,
+    local_path,
+)
 
 LOGGER = logging.getLogger(__name__)
 
 router = APIRouter(tags=["WADO-RS"])
 
-ArchiveDependency = Annotated[Archive, Depends(get_archive)]
 _FRAME_LIST_RE = re.compile(r"^[1-9]\d*(,[1-9]\d*)*$")
 _TAG_RE = re.compile(r"^[0-9A-Fa-f]{8}$")
 PIXEL_DATA_TAG = 0x7FE00010

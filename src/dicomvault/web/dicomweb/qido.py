@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from dicomvault.archive import Archive
 from dicomvault.dicom.attributes import Level
@@ -21,13 +21,12 @@ from dicomvault.web.dicomweb.media import (
     single_acceptables,
 )
 from dicomvault.web.dicomweb.query_params import QueryParameterError, SearchRequest, parse_search
-from dicomvault.web.dicomweb.resources import check_uid, get_archive, service_url
+from dicomvault.web.dicomweb.resources import ArchiveDependency, check_uid, service_url
 
 LOGGER = logging.getLogger(__name__)
 
 router = APIRouter(tags=["QIDO-RS"])
 
-ArchiveDependency = Annotated[Archive, Depends(get_archive)]
 # Warning header of a result cut at the server's maximum (PS3.18 8.3.4.4.1 / 10.6.3.2).
 TRUNCATED_WARNING = (
     '299 dicomvault "The number of results exceeded the maximum supported by the server. '

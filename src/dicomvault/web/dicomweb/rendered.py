@@ -5,9 +5,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterable
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 
 from dicomvault.archive import Archive
 from dicomvault.dicom.attributes import Level
@@ -23,13 +22,17 @@ from dicomvault.render import (
     render_frame,
 )
 from dicomvault.web.dicomweb.media import MediaTypeError, parse_accept, single_acceptables
-from dicomvault.web.dicomweb.resources import InstanceRef, find_instances, get_archive, local_path
+from dicomvault.web.dicomweb.resources import (
+    ArchiveDependency,
+    InstanceRef,
+    find_instances,
+    local_path,
+)
 
 LOGGER = logging.getLogger(__name__)
 
 router = APIRouter(tags=["WADO-RS rendered"])
 
-ArchiveDependency = Annotated[Archive, Depends(get_archive)]
 THUMBNAIL_SIZE = (128, 128)
 RENDER_PARAMETERS = frozenset({"window", "viewport", "quality"})
 

@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Iterator
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, HTTPException, Request, status
 from fastapi.responses import StreamingResponse
 from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
@@ -34,9 +33,9 @@ from dicomvault.web.dicomweb.media import (
     single_acceptables,
 )
 from dicomvault.web.dicomweb.resources import (
+    ArchiveDependency,
     InstanceRef,
     find_instances,
-    get_archive,
     instance_url,
     local_path,
     read_chunks,
@@ -47,7 +46,6 @@ LOGGER = logging.getLogger(__name__)
 
 router = APIRouter(tags=["WADO-RS"])
 
-ArchiveDependency = Annotated[Archive, Depends(get_archive)]
 METADATA_BATCH = 100
 
 

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Annotated
 
-from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicomvault.archive import Archive
 from dicomvault.render import (
     JPEG,
     MAX_VIEWPORT,
@@ -23,8 +21,8 @@ from dicomvault.render import (
 from dicomvault.transcode import ConversionError, encode_instance, supported_targets
 from dicomvault.web.dicomweb.media import DICOM, describe_syntax, is_uid
 from dicomvault.web.dicomweb.resources import (
+    ArchiveDependency,
     find_instances,
-    get_archive,
     local_path,
     read_chunks,
 )
@@ -34,7 +32,6 @@ LOGGER = logging.getLogger(__name__)
 
 router = APIRouter(tags=["WADO-URI"])
 
-ArchiveDependency = Annotated[Archive, Depends(get_archive)]
 SUPPORTED_PARAMETERS = frozenset(
     {
         "requestType",
