@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import getpass
 import logging
 import signal
 import sys
@@ -16,6 +17,14 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicomvault import __version__
 from dicomvault.archive import Archive, IndexUnavailableError
+from dicomvault.audit import (
+    ActorKind,
+    AuditAction,
+    AuditEvent,
+    AuditEventType,
+    AuditOutcome,
+    AuditTrail,
+)
 from dicomvault.config import ConfigError, Settings, describe_settings, load_settings
 from dicomvault.dicom.attributes import Level
 from dicomvault.events import log_store_events
@@ -207,6 +216,9 @@ def run_server(settings: Settings) -> int:
 
     archive = Archive(settings, engine, storage)
     log_store_events(archive.events)
+    audit = AuditTrail(engine)
+    audit.subscribe(archive.events)
+    audit.start()
     server = DimseServer(archive)
     try:
         server.start()
@@ -240,6 +252,7 @@ def run_server(settings: Settings) -> int:
             )
             manager.stop(INGEST_STOP_SECONDS)
             server.stop()
+            audit.stop()
             engine.dispose()
             return 1
     manager.watch(watched)
@@ -257,6 +270,7 @@ def run_server(settings: Settings) -> int:
         http.stop()
     manager.stop(INGEST_STOP_SECONDS)
     server.stop()
+    audit.stop()
     engine.dispose()
     lock.close()
     return 0
@@ -436,6 +450,24 @@ def _user_store(config: Path | None, data_dir: str | None, index_url: str | None
     return UserStore(engine)
 
 
+def _audit_user_change(store: UserStore, action: AuditAction, description: str) -> None:
+    """Record a user change made on the command line, with the operating system user."""
+    try:
+        operator = getpass.getuser()
+    except (KeyError, OSError):  # no name for the process's user id
+        operator = "unknown"
+    AuditTrail(store.engine).record(
+        AuditEvent(
+            AuditEventType.SECURITY_ALERT,
+            action,
+            AuditOutcome.SUCCESS,
+            actor=f"cli:{operator}",
+            actor_kind=ActorKind.SYSTEM,
+            description=description,
+        )
+    )
+
+
 def _read_password(from_stdin: bool) -> str:
     """Return a new password from standard input or from a prompt typed twice."""
     if from_stdin:
@@ -474,6 +506,7 @@ def user_add(
         raise _fail(str(exc)) from None
     except UserExistsError:
         raise _fail(f"A user named {name!r} exists") from None
+    _audit_user_change(store, AuditAction.CREATE, f"Added user {name} with role {user_role.value}")
     typer.echo(f"Added user {name} with role {user_role.value}")
 
 
@@ -495,6 +528,7 @@ def user_passwd(
         raise _fail(str(exc)) from None
     except UserNotFoundError:
         raise _fail(f"No user named {name!r}", 1) from None
+    _audit_user_change(store, AuditAction.UPDATE, f"Changed the password of user {name}")
     typer.echo(f"Password of {name} changed")
 
 
@@ -511,6 +545,7 @@ def user_remove(
         store.remove(name)
     except UserNotFoundError:
         raise _fail(f"No user named {name!r}; 'dicomvault user list' shows them", 1) from None
+    _audit_user_change(store, AuditAction.DELETE, f"Removed user {name}")
     typer.echo(f"Removed user {name}")
 
 

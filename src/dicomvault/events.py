@@ -45,12 +45,19 @@ class InstanceRejected:
 
 @dataclasses.dataclass(frozen=True)
 class QueryPerformed:
-    """A query ran; ``matches`` is the number of results returned."""
+    """A query ran; ``matches`` is the number of results returned.
+
+    A C-FIND names its calling AE title; a QIDO-RS search names the
+    authenticated user and leaves ``source_ae_title`` empty. ``address`` is
+    the client's network address.
+    """
 
     level: str
     keys: tuple[str, ...]
     matches: int
     source_ae_title: str
+    address: str = ""
+    user: str = ""
 
 
 def log_store_events(bus: EventBus) -> None:

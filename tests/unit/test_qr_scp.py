@@ -53,7 +53,7 @@ class FakeAssociation:
     """The association attributes the handler reads; weak references work on it."""
 
     def __init__(self) -> None:
-        self.requestor = SimpleNamespace(ae_title="TESTSCU")
+        self.requestor = SimpleNamespace(ae_title="TESTSCU", address="127.0.0.1")
 
 
 class FakeEvent:

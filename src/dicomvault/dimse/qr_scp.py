@@ -154,7 +154,8 @@ def handle_find(
         yield status_dataset(Status.UNABLE_TO_PROCESS, "The index database failed"), None
         return
     finally:
-        archive.events.publish(QueryPerformed(query.level.name, keys, sent, calling_ae))
+        address = event.assoc.requestor.address
+        archive.events.publish(QueryPerformed(query.level.name, keys, sent, calling_ae, address))
 
     LOGGER.info("C-FIND from %s at %s level: %d matches", calling_ae, query.level.name, sent)
     yield Status.SUCCESS, None

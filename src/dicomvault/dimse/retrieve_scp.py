@@ -43,6 +43,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicomvault.archive import Archive, IndexUnavailableError
+from dicomvault.audit import ActorKind, AuditAction, AuditEvent, AuditEventType, AuditOutcome
 from dicomvault.dicom.attributes import UNIQUE_KEYS, Level
 from dicomvault.dicom.matching import MatchKind, Query, QueryError, parse_identifier
 from dicomvault.dimse.status import Status, shorten_comment
@@ -108,6 +109,7 @@ class InstanceToSend:
     sop_class_uid: str
     transfer_syntax_uid: str
     storage_key: str
+    study_instance_uid: str = ""
 
 
 class RetrieveServiceClass(QueryRetrieveServiceClass):
@@ -251,6 +253,7 @@ class _Retrieval:
                 sop_class_uid=result.record["SOPClassUID"][0],
                 transfer_syntax_uid=result.transfer_syntax_uid,
                 storage_key=result.storage_key,
+                study_instance_uid=result.record["StudyInstanceUID"][0],
             )
             for result in self.archive.search(image_query)
         ]
@@ -340,6 +343,7 @@ class _Retrieval:
                     counts.remaining,
                 )
                 self.respond(Status.CANCEL, counts)
+                self.audit(instances, counts)
                 return
             if not sender.assoc.is_established:
                 counts.fail(item.sop_instance_uid)
@@ -358,6 +362,7 @@ class _Retrieval:
                 self.respond(Status.PENDING, counts, final=False)
                 last_pending = now
         self.respond(_final_status(counts), counts)
+        self.audit(instances, counts)
         LOGGER.info(
             "%s from %s finished: %d completed, %d failed, %d warnings",
             self.operation,
@@ -365,6 +370,37 @@ class _Retrieval:
             counts.completed,
             counts.failed,
             counts.warning,
+        )
+
+    def audit(self, instances: list[InstanceToSend], counts: SubOperationCounts) -> None:
+        """Publish the transfer as a "DICOM Instances Transferred" audit event (read)."""
+        if counts.failed == 0 and counts.remaining == 0:
+            outcome = AuditOutcome.SUCCESS
+        else:
+            outcome = AuditOutcome.MINOR_FAILURE
+        destination = str(self.req.MoveDestination or "").strip() if self.is_move else ""
+        description = (
+            f"{self.operation} sent {counts.completed + counts.warning} of "
+            f"{len(instances)} instances" + (f" to {destination}" if destination else "")
+        )
+        self.archive.events.publish(
+            AuditEvent(
+                AuditEventType.INSTANCES_TRANSFERRED,
+                AuditAction.READ,
+                outcome,
+                actor=self.calling_ae or "unknown",
+                actor_kind=ActorKind.NODE,
+                description=description,
+                source=str(self.service.assoc.requestor.address),
+                study_uids=tuple(sorted({i.study_instance_uid for i in instances} - {""})),
+                detail={
+                    "operation": self.operation,
+                    "destination": destination,
+                    "completed": counts.completed,
+                    "failed": counts.failed,
+                    "warning": counts.warning,
+                },
+            )
         )
 
     def send_one(self, sender: StoreSender, item: InstanceToSend, message_id: int) -> int | None:

@@ -18,6 +18,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomvault.archive import Archive
+from dicomvault.audit import ActorKind, AuditAction, AuditEvent, AuditEventType, AuditOutcome
 from dicomvault.dimse.direct_send import send_directly
 from dicomvault.dimse.qr_scp import FIND_SOP_CLASSES, ExtendedNegotiation, handle_find
 from dicomvault.dimse.retrieve_scp import (
@@ -107,10 +108,26 @@ class DimseServer:
             (evt.EVT_SOP_EXTENDED, self.negotiation.handle),
             (evt.EVT_CONN_OPEN, _tune_connection),
             (evt.EVT_ACCEPTED, _on_accepted),
-            (evt.EVT_REJECTED, _log_rejected),
+            (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, _log_released),
             (evt.EVT_ABORTED, _log_aborted),
         ]
+
+    def _on_rejected(self, event: Any) -> None:
+        LOGGER.warning("Association rejected from %s", _peer(event.assoc))
+        requestor = event.assoc.requestor
+        self.archive.events.publish(
+            AuditEvent(
+                AuditEventType.SECURITY_ALERT,
+                AuditAction.EXECUTE,
+                AuditOutcome.MINOR_FAILURE,
+                actor=requestor.ae_title or "unknown",
+                actor_kind=ActorKind.NODE,
+                description="Association rejected",
+                source=str(requestor.address),
+                detail={"called_ae_title": event.assoc.acceptor.ae_title},
+            )
+        )
 
     def start(self) -> None:
         """Listen on the configured address; returns once the port is open.
@@ -197,10 +214,6 @@ def _on_accepted(event: Any) -> None:
     # Responses go straight to the socket, not through the DUL thread's queue,
     # which it checks once a millisecond.
     send_directly(event.assoc)
-
-
-def _log_rejected(event: Any) -> None:
-    LOGGER.warning("Association rejected from %s", _peer(event.assoc))
 
 
 def _log_released(event: Any) -> None:

@@ -224,6 +224,27 @@ sessions = Table(
     Index("ix_sessions_user_pk", "user_pk"),
 )
 
+# The audit trail (dicomvault.audit): one row per security-relevant event,
+# modelled on DICOM PS3.15 A.5. ``study_uids`` is backslash-separated;
+# ``detail`` is a JSON object as text.
+audit_events = Table(
+    "audit_events",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("event_code", Text, nullable=False),
+    Column("event_name", Text, nullable=False),
+    Column("action", Text, nullable=False),
+    Column("outcome", Integer, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("actor_kind", Text, nullable=False),
+    Column("source", Text, nullable=False, default=""),
+    Column("study_uids", Text, nullable=False, default=""),
+    Column("description", Text, nullable=False),
+    Column("detail", Text, nullable=False, default="{}"),
+    Index("ix_audit_events_occurred_at", "occurred_at"),
+)
+
 TABLES = {
     "patients": patients,
     "studies": studies,
@@ -236,4 +257,5 @@ TABLES = {
     "users": users,
     "api_tokens": api_tokens,
     "sessions": sessions,
+    "audit_events": audit_events,
 }

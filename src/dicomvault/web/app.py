@@ -9,9 +9,10 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from dicomvault import __version__
 from dicomvault.archive import Archive
+from dicomvault.audit import AuditTrail
 from dicomvault.index.users import UserStore
 from dicomvault.ingest.manager import TaskManager
-from dicomvault.web.api import account, search, tasks
+from dicomvault.web.api import account, audit, search, tasks
 from dicomvault.web.auth import Authenticator, OpenAccess
 from dicomvault.web.dicomweb.errors import install_error_handlers
 from dicomvault.web.dicomweb.routers import include_dicomweb
@@ -53,9 +54,11 @@ def create_app(
     app.state.archive = archive
     app.state.authenticator = authenticator or OpenAccess()
     app.state.users = UserStore(archive.engine)
+    app.state.audit = AuditTrail(archive.engine)  # reads only; serve runs the writer
     app.include_router(account.router)
     app.include_router(search.router)
     app.include_router(tasks.router, dependencies=[Depends(require_admin)])
+    app.include_router(audit.router, dependencies=[Depends(require_admin)])
     app.add_api_route("/health", health, methods=["GET"], tags=["service"])
     if app.state.users.count_admins() == 0:
         LOGGER.warning(

@@ -73,4 +73,11 @@ async def require_dicomweb_access(request: Request) -> Principal:
             "Authentication required; send valid credentials",
             headers={"WWW-Authenticate": "Bearer"},
         )
+    request.state.principal = principal
     return principal
+
+
+def request_principal(request: Request) -> Principal:
+    """Return the caller that :func:`require_dicomweb_access` identified for ``request``."""
+    principal = getattr(request.state, "principal", None)
+    return principal if isinstance(principal, Principal) else ANONYMOUS

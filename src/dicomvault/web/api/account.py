@@ -9,6 +9,7 @@ import math
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 
+from dicomvault.audit import AuditAction, AuditEventType, AuditOutcome
 from dicomvault.index.users import (
     LoginLockedError,
     TokenInfo,
@@ -17,6 +18,7 @@ from dicomvault.index.users import (
     UserNotFoundError,
 )
 from dicomvault.users import InvalidUserError, Role, check_user_name
+from dicomvault.web.audit_events import publish_audit
 from dicomvault.web.identity import (
     SESSION_COOKIE,
     AdminUser,
@@ -103,6 +105,7 @@ def login(body: LoginRequest, request: Request, response: Response, store: Users
         left = exc.until - datetime.datetime.now(datetime.UTC)
         seconds = max(1, math.ceil(left.total_seconds()))
         LOGGER.warning("Login of locked user %s from %s rejected", body.name, client)
+        _audit_login(request, body.name, "Login rejected: the user is locked out", failed=True)
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"Too many failed logins; try again in {seconds} s",
@@ -110,6 +113,7 @@ def login(body: LoginRequest, request: Request, response: Response, store: Users
         ) from None
     if user is None:
         LOGGER.warning("Failed login of %r from %s", body.name, client)
+        _audit_login(request, body.name, "Login failed: invalid user name or password", True)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid user name or password")
     session_id, session = store.create_session(user)
     response.set_cookie(
@@ -122,6 +126,7 @@ def login(body: LoginRequest, request: Request, response: Response, store: Users
         path="/",
     )
     LOGGER.info("User %s logged in from %s", user.name, client)
+    _audit_login(request, user.name, "Logged in", failed=False)
     return Account(name=user.name, role=user.role.value, csrf_token=session.csrf_token)
 
 
@@ -130,7 +135,17 @@ def logout(request: Request, store: Users) -> Response:
     """End the console session of the request's cookie, if any."""
     session_id = request.cookies.get(SESSION_COOKIE)
     if session_id:
+        session = store.get_session(session_id)
         store.end_session(session_id)
+        if session is not None:
+            publish_audit(
+                request,
+                AuditEventType.USER_AUTHENTICATION,
+                AuditAction.EXECUTE,
+                session.user.name,
+                "Logged out",
+                detail={"subtype": "110123 Logout"},
+            )
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -152,14 +167,15 @@ def list_tokens(user: CurrentUser, store: Users) -> list[TokenEntry]:
 
 
 @router.post("/tokens", response_model=NewToken, status_code=status.HTTP_201_CREATED)
-def create_token(body: TokenRequest, user: CurrentUser, store: Users) -> NewToken:
+def create_token(body: TokenRequest, request: Request, user: CurrentUser, store: Users) -> NewToken:
     """Create an API token for the caller; the response is the only place it appears."""
     info, token = store.create_token(user, body.name)
+    _audit_change(request, user.name, AuditAction.CREATE, f"Created API token {info.prefix}")
     return NewToken(token=token, **_entry(info).model_dump())
 
 
 @router.delete("/tokens/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
-def revoke_token(token_id: int, user: CurrentUser, store: Users) -> Response:
+def revoke_token(token_id: int, request: Request, user: CurrentUser, store: Users) -> Response:
     """Revoke one of the caller's API tokens."""
     try:
         store.revoke_token(user, token_id)
@@ -167,6 +183,7 @@ def revoke_token(token_id: int, user: CurrentUser, store: Users) -> Response:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND, f"You have no API token with id {token_id}"
         ) from None
+    _audit_change(request, user.name, AuditAction.DELETE, f"Revoked API token {token_id}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
@@ -182,7 +199,7 @@ def list_users(store: Users) -> list[UserEntry]:
     status_code=status.HTTP_201_CREATED,
     dependencies=[Depends(require_admin)],
 )
-def add_user(body: NewUser, store: Users) -> UserEntry:
+def add_user(body: NewUser, request: Request, admin: AdminUser, store: Users) -> UserEntry:
     """Create a user (admin)."""
     try:
         check_user_name(body.name)
@@ -193,11 +210,13 @@ def add_user(body: NewUser, store: Users) -> UserEntry:
         raise HTTPException(
             status.HTTP_409_CONFLICT, f"A user named {body.name!r} exists"
         ) from None
+    description = f"Added user {user.name} with role {user.role.value}"
+    _audit_change(request, admin.name, AuditAction.CREATE, description)
     return UserEntry(name=user.name, role=user.role)
 
 
 @router.delete("/users/{name}", status_code=status.HTTP_204_NO_CONTENT)
-def remove_user(name: str, admin: AdminUser, store: Users) -> Response:
+def remove_user(name: str, request: Request, admin: AdminUser, store: Users) -> Response:
     """Remove a user with their tokens and sessions (admin); not the caller."""
     if name == admin.name:
         raise HTTPException(status.HTTP_409_CONFLICT, "You cannot remove yourself")
@@ -205,4 +224,22 @@ def remove_user(name: str, admin: AdminUser, store: Users) -> Response:
         store.remove(name)
     except UserNotFoundError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"No user named {name!r}") from None
+    _audit_change(request, admin.name, AuditAction.DELETE, f"Removed user {name}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+def _audit_login(request: Request, name: str, description: str, failed: bool) -> None:
+    publish_audit(
+        request,
+        AuditEventType.USER_AUTHENTICATION,
+        AuditAction.EXECUTE,
+        name,
+        description,
+        outcome=AuditOutcome.MINOR_FAILURE if failed else AuditOutcome.SUCCESS,
+        detail={"subtype": "110122 Login"},
+    )
+
+
+def _audit_change(request: Request, actor: str, action: AuditAction, description: str) -> None:
+    """Record a change of users or API tokens as a Security Alert (PS3.15 A.5.3.11)."""
+    publish_audit(request, AuditEventType.SECURITY_ALERT, action, actor, description)

@@ -13,6 +13,7 @@ from dicomvault.dicom.attributes import Level
 from dicomvault.dicom.matching import MatchOptions
 from dicomvault.events import QueryPerformed
 from dicomvault.index.search import SearchResult
+from dicomvault.web.auth import request_principal
 from dicomvault.web.dicomweb.dicom_json import search_result_json
 from dicomvault.web.dicomweb.media import (
     DICOM_JSON,
@@ -69,9 +70,9 @@ def _search(
     limit = min(search.limit or max_matches, max_matches)
     matches, truncated = _collect(archive, search, limit)
     client = request.client.host if request.client else ""
-    archive.events.publish(
-        QueryPerformed(level.name, tuple(sorted(search.query.keywords)), len(matches), client)
-    )
+    keys = tuple(sorted(search.query.keywords))
+    user = request_principal(request).name
+    archive.events.publish(QueryPerformed(level.name, keys, len(matches), "", client, user))
     LOGGER.info(
         "QIDO-RS %s search from %s: %d matches%s",
         level.name,
