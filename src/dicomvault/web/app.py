@@ -19,6 +19,7 @@ from dicomvault.web.auth import Authenticator, OpenAccess
 from dicomvault.web.dicomweb.errors import install_error_handlers
 from dicomvault.web.dicomweb.routers import include_dicomweb
 from dicomvault.web.identity import require_admin
+from dicomvault.web.ui import include_console
 
 LOGGER = logging.getLogger(__name__)
 
@@ -39,15 +40,17 @@ def create_app(
     dimse_service: DimseService | None = None,
     recent_logs: RecentLogHandler | None = None,
 ) -> FastAPI:
-    """Return the application serving the REST API and DICOMweb, with OpenAPI docs at /docs.
+    """Return the application serving the REST API, DICOMweb and the console, with docs at /docs.
 
-    DICOMweb is under /dicomweb and WADO-URI at /wado. ``authenticator``
+    DICOMweb is under /dicomweb, WADO-URI at /wado and the browser console
+    under /console (``/`` redirects there). ``authenticator``
     decides who may use DICOMweb; the default lets every request through.
     ``dimse_service`` controls the running DIMSE service; without one,
     changes to its settings are only saved for the next start.
     ``recent_logs`` serves GET /api/logs; without it that route answers 503.
 
-    The admin API (/api) requires a login or an API token; /health does
+    The admin API (/api) and the console require a login (the console a
+    session, the API a session or an API token); /health does
     not. NOTE: with the default authenticator, DICOMweb has no
     authentication, so anyone who can connect may read every instance. The
     server listens on 127.0.0.1 by default; do not expose DICOMweb on other
@@ -79,6 +82,7 @@ def create_app(
             "create one with 'dicomvault user add NAME --role admin'"
         )
     include_dicomweb(app)
+    include_console(app)
     install_error_handlers(app)
 
     origins = archive.settings.http.cors_allow_origins

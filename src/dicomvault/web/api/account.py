@@ -23,6 +23,7 @@ from dicomvault.web.identity import (
     CurrentUser,
     Users,
     require_admin,
+    set_session_cookie,
     user_store,
 )
 
@@ -112,15 +113,7 @@ def login(body: LoginRequest, request: Request, response: Response, store: Users
         LOGGER.warning("Failed login of %r from %s", body.name, client)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid user name or password")
     session_id, session = store.create_session(user)
-    response.set_cookie(
-        SESSION_COOKIE,
-        session_id,
-        max_age=int(store.session_lifetime.total_seconds()),
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-        path="/",
-    )
+    set_session_cookie(response, request, session_id)
     LOGGER.info("User %s logged in from %s", user.name, client)
     return Account(name=user.name, role=user.role.value, csrf_token=session.csrf_token)
 
