@@ -12,6 +12,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from dicomvault.web.ui import login, search_page
+from dicomvault.web.ui.admin import ADMIN_ROUTERS
 from dicomvault.web.ui.rendering import (
     CONSOLE_PREFIX,
     STATIC_DIR,
@@ -20,7 +21,7 @@ from dicomvault.web.ui.rendering import (
 )
 
 # Routers of the console pages, each with paths under /console.
-CONSOLE_ROUTERS: tuple[APIRouter, ...] = (login.router, search_page.router)
+CONSOLE_ROUTERS: tuple[APIRouter, ...] = (login.router, search_page.router, *ADMIN_ROUTERS)
 
 
 def _start_page() -> RedirectResponse:

@@ -16,9 +16,7 @@ class NavLink:
 # Pages shown to every logged-in user.
 MAIN_LINKS: tuple[NavLink, ...] = (NavLink("Search", "/console/search"),)
 
-# Pages listed under "Management" for users with the admin role.
-# NOTE: the pages behind these links are not part of this package yet, so
-# each link returns 404 until its route is added.
+# Pages listed under "Management" for users with the admin role (web/ui/admin).
 ADMIN_LINKS: tuple[NavLink, ...] = (
     NavLink("DICOM service", "/console/admin/service"),
     NavLink("Remote nodes", "/console/admin/nodes"),
