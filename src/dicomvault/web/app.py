@@ -11,7 +11,7 @@ from dicomvault import __version__
 from dicomvault.archive import Archive
 from dicomvault.index.users import UserStore
 from dicomvault.ingest.manager import TaskManager
-from dicomvault.web.api import account, search, tasks
+from dicomvault.web.api import account, archives, search, tasks
 from dicomvault.web.auth import Authenticator, OpenAccess
 from dicomvault.web.dicomweb.errors import install_error_handlers
 from dicomvault.web.dicomweb.routers import include_dicomweb
@@ -58,6 +58,7 @@ def create_app(
     app.state.users = UserStore(archive.engine)
     app.include_router(account.router)
     app.include_router(search.router)
+    app.include_router(archives.router)
     app.include_router(tasks.router, dependencies=[Depends(require_admin)])
     app.add_api_route("/health", health, methods=["GET"], tags=["service"])
     if app.state.users.count_admins() == 0:
