@@ -14,7 +14,17 @@ from dicomvault.index.saved_settings import SavedSettings
 from dicomvault.index.users import UserStore
 from dicomvault.ingest.manager import TaskManager
 from dicomvault.recent_logs import RecentLogHandler
-from dicomvault.web.api import account, dimse, logs, nodes, search, studies, tasks, usage
+from dicomvault.web.api import (
+    account,
+    archives,
+    dimse,
+    logs,
+    nodes,
+    search,
+    studies,
+    tasks,
+    usage,
+)
 from dicomvault.web.auth import Authenticator, OpenAccess
 from dicomvault.web.dicomweb.errors import install_error_handlers
 from dicomvault.web.dicomweb.routers import include_dicomweb
@@ -71,6 +81,7 @@ def create_app(
     app.state.recent_logs = recent_logs
     app.include_router(account.router)
     app.include_router(search.router)
+    app.include_router(archives.router)
     app.include_router(tasks.router, dependencies=[Depends(require_admin)])
     # The management routers take the admin as a parameter, for their logs.
     for router in (dimse.router, nodes.router, usage.router, logs.router, studies.router):

@@ -29,7 +29,7 @@ MAX_NAME_LENGTH = 64
 
 
 def _setup_page(request: Request) -> Response:
-    """Return the page that says how to create the first admin, instead of the login form."""
+    """Return the page that explains how to create the first admin, instead of the login form."""
     return render_page(request, "setup.html", None, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
@@ -74,7 +74,7 @@ def login(
     -----
     - 303: logged in; the response sets the session cookie, as POST /api/login does.
     - 401: wrong name or password; the form is shown again with a message.
-    - 429: the user is locked after repeated failures; the message says for how long.
+    - 429: the user is locked after repeated failures; the message gives the time left.
     - 503: no admin user exists; the set-up page is shown.
     """
     store = user_store(request)

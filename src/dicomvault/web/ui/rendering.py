@@ -37,11 +37,14 @@ from typing import Annotated, Any
 
 import jinja2
 from fastapi import Depends, FastAPI, Request, status
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from dicomvault import __version__
 from dicomvault.index.users import Session
 from dicomvault.web.identity import CSRF_HEADER, SAFE_METHODS, current_session
+from dicomvault.web.ui.formatting import FILTERS
 from dicomvault.web.ui.navigation import ADMIN_LINKS, MAIN_LINKS
 
 LOGGER = logging.getLogger(__name__)
@@ -95,6 +98,7 @@ def static_url(name: str) -> str:
 
 TEMPLATES.globals["static_url"] = static_url
 TEMPLATES.globals["version"] = __version__
+TEMPLATES.filters.update(FILTERS)
 
 
 def safe_next_url(value: str | None) -> str:
@@ -227,7 +231,33 @@ def _forbidden_page(request: Request, exc: Exception) -> Response:
     )
 
 
+def is_console_page(request: Request) -> bool:
+    """Return whether ``request`` is for a console page, not an image or static file."""
+    path = request.url.path
+    inside = path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
+    return inside and not path.startswith((STATIC_PREFIX, f"{CONSOLE_PREFIX}/images/"))
+
+
+async def _error_page(request: Request, exc: Exception) -> Response:
+    """Show an HTTP error of a console page as a page; elsewhere keep FastAPI's JSON."""
+    assert isinstance(exc, StarletteHTTPException)
+    if not is_console_page(request):
+        return await http_exception_handler(request, exc)
+    titles = {400: "Invalid request", 404: "Not found", 405: "Not allowed"}
+    return render_page(
+        request,
+        "error.html",
+        current_session(request),
+        {"title": titles.get(exc.status_code, "Error"), "message": str(exc.detail)},
+        status_code=exc.status_code,
+    )
+
+
 def install_console_handlers(app: FastAPI) -> None:
-    """Install the handlers that turn LoginRequired and ConsoleForbidden into pages."""
+    """Install the handlers that turn LoginRequired, ConsoleForbidden and HTTP errors into pages.
+
+    HTTP errors outside the console pages keep FastAPI's JSON body.
+    """
     app.add_exception_handler(LoginRequired, _redirect_to_login)
     app.add_exception_handler(ConsoleForbidden, _forbidden_page)
+    app.add_exception_handler(StarletteHTTPException, _error_page)
