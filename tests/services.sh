@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Install and start what the integration tests need: the DCMTK command line
 # tools, Orthanc with its DICOMweb plugin (started by the tests and the
-# benchmarks themselves), and a PostgreSQL 15 cluster with a login role for
-# the tests.
+# benchmarks themselves), Debian's chromium for the browser tests, and a
+# PostgreSQL 15 cluster with a login role for the tests.
 #
 # Safe to run again: each step checks its state first. Runs as root, the way
 # CI and the development machines run it.
@@ -17,6 +17,8 @@ PG_PASSWORD=dicomvault
 PG_READY_TIMEOUT_SECONDS=60
 # Installed by the Debian package orthanc-dicomweb; bench/servers.py loads it from here.
 ORTHANC_DICOMWEB_PLUGIN=/usr/share/orthanc/plugins/libOrthancDicomWeb.so
+# The browser tests drive this binary with Playwright; Playwright never downloads its own.
+CHROMIUM=/usr/bin/chromium
 
 log() {
     printf 'services.sh: %s\n' "$*"
@@ -26,13 +28,15 @@ install_packages() {
     # DCMTK's tools and Orthanc are peers of the integration tests. The tests
     # start Orthanc themselves, inside a network namespace of their own. The
     # DICOMweb benchmark loads Orthanc's DICOMweb plugin from its package.
+    # The browser tests (tests/browser) run Debian's chromium headless.
     local missing=()
     command -v storescu >/dev/null 2>&1 || missing+=(dcmtk)
     command -v Orthanc >/dev/null 2>&1 || missing+=(orthanc)
     [[ -e "$ORTHANC_DICOMWEB_PLUGIN" ]] || missing+=(orthanc-dicomweb)
+    [[ -x "$CHROMIUM" ]] || missing+=(chromium)
     if [[ ${#missing[@]} -eq 0 ]]; then
-        log "DCMTK, Orthanc and its DICOMweb plugin found: $(command -v storescu)," \
-            "$(command -v Orthanc), $ORTHANC_DICOMWEB_PLUGIN"
+        log "DCMTK, Orthanc and its DICOMweb plugin, chromium found: $(command -v storescu)," \
+            "$(command -v Orthanc), $ORTHANC_DICOMWEB_PLUGIN, $CHROMIUM"
         return
     fi
     log "installing ${missing[*]}"

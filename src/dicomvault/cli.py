@@ -25,11 +25,19 @@ from dicomvault.audit import (
     AuditOutcome,
     AuditTrail,
 )
-from dicomvault.config import ConfigError, Settings, describe_settings, load_settings
+from dicomvault.config import (
+    SAVED_SOURCE,
+    ConfigError,
+    Settings,
+    apply_saved_settings,
+    describe_settings,
+    load_settings,
+)
 from dicomvault.dicom.attributes import Level
 from dicomvault.events import log_store_events
 from dicomvault.index.database import DatabaseError, open_index_engine
 from dicomvault.index.nodes import NodeExistsError, NodeNotFoundError, NodeRegistry
+from dicomvault.index.saved_settings import SavedSettings
 from dicomvault.index.tasks import TaskNotFoundError, TaskStore
 from dicomvault.index.users import UserExistsError, UserNotFoundError, UserStore
 from dicomvault.ingest.indexer import IngestContext
@@ -42,6 +50,7 @@ from dicomvault.ingest.runner import run_index_task
 from dicomvault.ingest.watch import FolderWatcher
 from dicomvault.logging_setup import configure_logging
 from dicomvault.nodes import make_node
+from dicomvault.recent_logs import install_recent_log_handler
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.lock import DataDirInUseError, lock_data_dir
 from dicomvault.users import InvalidUserError, check_user_name, parse_role
@@ -160,13 +169,38 @@ def serve(
     raise typer.Exit(run_server(settings))
 
 
-def run_server(settings: Settings) -> int:
-    """Open storage and index, serve until a stop signal, and return the exit code."""
+def _with_saved_settings(configured: Settings, saved: SavedSettings) -> Settings | None:
+    """Return the settings with the saved ones applied, or None after logging an error."""
+    try:
+        values = saved.load()
+        settings = apply_saved_settings(configured, values)
+    except (ConfigError, SQLAlchemyError) as exc:
+        LOGGER.error("%s; remove the saved settings with 'dicomvault config --reset-saved'", exc)
+        return None
+    for name, value in sorted(values.items()):
+        LOGGER.info(
+            "Using %s = %r saved in the %s, over the value from %s",
+            name,
+            value,
+            SAVED_SOURCE,
+            configured.sources.get(name, "default"),
+        )
+    return settings
+
+
+def run_server(configured: Settings) -> int:
+    """Open storage and index, serve until a stop signal, and return the exit code.
+
+    Settings saved through the HTTP API take precedence over ``configured``.
+    """
     # Imported here: the servers' modules (pynetdicom, FastAPI) take about half
     # a second to import, which every other command would otherwise pay.
     from dicomvault.dimse.server import DimseServer
+    from dicomvault.dimse.service import DimseService
     from dicomvault.web.app import create_app
     from dicomvault.web.server import HttpServer
+
+    recent_logs = install_recent_log_handler(configured.logging.recent_events)
 
     # Handlers go in first, so a stop signal during start-up also ends cleanly.
     stop = threading.Event()
@@ -178,7 +212,7 @@ def run_server(settings: Settings) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
 
-    data_dir = settings.data_dir
+    data_dir = configured.data_dir
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_data_dir(data_dir)
@@ -193,9 +227,15 @@ def run_server(settings: Settings) -> int:
     storage.remove_temporary_files()
 
     try:
-        engine = open_index_engine(settings.index_url)
+        engine = open_index_engine(configured.index_url)
     except DatabaseError as exc:
         LOGGER.error("%s", exc)
+        return 1
+
+    saved = SavedSettings(engine)
+    settings = _with_saved_settings(configured, saved)
+    if settings is None:
+        engine.dispose()
         return 1
 
     try:
@@ -223,12 +263,21 @@ def run_server(settings: Settings) -> int:
     try:
         server.start()
     except OSError as exc:
+        if settings.sources["dimse.port"] == SAVED_SOURCE:
+            way_out = (
+                "the port was saved through the HTTP API; "
+                "remove it with 'dicomvault config --reset-saved'"
+            )
+        else:
+            way_out = "choose another port with --port"
         LOGGER.error(
-            "Cannot listen on %s:%d: %s; choose another port with --port",
+            "Cannot listen on %s:%d: %s; %s",
             settings.dimse.host,
             settings.dimse.port,
             exc.strerror or exc,
+            way_out,
         )
+        audit.stop()
         engine.dispose()
         return 1
 
@@ -240,7 +289,13 @@ def run_server(settings: Settings) -> int:
     manager.start()
     http = None
     if settings.http.port:
-        http = HttpServer(create_app(manager, archive), settings.http.host, settings.http.port)
+        app = create_app(
+            manager,
+            archive,
+            dimse_service=DimseService(archive, configured, saved, server),
+            recent_logs=recent_logs,
+        )
+        http = HttpServer(app, settings.http.host, settings.http.port)
         try:
             http.start()
         except OSError as exc:
@@ -285,18 +340,57 @@ def show_config(
     host: Annotated[str | None, typer.Option("--host", help="As for serve.")] = None,
     index_url: Annotated[str | None, typer.Option("--index-url", help="As for serve.")] = None,
     http_port: Annotated[str | None, typer.Option("--http-port", help="As for serve.")] = None,
+    reset_saved: Annotated[
+        bool,
+        typer.Option(
+            "--reset-saved",
+            help="First remove the settings saved through the HTTP API from the index database.",
+        ),
+    ] = False,
 ) -> None:
     """Print the effective settings and where each value comes from (secrets masked).
 
     Takes the options of serve, to show what serve would use with them.
+    Settings saved through the HTTP API (the console) are read from the
+    index database and take precedence over every other source.
     """
     settings = _settings(
         config, _common_overrides(data_dir, ae_title, port, host, index_url, http_port)
     )
+    saved = _open_saved_settings(settings, create=reset_saved)
+    if saved is not None:
+        try:
+            if reset_saved:
+                removed = saved.clear()
+                typer.echo(f"# Removed {removed} settings saved in the {SAVED_SOURCE}")
+            settings = apply_saved_settings(settings, saved.load())
+        except ConfigError as exc:
+            raise _fail(f"{exc}; remove them with --reset-saved", code=1) from None
+        finally:
+            saved.engine.dispose()
     rows = describe_settings(settings)
     width = max(len(name) for name, _, _ in rows)
     for name, value, source in rows:
         typer.echo(f"{name.ljust(width)} = {value}    # {source}")
+
+
+def _open_saved_settings(settings: Settings, create: bool) -> SavedSettings | None:
+    """Open the saved settings of the index; None if the SQLite index does not exist yet.
+
+    Unless ``create`` is True, a missing SQLite file is not created, so that
+    printing the settings leaves no files behind, and an index that cannot
+    be opened is reported on stderr instead of stopping the command.
+    """
+    sqlite_file = settings.data_dir / "index.sqlite"
+    if not settings.index.url and not create and not sqlite_file.exists():
+        return None
+    try:
+        return SavedSettings(open_index_engine(settings.index_url))
+    except DatabaseError as exc:
+        if create:
+            raise _fail(str(exc), code=1) from None
+        typer.echo(f"# Settings saved through the HTTP API are not shown: {exc}", err=True)
+        return None
 
 
 node_app = typer.Typer(

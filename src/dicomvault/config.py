@@ -20,6 +20,8 @@ from typing import Any
 from dicomvault.nodes import RemoteNode, nodes_from_config
 
 ENV_PREFIX = "DICOMVAULT_"
+# The source shown for a value saved through the HTTP API (the console).
+SAVED_SOURCE = "index database"
 CONFIG_ENV_VAR = "DICOMVAULT_CONFIG"
 
 _AE_TITLE_RE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")
@@ -390,6 +392,13 @@ SETTINGS: tuple[SettingDefinition, ...] = (
     SettingDefinition(
         "logging", "format", _parse_choice("text", "json"), "text", "log line format: text or json"
     ),
+    SettingDefinition(
+        "logging",
+        "recent_events",
+        _parse_int_range(0, 100_000),
+        500,
+        "log records that serve keeps in memory for GET /api/logs; 0 keeps none",
+    ),
 )
 
 _BY_NAME = {definition.name: definition for definition in SETTINGS}
@@ -464,6 +473,7 @@ class LoggingSettings:
 
     level: str
     format: str
+    recent_events: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -564,6 +574,53 @@ def load_settings(
         sources=sources,
         nodes=nodes,
     )
+
+
+def parse_setting(name: str, value: Any) -> Any:
+    """Parse ``value`` for the setting with the dotted ``name``.
+
+    Raises
+    ------
+    ValueError
+        If the name is unknown or the value invalid; the message names the
+        setting and the accepted form.
+    """
+    definition = _BY_NAME.get(name)
+    if definition is None:
+        raise ValueError(f"Unknown setting '{name}'")
+    try:
+        return definition.parse(value)
+    except ValueError as exc:
+        raise ValueError(f"'{name}' {exc}") from None
+
+
+def apply_saved_settings(settings: Settings, saved: Mapping[str, Any]) -> Settings:
+    """Return ``settings`` with the values saved through the HTTP API taking precedence.
+
+    Saved values win over the file, the environment and command line
+    options, because they are the newest decision of an administrator.
+    Their source becomes :data:`SAVED_SOURCE`.
+
+    Raises
+    ------
+    ConfigError
+        If a saved name is unknown or its value invalid.
+    """
+    sources = dict(settings.sources)
+    sections: dict[str, dict[str, Any]] = {}
+    for name, raw in saved.items():
+        try:
+            value = parse_setting(name, raw)
+        except ValueError as exc:
+            raise ConfigError(f"Invalid setting saved in the {SAVED_SOURCE}: {exc}") from None
+        section, key = name.split(".", 1)
+        sections.setdefault(section, {})[key] = value
+        sources[name] = SAVED_SOURCE
+    changed = {
+        section: dataclasses.replace(getattr(settings, section), **values)
+        for section, values in sections.items()
+    }
+    return dataclasses.replace(settings, sources=sources, **changed)
 
 
 def _reject_unknown_variables(env: Mapping[str, str]) -> None:

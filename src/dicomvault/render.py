@@ -134,6 +134,19 @@ def render_frame(ds: Dataset, pixels: np.ndarray[Any, Any], options: RenderOptio
     return output.getvalue()
 
 
+def default_window(ds: Dataset, pixels: np.ndarray[Any, Any]) -> Window | None:
+    """Return the window a monochrome frame is rendered with when the request gives none.
+
+    That is the instance's first stored window, or else the range of the
+    frame's values after the modality LUT. Color frames have no window, so
+    the result is None for them.
+    """
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).strip()
+    if pixels.ndim == 3 or photometric not in {"MONOCHROME1", "MONOCHROME2"}:
+        return None
+    return _stored_window(ds) or _range_window(apply_modality_lut(pixels, ds).astype(np.float64))
+
+
 def apply_window(values: np.ndarray[Any, Any], window: Window) -> np.ndarray[Any, Any]:
     """Map values through a VOI window to 0-255 (PS3.3 C.11.2.1.2 and C.11.2.1.3.2)."""
     center, width = window.center, window.width

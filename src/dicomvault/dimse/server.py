@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -19,6 +20,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicomvault.archive import Archive
 from dicomvault.audit import ActorKind, AuditAction, AuditEvent, AuditEventType, AuditOutcome
+from dicomvault.config import DimseSettings
 from dicomvault.dimse.direct_send import send_directly
 from dicomvault.dimse.qr_scp import FIND_SOP_CLASSES, ExtendedNegotiation, handle_find
 from dicomvault.dimse.retrieve_scp import (
@@ -67,7 +69,11 @@ def storage_sop_classes() -> list[str]:
 
 
 class DimseServer:
-    """Runs the archive's SCPs on one TCP port until :meth:`stop`."""
+    """Runs the archive's SCPs on one TCP port until :meth:`stop`.
+
+    :meth:`apply` changes the AE title, the allowed calling AE titles and
+    the listening address while the server runs.
+    """
 
     def __init__(self, archive: Archive) -> None:
         self.archive = archive
@@ -75,6 +81,9 @@ class DimseServer:
         self.negotiation = ExtendedNegotiation()
         self.ae = self._build_ae()
         self._server: Any = None
+        # Listeners replaced by apply() whose associations are still finishing.
+        self._draining: list[Any] = []
+        self._lock = threading.Lock()
 
     def _build_ae(self) -> AE:
         install_retrieve_service()
@@ -137,42 +146,92 @@ class DimseServer:
         OSError
             If the address cannot be bound (in use, or not local).
         """
-        address = (self.settings.host, self.settings.port)
-        self._server = self.ae.start_server(address, block=False, evt_handlers=self.handlers())
+        with self._lock:
+            self._server = self._listen(self.settings)
+
+    @property
+    def is_running(self) -> bool:
+        """True while the server accepts associations."""
+        return self._server is not None
+
+    def open_associations(self) -> int:
+        """Count the established associations, also those of a listener being replaced."""
+        with self._lock:
+            servers = [*self._draining, *([self._server] if self._server is not None else [])]
+        return sum(len(_established(server)) for server in servers)
+
+    def apply(self, settings: DimseSettings) -> None:
+        """Use ``settings`` for new associations; open associations are not changed.
+
+        The AE title and the allowed calling AE titles take effect at once.
+        When the host or port differs, the server listens on the new address
+        first, then stops accepting on the old one. The associations in
+        flight there may finish, for up to ``settings.shutdown_timeout``
+        seconds, watched by a background thread that aborts the rest.
+
+        Raises
+        ------
+        OSError
+            If the new address cannot be bound; then nothing has changed.
+        """
+        with self._lock:
+            old = self.settings
+            moved = (settings.host, settings.port) != (old.host, old.port)
+            if moved and self._server is not None:
+                replaced = self._server
+                self._server = self._listen(settings)
+                replaced.shutdown()
+                LOGGER.info("DIMSE service stopped listening on %s:%d", old.host, old.port)
+                self._draining.append(replaced)
+                threading.Thread(
+                    target=self._drain,
+                    args=(replaced, settings.shutdown_timeout),
+                    name="dimse-drain",
+                    daemon=True,
+                ).start()
+            self.ae.ae_title = settings.ae_title
+            self.ae.require_calling_aet = list(settings.allowed_calling_ae_titles)
+            if self._server is not None:
+                self._server.ae_title = settings.ae_title
+            self.settings = settings
         LOGGER.info(
-            "DIMSE service %s listening on %s:%d",
-            self.settings.ae_title,
-            self.settings.host,
-            self.settings.port,
+            "DIMSE service settings changed: AE title %s on %s:%d, allowed calling AE titles: %s",
+            settings.ae_title,
+            settings.host,
+            settings.port,
+            ", ".join(settings.allowed_calling_ae_titles) or "any",
         )
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting associations, wait for those in flight, then abort the rest."""
-        if self._server is None:
+        with self._lock:
+            server, self._server = self._server, None
+            servers = [*self._draining, *([server] if server is not None else [])]
+        if not servers:
             return
-        server, self._server = self._server, None
-        server.shutdown()
+        if server is not None:
+            server.shutdown()
         deadline = time.monotonic() + (
             self.settings.shutdown_timeout if timeout is None else timeout
         )
-        active = _established(server)
-        if active:
-            LOGGER.info(
-                "Waiting up to %.0f s for %d associations to finish",
-                max(0.0, deadline - time.monotonic()),
-                len(active),
-            )
-        while active and time.monotonic() < deadline:
-            time.sleep(SHUTDOWN_POLL_SECONDS)
-            active = _established(server)
-        for assoc in active:
-            LOGGER.warning("Aborting association with %s at shutdown", _peer(assoc))
-            assoc.abort()
-        # Connections still negotiating (or that never sent an A-ASSOCIATE-RQ,
-        # such as port probes) have no work in flight.
-        for assoc in server.active_associations:
-            assoc.abort()
+        _finish_associations(servers, deadline, "at shutdown")
         LOGGER.info("DIMSE service stopped")
+
+    def _listen(self, settings: DimseSettings) -> Any:
+        address = (settings.host, settings.port)
+        server = self.ae.start_server(
+            address, block=False, evt_handlers=self.handlers(), ae_title=settings.ae_title
+        )
+        LOGGER.info(
+            "DIMSE service %s listening on %s:%d", settings.ae_title, settings.host, settings.port
+        )
+        return server
+
+    def _drain(self, server: Any, timeout: float) -> None:
+        _finish_associations([server], time.monotonic() + timeout, "after the port change")
+        with self._lock:
+            if server in self._draining:
+                self._draining.remove(server)
 
 
 def share_uids_when_copied() -> None:
@@ -197,6 +256,32 @@ def _tune_connection(event: Any) -> None:
 
 def _established(server: Any) -> list[Any]:
     return [assoc for assoc in server.active_associations if assoc.is_established]
+
+
+def _finish_associations(servers: list[Any], deadline: float, when: str) -> None:
+    """Wait until the servers' associations end or ``deadline`` passes, then abort the rest."""
+
+    def established() -> list[Any]:
+        return [assoc for server in servers for assoc in _established(server)]
+
+    active = established()
+    if active:
+        LOGGER.info(
+            "Waiting up to %.0f s for %d associations to finish",
+            max(0.0, deadline - time.monotonic()),
+            len(active),
+        )
+    while active and time.monotonic() < deadline:
+        time.sleep(SHUTDOWN_POLL_SECONDS)
+        active = established()
+    for assoc in active:
+        LOGGER.warning("Aborting association with %s %s", _peer(assoc), when)
+        assoc.abort()
+    # Connections still negotiating (or that never sent an A-ASSOCIATE-RQ,
+    # such as port probes) have no work in flight.
+    for server in servers:
+        for assoc in server.active_associations:
+            assoc.abort()
 
 
 def _peer(assoc: Any) -> str:

@@ -5,14 +5,34 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, case, delete, func, select
 
 from dicomvault.dicom.attributes import Level
 from dicomvault.index.files import IndexedFiles
-from dicomvault.index.schema import instances, series, studies
+from dicomvault.index.schema import instances, patients, series, studies
 from dicomvault.index.writer import prune_empty_parents
+from dicomvault.storage.in_place import IN_PLACE_PREFIX
 
 LOGGER = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class RemovalPreview:
+    """What removing a study, or one series of it, would remove: for a confirmation step.
+
+    ``modality`` and ``series_description`` are empty for a whole study.
+    """
+
+    patient_id: str
+    patient_name: str
+    study_instance_uid: str
+    study_date: str
+    study_description: str
+    series_instance_uid: str
+    modality: str
+    series_description: str
+    instances: int
+    in_place_instances: int
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,3 +91,67 @@ def remove_from_index(engine: Engine, level: Level, uid: str) -> list[RemovedIns
         IndexedFiles(engine).forget_instances(connection, [row.sop_instance_uid for row in rows])
     LOGGER.info("Removed %d instances of %s %s from the index", len(rows), level.name, uid)
     return [RemovedInstance(row.sop_instance_uid, row.storage_key) for row in rows]
+
+
+def study_of_series(engine: Engine, series_instance_uid: str) -> str | None:
+    """Return the Study Instance UID of the indexed series, or None if it is not indexed."""
+    statement = (
+        select(studies.c.study_instance_uid)
+        .join(series, series.c.study_pk == studies.c.pk)
+        .where(series.c.series_instance_uid == series_instance_uid)
+    )
+    with engine.connect() as connection:
+        uid: str | None = connection.execute(statement).scalar_one_or_none()
+    return uid
+
+
+def preview_removal(
+    engine: Engine, study_instance_uid: str, series_instance_uid: str = ""
+) -> RemovalPreview | None:
+    """Describe the study, or its series ``series_instance_uid``, with its instance counts.
+
+    Returns None when the study is not indexed, or the series is not
+    indexed in that study.
+    """
+    in_place = instances.c.storage_key.startswith(IN_PLACE_PREFIX)
+    statement = (
+        select(
+            patients.c.patient_id,
+            patients.c.patient_name,
+            studies.c.study_date,
+            studies.c.study_description,
+            func.count(instances.c.pk).label("instances"),
+            func.coalesce(func.sum(case((in_place, 1), else_=0)), 0).label("in_place"),
+        )
+        .select_from(studies)
+        .join(patients, studies.c.patient_pk == patients.c.pk)
+        .join(series, series.c.study_pk == studies.c.pk)
+        .join(instances, instances.c.series_pk == series.c.pk)
+        .where(studies.c.study_instance_uid == study_instance_uid)
+        .group_by(
+            patients.c.patient_id,
+            patients.c.patient_name,
+            studies.c.study_date,
+            studies.c.study_description,
+        )
+    )
+    if series_instance_uid:
+        statement = statement.add_columns(series.c.modality, series.c.series_description)
+        statement = statement.where(series.c.series_instance_uid == series_instance_uid)
+        statement = statement.group_by(series.c.modality, series.c.series_description)
+    with engine.connect() as connection:
+        row = connection.execute(statement).first()
+    if row is None:
+        return None
+    return RemovalPreview(
+        patient_id=row.patient_id,
+        patient_name=row.patient_name,
+        study_instance_uid=study_instance_uid,
+        study_date=row.study_date,
+        study_description=row.study_description,
+        series_instance_uid=series_instance_uid,
+        modality=row.modality if series_instance_uid else "",
+        series_description=row.series_description if series_instance_uid else "",
+        instances=int(row.instances),
+        in_place_instances=int(row.in_place),
+    )

@@ -224,6 +224,19 @@ sessions = Table(
     Index("ix_sessions_user_pk", "user_pk"),
 )
 
+# Settings changed through the HTTP API (the console), by dotted name such as
+# "dimse.port". They take precedence over the file, the environment and
+# command line options at start-up. ``value`` is the setting as JSON text.
+saved_settings = Table(
+    "saved_settings",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("value", Text, nullable=False),
+    Column("updated_by", Text, nullable=False, default=""),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 # The audit trail (dicomvault.audit): one row per security-relevant event,
 # modelled on DICOM PS3.15 A.5. ``study_uids`` is backslash-separated;
 # ``detail`` is a JSON object as text.
@@ -257,5 +270,6 @@ TABLES = {
     "users": users,
     "api_tokens": api_tokens,
     "sessions": sessions,
+    "saved_settings": saved_settings,
     "audit_events": audit_events,
 }

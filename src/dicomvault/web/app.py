@@ -10,13 +10,28 @@ from fastapi.middleware.cors import CORSMiddleware
 from dicomvault import __version__
 from dicomvault.archive import Archive
 from dicomvault.audit import AuditTrail
+from dicomvault.dimse.service import DimseService
+from dicomvault.index.saved_settings import SavedSettings
 from dicomvault.index.users import UserStore
 from dicomvault.ingest.manager import TaskManager
-from dicomvault.web.api import account, audit, search, tasks
+from dicomvault.recent_logs import RecentLogHandler
+from dicomvault.web.api import (
+    account,
+    archives,
+    audit,
+    dimse,
+    logs,
+    nodes,
+    search,
+    studies,
+    tasks,
+    usage,
+)
 from dicomvault.web.auth import Authenticator, OpenAccess
 from dicomvault.web.dicomweb.errors import install_error_handlers
 from dicomvault.web.dicomweb.routers import include_dicomweb
 from dicomvault.web.identity import require_admin
+from dicomvault.web.ui import include_console
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,13 +48,21 @@ def create_app(
     manager: TaskManager,
     archive: Archive,
     authenticator: Authenticator | None = None,
+    *,
+    dimse_service: DimseService | None = None,
+    recent_logs: RecentLogHandler | None = None,
 ) -> FastAPI:
-    """Return the application serving the REST API and DICOMweb, with OpenAPI docs at /docs.
+    """Return the application serving the REST API, DICOMweb and the console, with docs at /docs.
 
-    DICOMweb is under /dicomweb and WADO-URI at /wado. ``authenticator``
+    DICOMweb is under /dicomweb, WADO-URI at /wado and the browser console
+    under /console (``/`` redirects there). ``authenticator``
     decides who may use DICOMweb; the default lets every request through.
+    ``dimse_service`` controls the running DIMSE service; without one,
+    changes to its settings are only saved for the next start.
+    ``recent_logs`` serves GET /api/logs; without it that route answers 503.
 
-    The admin API (/api) requires a login or an API token; /health does
+    The admin API (/api) and the console require a login (the console a
+    session, the API a session or an API token); /health does
     not. NOTE: with the default authenticator, DICOMweb has no
     authentication, so anyone who can connect may read every instance. The
     server listens on 127.0.0.1 by default; do not expose DICOMweb on other
@@ -55,10 +78,18 @@ def create_app(
     app.state.authenticator = authenticator or OpenAccess()
     app.state.users = UserStore(archive.engine)
     app.state.audit = AuditTrail(archive.engine)  # reads only; serve runs the writer
+    app.state.dimse = dimse_service or DimseService(
+        archive, archive.settings, SavedSettings(archive.engine)
+    )
+    app.state.recent_logs = recent_logs
     app.include_router(account.router)
     app.include_router(search.router)
+    app.include_router(archives.router)
     app.include_router(tasks.router, dependencies=[Depends(require_admin)])
     app.include_router(audit.router, dependencies=[Depends(require_admin)])
+    # The management routers take the admin as a parameter, for their logs.
+    for router in (dimse.router, nodes.router, usage.router, logs.router, studies.router):
+        app.include_router(router)
     app.add_api_route("/health", health, methods=["GET"], tags=["service"])
     if app.state.users.count_admins() == 0:
         LOGGER.warning(
@@ -66,6 +97,7 @@ def create_app(
             "create one with 'dicomvault user add NAME --role admin'"
         )
     include_dicomweb(app)
+    include_console(app)
     install_error_handlers(app)
 
     origins = archive.settings.http.cors_allow_origins

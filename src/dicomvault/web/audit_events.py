@@ -39,3 +39,28 @@ def publish_audit(
             detail=detail or {},
         )
     )
+
+
+def audit_login(request: Request, name: str, description: str, failed: bool) -> None:
+    """Publish a login attempt (User Authentication, subtype Login) by the user ``name``."""
+    publish_audit(
+        request,
+        AuditEventType.USER_AUTHENTICATION,
+        AuditAction.EXECUTE,
+        name,
+        description,
+        outcome=AuditOutcome.MINOR_FAILURE if failed else AuditOutcome.SUCCESS,
+        detail={"subtype": "110122 Login"},
+    )
+
+
+def audit_logout(request: Request, name: str) -> None:
+    """Publish the end of a console session (User Authentication, subtype Logout)."""
+    publish_audit(
+        request,
+        AuditEventType.USER_AUTHENTICATION,
+        AuditAction.EXECUTE,
+        name,
+        "Logged out",
+        detail={"subtype": "110123 Logout"},
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Request, Response, status
 
 from dicomvault.index.users import Session, UserStore
 from dicomvault.users import User
@@ -29,6 +29,24 @@ def user_store(request: Request) -> UserStore:
     """Return the application's user store."""
     store: UserStore = request.app.state.users
     return store
+
+
+def set_session_cookie(response: Response, request: Request, session_id: str) -> None:
+    """Set the session cookie of a new login on ``response``.
+
+    The cookie is HttpOnly (scripts cannot read it), SameSite=Strict (other
+    sites cannot make the browser send it) and Secure when the request came
+    over HTTPS. It lasts as long as the store keeps sessions.
+    """
+    response.set_cookie(
+        SESSION_COOKIE,
+        session_id,
+        max_age=int(user_store(request).session_lifetime.total_seconds()),
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+        path="/",
+    )
 
 
 def bearer_token(request: Request) -> str | None:

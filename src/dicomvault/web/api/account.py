@@ -9,7 +9,7 @@ import math
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from pydantic import BaseModel, Field
 
-from dicomvault.audit import AuditAction, AuditEventType, AuditOutcome
+from dicomvault.audit import AuditAction, AuditEventType
 from dicomvault.index.users import (
     LoginLockedError,
     TokenInfo,
@@ -18,13 +18,14 @@ from dicomvault.index.users import (
     UserNotFoundError,
 )
 from dicomvault.users import InvalidUserError, Role, check_user_name
-from dicomvault.web.audit_events import publish_audit
+from dicomvault.web.audit_events import audit_login, audit_logout, publish_audit
 from dicomvault.web.identity import (
     SESSION_COOKIE,
     AdminUser,
     CurrentUser,
     Users,
     require_admin,
+    set_session_cookie,
     user_store,
 )
 
@@ -105,7 +106,7 @@ def login(body: LoginRequest, request: Request, response: Response, store: Users
         left = exc.until - datetime.datetime.now(datetime.UTC)
         seconds = max(1, math.ceil(left.total_seconds()))
         LOGGER.warning("Login of locked user %s from %s rejected", body.name, client)
-        _audit_login(request, body.name, "Login rejected: the user is locked out", failed=True)
+        audit_login(request, body.name, "Login rejected: the user is locked out", failed=True)
         raise HTTPException(
             status.HTTP_429_TOO_MANY_REQUESTS,
             f"Too many failed logins; try again in {seconds} s",
@@ -113,20 +114,12 @@ def login(body: LoginRequest, request: Request, response: Response, store: Users
         ) from None
     if user is None:
         LOGGER.warning("Failed login of %r from %s", body.name, client)
-        _audit_login(request, body.name, "Login failed: invalid user name or password", True)
+        audit_login(request, body.name, "Login failed: invalid user name or password", True)
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "Invalid user name or password")
     session_id, session = store.create_session(user)
-    response.set_cookie(
-        SESSION_COOKIE,
-        session_id,
-        max_age=int(store.session_lifetime.total_seconds()),
-        httponly=True,
-        samesite="strict",
-        secure=request.url.scheme == "https",
-        path="/",
-    )
+    set_session_cookie(response, request, session_id)
     LOGGER.info("User %s logged in from %s", user.name, client)
-    _audit_login(request, user.name, "Logged in", failed=False)
+    audit_login(request, user.name, "Logged in", failed=False)
     return Account(name=user.name, role=user.role.value, csrf_token=session.csrf_token)
 
 
@@ -138,14 +131,7 @@ def logout(request: Request, store: Users) -> Response:
         session = store.get_session(session_id)
         store.end_session(session_id)
         if session is not None:
-            publish_audit(
-                request,
-                AuditEventType.USER_AUTHENTICATION,
-                AuditAction.EXECUTE,
-                session.user.name,
-                "Logged out",
-                detail={"subtype": "110123 Logout"},
-            )
+            audit_logout(request, session.user.name)
     response = Response(status_code=status.HTTP_204_NO_CONTENT)
     response.delete_cookie(SESSION_COOKIE, path="/")
     return response
@@ -226,18 +212,6 @@ def remove_user(name: str, request: Request, admin: AdminUser, store: Users) -> 
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"No user named {name!r}") from None
     _audit_change(request, admin.name, AuditAction.DELETE, f"Removed user {name}")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
-
-
-def _audit_login(request: Request, name: str, description: str, failed: bool) -> None:
-    publish_audit(
-        request,
-        AuditEventType.USER_AUTHENTICATION,
-        AuditAction.EXECUTE,
-        name,
-        description,
-        outcome=AuditOutcome.MINOR_FAILURE if failed else AuditOutcome.SUCCESS,
-        detail={"subtype": "110122 Login"},
-    )
 
 
 def _audit_change(request: Request, actor: str, action: AuditAction, description: str) -> None:

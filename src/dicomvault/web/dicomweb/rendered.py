@@ -164,6 +164,21 @@ def _render(
         )
     except RenderParameterError as exc:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, str(exc)) from None
+    return render_instance(archive, ref, frame_number, options)
+
+
+def render_instance(
+    archive: Archive, ref: InstanceRef, frame_number: int, options: RenderOptions
+) -> Response:
+    """Return one frame of ``ref`` (1-based ``frame_number``) rendered with ``options``.
+
+    Raises
+    ------
+    HTTPException
+        404 if the frame does not exist; 406 if the instance cannot be
+        rendered (no pixel data, unsupported photometric interpretation,
+        no decoder).
+    """
     if not 1 <= frame_number <= ref.number_of_frames:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,
@@ -177,7 +192,7 @@ def _render(
             status.HTTP_406_NOT_ACCEPTABLE,
             f"Instance {ref.sop_instance_uid} cannot be rendered: {exc}",
         ) from None
-    return Response(image, media_type=media_type)
+    return Response(image, media_type=options.media_type)
 
 
 def _single_frame(frame_list: str) -> int:
@@ -189,7 +204,7 @@ def _single_frame(frame_list: str) -> int:
     return int(frame_list)
 
 
-def _representative(archive: Archive, refs: list[InstanceRef]) -> InstanceRef:
+def representative_instance(archive: Archive, refs: list[InstanceRef]) -> InstanceRef:
     """Return the instance a thumbnail shows: the middle image of the first series."""
     headers = archive.headers(Level.IMAGE, [ref.pk for ref in refs])
     images = [ref for ref in refs if "00280010" in headers.get(ref.pk, {})]
@@ -231,7 +246,7 @@ def rendered_frame(
 @router.get("/studies/{study}/thumbnail", summary="Thumbnail of a study")
 def study_thumbnail(study: str, request: Request, archive: ArchiveDependency) -> Response:
     """Return a small image of the middle instance of the study's first series."""
-    ref = _representative(archive, find_instances(archive, study))
+    ref = representative_instance(archive, find_instances(archive, study))
     return _render(request, archive, ref, 1, THUMBNAIL_SIZE)
 
 
@@ -240,7 +255,7 @@ def series_thumbnail(
     study: str, series: str, request: Request, archive: ArchiveDependency
 ) -> Response:
     """Return a small image of the middle instance of the series."""
-    ref = _representative(archive, find_instances(archive, study, series))
+    ref = representative_instance(archive, find_instances(archive, study, series))
     return _render(request, archive, ref, 1, THUMBNAIL_SIZE)
 
 
@@ -269,4 +284,10 @@ def frame_thumbnail(
     return _render(request, archive, ref, number, THUMBNAIL_SIZE)
 
 
-__all__ = ["JPEG", "parse_render_options", "router"]
+__all__ = [
+    "JPEG",
+    "parse_render_options",
+    "render_instance",
+    "representative_instance",
+    "router",
+]
