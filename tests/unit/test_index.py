@@ -196,7 +196,7 @@ class TestMigrate:
         migrate(index_engine)
         with index_engine.connect() as connection:
             version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        assert version == "0004"
+        assert version == "0005_node_tls_files"
 
     def test_idempotent(self, index_engine: Engine) -> None:
         migrate(index_engine)

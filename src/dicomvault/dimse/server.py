@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import ssl
 import time
 from typing import Any
 
@@ -27,6 +29,7 @@ from dicomvault.dimse.retrieve_scp import (
 )
 from dicomvault.dimse.storage_scp import handle_store
 from dicomvault.dimse.tcp import disable_nagle, read_promptly
+from dicomvault.dimse.tls import complete_handshake
 
 LOGGER = logging.getLogger(__name__)
 
@@ -65,15 +68,36 @@ def storage_sop_classes() -> list[str]:
     return [str(context.abstract_syntax) for context in AllStoragePresentationContexts]
 
 
-class DimseServer:
-    """Runs the archive's SCPs on one TCP port until :meth:`stop`."""
+class ListenError(OSError):
+    """A DIMSE port could not be opened."""
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"Cannot listen on {host}:{port}: {reason}")
+        self.port = port
+
+
+class DimseServer:
+    """Runs the archive's SCPs on a plain TCP port, a TLS port or both, until :meth:`stop`.
+
+    Parameters
+    ----------
+    archive : Archive
+        The archive the SCPs serve; its ``dimse`` settings give the ports.
+    tls_context : ssl.SSLContext, optional
+        The context of ``dimse.tls_port``, from
+        :func:`dicomvault.dimse.tls.dimse_server_context`. Required when that
+        port is set.
+    """
+
+    def __init__(self, archive: Archive, tls_context: ssl.SSLContext | None = None) -> None:
+        if archive.settings.dimse.tls_port and tls_context is None:
+            raise ValueError("dimse.tls_port is set, so the server needs a TLS context")
         self.archive = archive
         self.settings = archive.settings.dimse
+        self.tls_context = tls_context
         self.negotiation = ExtendedNegotiation()
         self.ae = self._build_ae()
-        self._server: Any = None
+        self._servers: list[Any] = []
 
     def _build_ae(self) -> AE:
         install_retrieve_service()
@@ -105,7 +129,7 @@ class DimseServer:
             (evt.EVT_C_STORE, handle_store, [self.archive]),
             (evt.EVT_C_FIND, handle_find, [self.archive, self.negotiation]),
             (evt.EVT_SOP_EXTENDED, self.negotiation.handle),
-            (evt.EVT_CONN_OPEN, _tune_connection),
+            (evt.EVT_CONN_OPEN, functools.partial(_prepare_connection, self.settings.acse_timeout)),
             (evt.EVT_ACCEPTED, _on_accepted),
             (evt.EVT_REJECTED, _log_rejected),
             (evt.EVT_RELEASED, _log_released),
@@ -113,32 +137,60 @@ class DimseServer:
         ]
 
     def start(self) -> None:
-        """Listen on the configured address; returns once the port is open.
+        """Listen on the configured ports; returns once they are open.
 
         Raises
         ------
-        OSError
-            If the address cannot be bound (in use, or not local).
+        ListenError
+            If a port cannot be bound (in use, or the address is not local).
+            No port is left open then.
         """
-        address = (self.settings.host, self.settings.port)
-        self._server = self.ae.start_server(address, block=False, evt_handlers=self.handlers())
-        LOGGER.info(
-            "DIMSE service %s listening on %s:%d",
-            self.settings.ae_title,
-            self.settings.host,
-            self.settings.port,
-        )
+        if self.settings.port:
+            self._listen(self.settings.port, None)
+            LOGGER.info(
+                "DIMSE service %s listening on %s:%d",
+                self.settings.ae_title,
+                self.settings.host,
+                self.settings.port,
+            )
+        if self.settings.tls_port:
+            self._listen(self.settings.tls_port, self.tls_context)
+            if self.settings.tls_require_client_cert:
+                clients = "client certificates required"
+            elif self.settings.tls_ca_file:
+                clients = "client certificates verified when sent"
+            else:
+                clients = "no client certificates requested"
+            LOGGER.info(
+                "DIMSE service %s listening for TLS on %s:%d (%s)",
+                self.settings.ae_title,
+                self.settings.host,
+                self.settings.tls_port,
+                clients,
+            )
+
+    def _listen(self, port: int, context: ssl.SSLContext | None) -> None:
+        address = (self.settings.host, port)
+        try:
+            server = self.ae.start_server(
+                address, block=False, ssl_context=context, evt_handlers=self.handlers()
+            )
+        except OSError as exc:
+            self.stop(0)
+            raise ListenError(self.settings.host, port, exc.strerror or str(exc)) from exc
+        self._servers.append(server)
 
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting associations, wait for those in flight, then abort the rest."""
-        if self._server is None:
+        if not self._servers:
             return
-        server, self._server = self._server, None
-        server.shutdown()
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.shutdown()
         deadline = time.monotonic() + (
             self.settings.shutdown_timeout if timeout is None else timeout
         )
-        active = _established(server)
+        active = _established(servers)
         if active:
             LOGGER.info(
                 "Waiting up to %.0f s for %d associations to finish",
@@ -147,14 +199,15 @@ class DimseServer:
             )
         while active and time.monotonic() < deadline:
             time.sleep(SHUTDOWN_POLL_SECONDS)
-            active = _established(server)
+            active = _established(servers)
         for assoc in active:
             LOGGER.warning("Aborting association with %s at shutdown", _peer(assoc))
             assoc.abort()
         # Connections still negotiating (or that never sent an A-ASSOCIATE-RQ,
         # such as port probes) have no work in flight.
-        for assoc in server.active_associations:
-            assoc.abort()
+        for server in servers:
+            for assoc in server.active_associations:
+                assoc.abort()
         LOGGER.info("DIMSE service stopped")
 
 
@@ -173,13 +226,18 @@ def _same_uid(uid: UID, memo: dict[int, Any]) -> UID:
     return uid
 
 
-def _tune_connection(event: Any) -> None:
+def _prepare_connection(handshake_timeout: float, event: Any) -> None:
+    # Runs on the connection's own thread, before the association starts.
+    if not complete_handshake(event.assoc, handshake_timeout):
+        return
     disable_nagle(event.assoc)
     read_promptly(event.assoc)
 
 
-def _established(server: Any) -> list[Any]:
-    return [assoc for assoc in server.active_associations if assoc.is_established]
+def _established(servers: list[Any]) -> list[Any]:
+    return [
+        assoc for server in servers for assoc in server.active_associations if assoc.is_established
+    ]
 
 
 def _peer(assoc: Any) -> str:
@@ -193,7 +251,9 @@ def _handle_echo(event: Any) -> int:
 
 
 def _on_accepted(event: Any) -> None:
-    LOGGER.info("Association accepted from %s", _peer(event.assoc))
+    transport = getattr(event.assoc.dul.socket, "socket", None)
+    over_tls = " over TLS" if isinstance(transport, ssl.SSLSocket) else ""
+    LOGGER.info("Association accepted from %s%s", _peer(event.assoc), over_tls)
     # Responses go straight to the socket, not through the DUL thread's queue,
     # which it checks once a millisecond.
     send_directly(event.assoc)
