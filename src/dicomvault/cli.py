@@ -6,11 +6,12 @@ import gc
 import getpass
 import logging
 import signal
+import ssl
 import sys
 import threading
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from sqlalchemy.exc import SQLAlchemyError
@@ -55,6 +56,9 @@ from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.lock import DataDirInUseError, lock_data_dir
 from dicomvault.users import InvalidUserError, check_user_name, parse_role
 
+if TYPE_CHECKING:
+    from dicomvault.dev_certs import DevCertificates
+
 LOGGER = logging.getLogger(__name__)
 
 # A stop waits this long for indexing tasks and watched folders to finish their batch.
@@ -95,6 +99,7 @@ def _common_overrides(
     host: str | None,
     index_url: str | None,
     http_port: str | None = None,
+    tls_port: str | None = None,
 ) -> dict[str, Any]:
     """Map the options that serve and config share to their settings."""
     return {
@@ -104,6 +109,7 @@ def _common_overrides(
         "dimse.host": host,
         "index.url": index_url,
         "http.port": http_port,
+        "dimse.tls_port": tls_port,
     }
 
 
@@ -130,7 +136,18 @@ def serve(
         str | None, typer.Option("--ae-title", help="AE title of the archive [dimse.ae_title].")
     ] = None,
     port: Annotated[
-        str | None, typer.Option("--port", help="TCP port of the DIMSE service [dimse.port].")
+        str | None,
+        typer.Option(
+            "--port", help="TCP port of the DIMSE service without TLS; 0: none [dimse.port]."
+        ),
+    ] = None,
+    tls_port: Annotated[
+        str | None,
+        typer.Option(
+            "--tls-port",
+            help="TCP port of the DIMSE service over TLS; 0: none [dimse.tls_port]. "
+            "Needs dimse.tls_cert_file and dimse.tls_key_file.",
+        ),
     ] = None,
     host: Annotated[
         str | None, typer.Option("--host", help="IP address to listen on [dimse.host].")
@@ -160,7 +177,7 @@ def serve(
     settings = _settings(
         config,
         {
-            **_common_overrides(data_dir, ae_title, port, host, index_url, http_port),
+            **_common_overrides(data_dir, ae_title, port, host, index_url, http_port, tls_port),
             "logging.level": "DEBUG" if verbose else None,
             "logging.format": log_format,
         },
@@ -195,8 +212,9 @@ def run_server(configured: Settings) -> int:
     """
     # Imported here: the servers' modules (pynetdicom, FastAPI) take about half
     # a second to import, which every other command would otherwise pay.
-    from dicomvault.dimse.server import DimseServer
+    from dicomvault.dimse.server import DimseServer, ListenError
     from dicomvault.dimse.service import DimseService
+    from dicomvault.tls import TLSFileError
     from dicomvault.web.app import create_app
     from dicomvault.web.server import HttpServer
 
@@ -211,6 +229,15 @@ def run_server(configured: Settings) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+
+    # Certificates and keys are checked before anything opens, so that a
+    # wrong path stops start-up with one message. TLS settings cannot be
+    # saved through the HTTP API, so the configured ones apply.
+    try:
+        dimse_tls, http_tls = _tls_contexts(configured)
+    except TLSFileError as exc:
+        LOGGER.error("%s", exc)
+        return 1
 
     data_dir = configured.data_dir
     try:
@@ -259,24 +286,20 @@ def run_server(configured: Settings) -> int:
     audit = AuditTrail(engine)
     audit.subscribe(archive.events)
     audit.start()
-    server = DimseServer(archive)
+    server = DimseServer(archive, dimse_tls)
     try:
         server.start()
-    except OSError as exc:
-        if settings.sources["dimse.port"] == SAVED_SOURCE:
+    except ListenError as exc:
+        if exc.port == settings.dimse.tls_port:
+            way_out = "choose another port with --tls-port"
+        elif settings.sources["dimse.port"] == SAVED_SOURCE:
             way_out = (
                 "the port was saved through the HTTP API; "
                 "remove it with 'dicomvault config --reset-saved'"
             )
         else:
             way_out = "choose another port with --port"
-        LOGGER.error(
-            "Cannot listen on %s:%d: %s; %s",
-            settings.dimse.host,
-            settings.dimse.port,
-            exc.strerror or exc,
-            way_out,
-        )
+        LOGGER.error("%s; %s", exc, way_out)
         audit.stop()
         engine.dispose()
         return 1
@@ -295,7 +318,13 @@ def run_server(configured: Settings) -> int:
             dimse_service=DimseService(archive, configured, saved, server),
             recent_logs=recent_logs,
         )
-        http = HttpServer(app, settings.http.host, settings.http.port)
+        http = HttpServer(
+            app,
+            settings.http.host,
+            settings.http.port,
+            ssl_context=http_tls,
+            trusted_proxies=settings.http.trusted_proxies,
+        )
         try:
             http.start()
         except OSError as exc:
@@ -331,6 +360,30 @@ def run_server(configured: Settings) -> int:
     return 0
 
 
+def _tls_contexts(settings: Settings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:
+    """Build the TLS contexts of DIMSE and HTTPS, and check the files of configured nodes.
+
+    Raises
+    ------
+    TLSFileError
+        If a certificate, key or CA file is missing, unreadable or invalid.
+    """
+    from dicomvault.dimse.tls import dimse_server_context, node_client_context
+    from dicomvault.tls import PemFile, server_context
+
+    dimse_tls = dimse_server_context(settings.dimse) if settings.dimse.tls_port else None
+    http_tls: ssl.SSLContext | None = None
+    if settings.http.port and settings.http.tls_cert_file:
+        http_tls = server_context(
+            PemFile(settings.http.tls_cert_file, "http.tls_cert_file"),
+            PemFile(settings.http.tls_key_file, "http.tls_key_file"),
+        )
+    for node in settings.nodes:
+        if node.tls:
+            node_client_context(node)
+    return dimse_tls, http_tls
+
+
 @app.command("config")
 def show_config(
     config: ConfigOption = None,
@@ -340,6 +393,7 @@ def show_config(
     host: Annotated[str | None, typer.Option("--host", help="As for serve.")] = None,
     index_url: Annotated[str | None, typer.Option("--index-url", help="As for serve.")] = None,
     http_port: Annotated[str | None, typer.Option("--http-port", help="As for serve.")] = None,
+    tls_port: Annotated[str | None, typer.Option("--tls-port", help="As for serve.")] = None,
     reset_saved: Annotated[
         bool,
         typer.Option(
@@ -355,7 +409,7 @@ def show_config(
     index database and take precedence over every other source.
     """
     settings = _settings(
-        config, _common_overrides(data_dir, ae_title, port, host, index_url, http_port)
+        config, _common_overrides(data_dir, ae_title, port, host, index_url, http_port, tls_port)
     )
     saved = _open_saved_settings(settings, create=reset_saved)
     if saved is not None:
@@ -422,6 +476,14 @@ def _node_registry(
     return settings, NodeRegistry(engine)
 
 
+NODE_KEY_OPTIONS = {
+    "tls": "--tls",
+    "tls_ca_file": "--tls-ca",
+    "tls_cert_file": "--tls-cert",
+    "tls_key_file": "--tls-key",
+}
+
+
 @node_app.command("add")
 def node_add(
     ae_title: Annotated[str, typer.Argument(help="AE title of the remote node.")],
@@ -429,6 +491,26 @@ def node_add(
     port: Annotated[str, typer.Option("--port", help="TCP port of the node's DIMSE service.")],
     description: Annotated[str, typer.Option("--description", help="Free text.")] = "",
     tls: Annotated[bool, typer.Option("--tls", help="The node requires DICOM over TLS.")] = False,
+    tls_ca: Annotated[
+        str,
+        typer.Option(
+            "--tls-ca",
+            help="PEM file of the CA certificates the node's certificate must chain to "
+            "(default: the system's trusted CAs). Needs --tls.",
+        ),
+    ] = "",
+    tls_cert: Annotated[
+        str,
+        typer.Option(
+            "--tls-cert",
+            help="PEM file of the client certificate sent to the node (mutual TLS). "
+            "Needs --tls and --tls-key.",
+        ),
+    ] = "",
+    tls_key: Annotated[
+        str,
+        typer.Option("--tls-key", help="PEM file of the unencrypted private key of --tls-cert."),
+    ] = "",
     replace: Annotated[
         bool,
         typer.Option("--replace", help="Update the node if the AE title is already registered."),
@@ -437,11 +519,23 @@ def node_add(
     data_dir: DataDirOption = None,
     index_url: IndexUrlOption = None,
 ) -> None:
-    """Register a remote node by AE title, host and port."""
+    """Register a remote node by AE title, host and port; with --tls, its TLS files."""
+    from dicomvault.dimse.tls import node_client_context
+    from dicomvault.tls import TLSFileError
+
     try:
-        node = make_node(ae_title, host, port, description, tls)
+        node = make_node(ae_title, host, port, description, tls, tls_ca, tls_cert, tls_key)
     except ValueError as exc:
-        raise _fail(f"Invalid node {ae_title!r}: {exc}") from None
+        message = str(exc)
+        # make_node names the keys of the configuration file; name the options instead.
+        for key, option in NODE_KEY_OPTIONS.items():
+            message = message.replace(f"'{key}'", option)
+        raise _fail(f"Invalid node {ae_title!r}: {message}") from None
+    if node.tls:
+        try:
+            node_client_context(node)
+        except TLSFileError as exc:
+            raise _fail(str(exc)) from None
     _, registry = _node_registry(config, data_dir, index_url)
     try:
         registry.add(node, replace=replace)
@@ -450,7 +544,7 @@ def node_add(
             f"A node with AE title {node.ae_title!r} is already registered; "
             "use --replace to update it"
         ) from None
-    typer.echo(f"Registered {node.describe()}")
+    typer.echo(f"Registered {node.describe()}{node.describe_tls()}")
 
 
 @node_app.command("list")
@@ -908,6 +1002,74 @@ def tasks_cancel(
     if record.finished_at is not None and record.status != "cancelled":
         raise _fail(f"Task {task_id} has already finished: {record.status}", 1)
     typer.echo(f"Cancellation of task {task_id} requested")
+
+
+# --- certificates -----------------------------------------------------------------------
+
+certs_app = typer.Typer(help="Create TLS certificates for tests.", no_args_is_help=True)
+app.add_typer(certs_app, name="certs")
+
+
+@certs_app.command("dev")
+def certs_dev(
+    out: Annotated[Path, typer.Option("--out", help="Folder to write the PEM files to.")] = Path(
+        "certs"
+    ),
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--hostname",
+            help="DNS name or IP address the server certificate also names, besides "
+            "localhost, 127.0.0.1 and ::1; repeat for several.",
+        ),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Overwrite files left by an earlier run.")
+    ] = False,
+) -> None:
+    """Create a private CA with a server and a client certificate, for tests only.
+
+    Writes ca.pem, server.pem, server-key.pem, client.pem and client-key.pem
+    (keys unencrypted, mode 0600), then prints the settings that use them.
+    """
+    from dicomvault.dev_certs import FilesExistError, write_dev_certificates
+
+    try:
+        written = write_dev_certificates(out, hostname or [], force=force)
+    except ValueError as exc:
+        raise _fail(str(exc)) from None
+    except FilesExistError as exc:
+        raise _fail(f"Files exist already: {exc}; pass --force to replace them") from None
+    except OSError as exc:
+        raise _fail(f"Cannot write to {out}: {exc.strerror or exc}", code=1) from None
+    for path in written.paths():
+        typer.echo(f"Wrote {path}")
+    typer.echo(_dev_certs_usage(written))
+
+
+def _dev_certs_usage(written: DevCertificates) -> str:
+    return f"""
+These certificates are for tests: the CA's key was not kept, and anyone with
+client-key.pem can connect where client certificates are required.
+
+Settings for DIMSE over TLS with client certificates, and for HTTPS
+(in the configuration file, or as DICOMVAULT_DIMSE_TLS_PORT and so on):
+
+[dimse]
+tls_port = 2762
+tls_cert_file = "{written.server_cert}"
+tls_key_file = "{written.server_key}"
+tls_ca_file = "{written.ca_cert}"
+tls_require_client_cert = true
+
+[http]
+tls_cert_file = "{written.server_cert}"
+tls_key_file = "{written.server_key}"
+
+Check with DCMTK:
+  echoscu +tls {written.client_key} {written.client_cert} +cf {written.ca_cert} \\
+      -aec DICOMVAULT 127.0.0.1 2762
+  curl --cacert {written.ca_cert} https://127.0.0.1:8080/health"""
 
 
 def main() -> None:

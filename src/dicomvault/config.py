@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from dicomvault.nodes import RemoteNode, nodes_from_config
+from dicomvault.nodes import NODE_TLS_FILE_KEYS, RemoteNode, nodes_from_config
 
 ENV_PREFIX = "DICOMVAULT_"
 # The source shown for a value saved through the HTTP API (the console).
@@ -126,6 +126,33 @@ def _parse_path(value: Any) -> str:
     return text
 
 
+def _parse_optional_path(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a path as a string, or empty, got {value!r}")
+    return value.strip()
+
+
+def _parse_network_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list):
+        items = [str(item).strip() for item in value]
+    else:
+        raise ValueError(
+            f"must be a list of IP addresses or networks such as 10.0.0.5 or 10.0.0.0/24, "
+            f"got {value!r}"
+        )
+    for item in items:
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"must contain IP addresses or networks such as 10.0.0.5 or 10.0.0.0/24, "
+                f"got {item!r}"
+            ) from None
+    return items
+
+
 def _parse_path_list(value: Any) -> list[str]:
     if isinstance(value, str):
         # Environment variables separate paths with ':', as PATH does.
@@ -211,7 +238,51 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         "dimse", "host", _parse_host, "127.0.0.1", "IP address the DIMSE service listens on"
     ),
     SettingDefinition(
-        "dimse", "port", _parse_int_range(1, 65535), 11112, "TCP port of the DIMSE service"
+        "dimse",
+        "port",
+        _parse_int_range(0, 65535),
+        11112,
+        "TCP port of the DIMSE service without TLS; 0 opens no such port, for an archive "
+        "reached only over dimse.tls_port",
+    ),
+    SettingDefinition(
+        "dimse",
+        "tls_port",
+        _parse_int_range(0, 65535),
+        0,
+        "TCP port of the DIMSE service over TLS (2762 is the port IANA registered for "
+        "DICOM over TLS); 0 turns DIMSE over TLS off",
+    ),
+    SettingDefinition(
+        "dimse",
+        "tls_cert_file",
+        _parse_optional_path,
+        "",
+        "PEM file of the archive's TLS server certificate, followed by any intermediate "
+        "CA certificates; required with dimse.tls_port",
+    ),
+    SettingDefinition(
+        "dimse",
+        "tls_key_file",
+        _parse_optional_path,
+        "",
+        "PEM file of the unencrypted private key of dimse.tls_cert_file; keep it mode 0600",
+    ),
+    SettingDefinition(
+        "dimse",
+        "tls_ca_file",
+        _parse_optional_path,
+        "",
+        "PEM file of the CA certificates that TLS client certificates must chain to; "
+        "empty: clients are not asked for a certificate",
+    ),
+    SettingDefinition(
+        "dimse",
+        "tls_require_client_cert",
+        _parse_bool,
+        False,
+        "reject TLS clients without a certificate signed by a CA of dimse.tls_ca_file "
+        "(mutual TLS); when false, a certificate a client sends must still verify",
     ),
     SettingDefinition(
         "dimse",
@@ -356,6 +427,29 @@ SETTINGS: tuple[SettingDefinition, ...] = (
     ),
     SettingDefinition(
         "http",
+        "tls_cert_file",
+        _parse_optional_path,
+        "",
+        "PEM file of the HTTPS server certificate, followed by any intermediate CA "
+        "certificates; empty serves plain HTTP",
+    ),
+    SettingDefinition(
+        "http",
+        "tls_key_file",
+        _parse_optional_path,
+        "",
+        "PEM file of the unencrypted private key of http.tls_cert_file; keep it mode 0600",
+    ),
+    SettingDefinition(
+        "http",
+        "trusted_proxies",
+        _parse_network_list,
+        [],
+        "IP addresses or networks (CIDR) of reverse proxies whose X-Forwarded-For and "
+        "X-Forwarded-Proto headers are used; empty trusts no forwarded headers",
+    ),
+    SettingDefinition(
+        "http",
         "stow_max_instance_size",
         _parse_int_range(1, 2**63 - 1),
         1024**3,
@@ -402,6 +496,14 @@ SETTINGS: tuple[SettingDefinition, ...] = (
 )
 
 _BY_NAME = {definition.name: definition for definition in SETTINGS}
+# Settings naming files; a relative path in the configuration file is relative to the file.
+TLS_FILE_SETTINGS = (
+    "dimse.tls_cert_file",
+    "dimse.tls_key_file",
+    "dimse.tls_ca_file",
+    "http.tls_cert_file",
+    "http.tls_key_file",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,6 +516,11 @@ class DimseSettings:
     allowed_calling_ae_titles: list[str]
     max_associations: int
     max_pdu_size: int
+    tls_port: int
+    tls_cert_file: str
+    tls_key_file: str
+    tls_ca_file: str
+    tls_require_client_cert: bool
     acse_timeout: float
     dimse_timeout: float
     network_timeout: float
@@ -465,6 +572,9 @@ class HttpSettings:
     stow_max_request_size: int
     cors_allow_origins: list[str]
     public_url: str
+    tls_cert_file: str
+    tls_key_file: str
+    trusted_proxies: list[str]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -546,6 +656,7 @@ def load_settings(
     if config_file is not None:
         file_values, node_tables = _read_config_file(Path(config_file))
         _resolve_relative_paths(file_values, Path(config_file).parent)
+        _resolve_node_paths(node_tables, Path(config_file).parent)
         _apply(values, sources, file_values, f"file {config_file}")
         try:
             nodes = nodes_from_config(node_tables)
@@ -558,6 +669,8 @@ def load_settings(
 
     option_values = {k: v for k, v in (overrides or {}).items() if v is not None}
     _apply(values, sources, option_values, "command line")
+
+    _check_combinations(values, sources)
 
     def section(name: str, cls: type[Any]) -> Any:
         fields = {f.name: values[f"{name}.{f.name}"] for f in dataclasses.fields(cls)}
@@ -620,7 +733,59 @@ def apply_saved_settings(settings: Settings, saved: Mapping[str, Any]) -> Settin
         section: dataclasses.replace(getattr(settings, section), **values)
         for section, values in sections.items()
     }
-    return dataclasses.replace(settings, sources=sources, **changed)
+    updated = dataclasses.replace(settings, sources=sources, **changed)
+    # A saved port may contradict the configured TLS port.
+    combined = {
+        definition.name: getattr(getattr(updated, definition.section), definition.key)
+        for definition in SETTINGS
+        if definition.section in ("dimse", "http")
+    }
+    _check_combinations(combined, sources)
+    return updated
+
+
+def _check_combinations(values: Mapping[str, Any], sources: Mapping[str, str]) -> None:
+    """Reject settings that are valid alone but contradict each other."""
+
+    def where(name: str) -> str:
+        return f"'{name}' ({sources[name]})"
+
+    port, tls_port = values["dimse.port"], values["dimse.tls_port"]
+    if port == 0 and tls_port == 0:
+        raise ConfigError(
+            f"Invalid settings: {where('dimse.port')} and {where('dimse.tls_port')} are both 0, "
+            "so no DIMSE port would be open; set at least one of them"
+        )
+    if port == tls_port:
+        raise ConfigError(
+            f"Invalid settings: {where('dimse.port')} and {where('dimse.tls_port')} are both "
+            f"{port}; DIMSE with and without TLS need different ports"
+        )
+    tls_files = ("dimse.tls_cert_file", "dimse.tls_key_file", "dimse.tls_ca_file")
+    if tls_port:
+        for name in tls_files[:2]:
+            if not values[name]:
+                raise ConfigError(
+                    f"Invalid settings: {where('dimse.tls_port')} is {tls_port}, so "
+                    f"'{name}' is required; 'dicomvault certs dev' creates test certificates"
+                )
+    else:
+        for name in (*tls_files, "dimse.tls_require_client_cert"):
+            if values[name]:
+                raise ConfigError(
+                    f"Invalid settings: {where(name)} is set but 'dimse.tls_port' is 0; "
+                    "set dimse.tls_port to serve DIMSE over TLS, or remove the setting"
+                )
+    if values["dimse.tls_require_client_cert"] and not values["dimse.tls_ca_file"]:
+        raise ConfigError(
+            f"Invalid settings: {where('dimse.tls_require_client_cert')} is true, so "
+            "'dimse.tls_ca_file' is required to verify client certificates"
+        )
+    if bool(values["http.tls_cert_file"]) != bool(values["http.tls_key_file"]):
+        raise ConfigError(
+            "Invalid settings: HTTPS needs both 'http.tls_cert_file' and 'http.tls_key_file', "
+            "but only one of them is set"
+        )
 
 
 def _reject_unknown_variables(env: Mapping[str, str]) -> None:
@@ -640,6 +805,10 @@ def _resolve_relative_paths(file_values: dict[str, Any], base: Path) -> None:
     data_dir = file_values.get("storage.data_dir")
     if isinstance(data_dir, str) and data_dir and not Path(data_dir).expanduser().is_absolute():
         file_values["storage.data_dir"] = str(base.resolve() / data_dir)
+    for name in TLS_FILE_SETTINGS:
+        path = file_values.get(name)
+        if isinstance(path, str) and path.strip():
+            file_values[name] = _relative_to(base, path)
     for name in ("ingest.import_roots", "ingest.watch_folders"):
         paths = file_values.get(name)
         if isinstance(paths, list):
@@ -649,6 +818,21 @@ def _resolve_relative_paths(file_values: dict[str, Any], base: Path) -> None:
                 else item
                 for item in paths
             ]
+
+
+def _resolve_node_paths(node_tables: dict[str, Any], base: Path) -> None:
+    for fields in node_tables.values():
+        if not isinstance(fields, dict):
+            continue  # nodes_from_config reports it
+        for key in NODE_TLS_FILE_KEYS:
+            path = fields.get(key)
+            if isinstance(path, str) and path.strip():
+                fields[key] = _relative_to(base, path)
+
+
+def _relative_to(base: Path, path: str) -> str:
+    """Return ``path`` made absolute against ``base``; an absolute path stays as it is."""
+    return str(base.resolve() / Path(path.strip()).expanduser())
 
 
 def _read_config_file(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -715,8 +899,9 @@ def describe_settings(settings: Settings) -> list[tuple[str, str, str]]:
             shown = f'"{mask_url_password(settings.index_url)}"'
         rows.append((definition.name, shown, settings.sources[definition.name]))
     for node in settings.nodes:
-        tls = ", TLS" if node.tls else ""
-        rows.append((f"nodes.{node.ae_title}", f"{node.host}:{node.port}{tls}", "file"))
+        rows.append(
+            (f"nodes.{node.ae_title}", f"{node.host}:{node.port}{node.describe_tls()}", "file")
+        )
     return rows
 
 

@@ -5,19 +5,25 @@ from __future__ import annotations
 import dataclasses
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 _AE_TITLE_RE = re.compile(r"[\x20-\x5b\x5d-\x7e]{1,16}")
 _HOST_RE = re.compile(r"[A-Za-z0-9.:_-]{1,253}")
-_NODE_KEYS = frozenset({"host", "port", "description", "tls"})
+# Keys of a [nodes.<AE title>] table that name PEM files.
+NODE_TLS_FILE_KEYS = ("tls_ca_file", "tls_cert_file", "tls_key_file")
+_NODE_KEYS = frozenset({"host", "port", "description", "tls", *NODE_TLS_FILE_KEYS})
 
 
 @dataclasses.dataclass(frozen=True)
 class RemoteNode:
     """A remote DICOM node: a C-MOVE destination and a peer for C-ECHO.
 
-    ``tls`` marks nodes that require DICOM over TLS; it is kept for the
-    secure transport and has no effect on connections yet.
+    Associations with a node marked ``tls`` use DICOM over TLS. Its
+    certificate must chain to a CA of ``tls_ca_file`` (the system's trusted
+    CAs when empty) and name ``host``. The archive sends the client
+    certificate ``tls_cert_file`` with its key ``tls_key_file`` when both
+    are set. The file fields are absolute paths or empty.
     """
 
     ae_title: str
@@ -25,10 +31,19 @@ class RemoteNode:
     port: int
     description: str = ""
     tls: bool = False
+    tls_ca_file: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
 
     def describe(self) -> str:
         """Return 'AE @ host:port' for messages and logs."""
         return f"{self.ae_title} @ {self.host}:{self.port}"
+
+    def describe_tls(self) -> str:
+        """Return ", TLS" or ", TLS with client certificate" for a TLS node, else ""."""
+        if not self.tls:
+            return ""
+        return ", TLS with client certificate" if self.tls_cert_file else ", TLS"
 
 
 def validate_ae_title(value: str) -> str:
@@ -50,9 +65,19 @@ def validate_ae_title(value: str) -> str:
 
 
 def make_node(
-    ae_title: str, host: str, port: Any, description: str = "", tls: Any = False
+    ae_title: str,
+    host: str,
+    port: Any,
+    description: str = "",
+    tls: Any = False,
+    tls_ca_file: Any = "",
+    tls_cert_file: Any = "",
+    tls_key_file: Any = "",
 ) -> RemoteNode:
     """Validate the fields of a node and build it.
+
+    Relative TLS file paths are made absolute against the working directory;
+    the files are not read here.
 
     Raises
     ------
@@ -70,7 +95,22 @@ def make_node(
         raise ValueError(f"'port' must be an integer from 1 to 65535, got {port_number}")
     if not isinstance(tls, bool):
         raise ValueError(f"'tls' must be true or false, got {tls!r}")
-    return RemoteNode(title, host_text, port_number, str(description), tls)
+    files = {}
+    for key, value in zip(
+        NODE_TLS_FILE_KEYS, (tls_ca_file, tls_cert_file, tls_key_file), strict=True
+    ):
+        if not isinstance(value, str):
+            raise ValueError(f"'{key}' must be a path as a string, got {value!r}")
+        files[key] = str(Path(value.strip()).expanduser().absolute()) if value.strip() else ""
+    if not tls and any(files.values()):
+        named = ", ".join(f"'{key}'" for key, value in files.items() if value)
+        raise ValueError(f"{named} needs 'tls' set to true")
+    if bool(files["tls_cert_file"]) != bool(files["tls_key_file"]):
+        raise ValueError(
+            "'tls_cert_file' and 'tls_key_file' go together: give the client certificate "
+            "with its private key, or neither"
+        )
+    return RemoteNode(title, host_text, port_number, str(description), tls, **files)
 
 
 def nodes_from_config(table: Mapping[str, Any]) -> tuple[RemoteNode, ...]:
@@ -101,6 +141,7 @@ def nodes_from_config(table: Mapping[str, Any]) -> tuple[RemoteNode, ...]:
                     fields["port"],
                     fields.get("description", ""),
                     fields.get("tls", False),
+                    **{key: fields.get(key, "") for key in NODE_TLS_FILE_KEYS},
                 )
             )
         except ValueError as exc:

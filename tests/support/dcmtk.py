@@ -60,11 +60,26 @@ def _network_options(calling_ae: str, called_ae: str) -> list[str]:
     ]
 
 
-def echoscu(port: int, called_ae: str, calling_ae: str = "ECHOSCU") -> ToolRun:
-    """Send one C-ECHO to 127.0.0.1:`port`. Exit code 0 means success."""
+def echoscu(
+    port: int, called_ae: str, calling_ae: str = "ECHOSCU", options: Sequence[str] = ()
+) -> ToolRun:
+    """Send one C-ECHO to 127.0.0.1:`port`. Exit code 0 means success.
+
+    `options` go before the address, such as the TLS options of :func:`tls_options`.
+    """
     return run_tool(
-        ["echoscu", "-v", *_network_options(calling_ae, called_ae), LOOPBACK, str(port)]
+        ["echoscu", "-v", *_network_options(calling_ae, called_ae), *options, LOOPBACK, str(port)]
     )
+
+
+def tls_options(key_file: Path | None, cert_file: Path | None, ca_file: Path) -> list[str]:
+    """Return DCMTK's options for TLS: with a client certificate, or anonymous without one.
+
+    The server's certificate must chain to `ca_file` (DCMTK's default, --require-peer-cert).
+    """
+    if key_file is None or cert_file is None:
+        return ["+tla", "+cf", str(ca_file)]
+    return ["+tls", str(key_file), str(cert_file), "+cf", str(ca_file)]
 
 
 @dataclasses.dataclass
@@ -195,6 +210,7 @@ def findscu(
     model: str = "study",
     query_file: Path | None = None,
     calling_ae: str = "FINDSCU",
+    options: Sequence[str] = (),
 ) -> FindRun:
     """Send one C-FIND with findscu and read the responses back with pydicom.
 
@@ -209,15 +225,17 @@ def findscu(
         Information Model - FIND.
     query_file : Path, optional
         A DICOM file with the identifier; `keys` then override its elements.
+    options : Sequence of str
+        More findscu options, such as the TLS options of :func:`tls_options`.
     """
-    options: list[str | bytes] = []
+    key_options: list[str | bytes] = []
     for keyword, value in keys.items():
         if value in ("", b""):
-            options += ["-k", keyword]
+            key_options += ["-k", keyword]
         elif isinstance(value, bytes):
-            options += ["-k", keyword.encode("ascii") + b"=" + value]
+            key_options += ["-k", keyword.encode("ascii") + b"=" + value]
         else:
-            options += ["-k", f"{keyword}={value}"]
+            key_options += ["-k", f"{keyword}={value}"]
 
     with tempfile.TemporaryDirectory(prefix="findscu-") as out_dir:
         args: list[str | bytes] = [
@@ -228,6 +246,7 @@ def findscu(
             "-X",
             "-od",
             out_dir,
+            *key_options,
             *options,
             LOOPBACK,
             str(port),

@@ -52,7 +52,9 @@ class DicomvaultServer:
     data_dir : Path, optional
         Value of ``--data-dir``, to start again on the data of an earlier server.
     port : int, optional
-        Value of ``--port``; a free port by default.
+        Value of ``--port``; a free port by default. 0 opens no plain DIMSE port.
+    tls_port : int, optional
+        Value of ``--tls-port``; the configuration must name the certificate files.
     extra_args : Sequence of str
         More options appended to the command line.
     """
@@ -67,6 +69,7 @@ class DicomvaultServer:
         ae_title: str = DEFAULT_AE_TITLE,
         data_dir: Path | None = None,
         port: int | None = None,
+        tls_port: int | None = None,
         extra_args: Sequence[str] = (),
     ) -> None:
         self.workdir = workdir
@@ -74,6 +77,7 @@ class DicomvaultServer:
         self.ae_title = ae_title
         self.data_dir = data_dir if data_dir is not None else workdir / "data"
         self.port = port if port is not None else free_port()
+        self.tls_port = tls_port
         self.http_port = free_port()
         self.log_path = workdir / "server.log"
         self.config_path: Path | None = None
@@ -108,7 +112,14 @@ class DicomvaultServer:
             command += ["--index-url", self.index_url]
         if self.config_path is not None:
             command += ["--config", str(self.config_path)]
+        if self.tls_port is not None:
+            command += ["--tls-port", str(self.tls_port)]
         return command + self.extra_args
+
+    @property
+    def listening_ports(self) -> list[int]:
+        """The DIMSE and HTTP ports the server opens."""
+        return [port for port in (self.port, self.tls_port, self.http_port) if port]
 
     @property
     def returncode(self) -> int | None:
@@ -145,9 +156,7 @@ class DicomvaultServer:
         ready = wait_until(
             lambda: (
                 process.poll() is not None
-                or (
-                    port_accepts_connections(self.port) and port_accepts_connections(self.http_port)
-                )
+                or all(port_accepts_connections(port) for port in self.listening_ports)
             ),
             timeout,
         )
@@ -254,9 +263,11 @@ class ServerFactory:
         ae_title: str = DEFAULT_AE_TITLE,
         data_dir: Path | None = None,
         index_url: str | None = None,
+        port: int | None = None,
+        tls_port: int | None = None,
         extra_args: Sequence[str] = (),
     ) -> DicomvaultServer:
-        """Start a server and return it once its port accepts connections."""
+        """Start a server and return it once its ports accept connections."""
         server = DicomvaultServer(
             self._make_workdir(),
             self._new_index_url() if index_url is None else index_url,
@@ -264,6 +275,8 @@ class ServerFactory:
             env=env,
             ae_title=ae_title,
             data_dir=data_dir,
+            port=port,
+            tls_port=tls_port,
             extra_args=extra_args,
         )
         self.servers.append(server)

@@ -167,7 +167,7 @@ class TestInvalidValues:
         with pytest.raises(ConfigError) as excinfo:
             load_settings(environ={"DICOMVAULT_DIMSE_PORT": "abc"})
         assert str(excinfo.value) == (
-            "Invalid setting DICOMVAULT_DIMSE_PORT: must be an integer from 1 to 65535, got 'abc'"
+            "Invalid setting DICOMVAULT_DIMSE_PORT: must be an integer from 0 to 65535, got 'abc'"
         )
 
     def test_port_out_of_range_in_file(self, tmp_path: Path) -> None:
@@ -176,14 +176,15 @@ class TestInvalidValues:
             load_settings(path, environ={})
         assert str(excinfo.value) == (
             f"Invalid setting 'dimse.port' (file {path}): "
-            "must be an integer from 1 to 65535, got 70000"
+            "must be an integer from 0 to 65535, got 70000"
         )
 
     def test_port_from_options(self) -> None:
         with pytest.raises(ConfigError) as excinfo:
-            load_settings(environ={}, overrides={"dimse.port": 0})
+            load_settings(environ={}, overrides={"dimse.port": 65536})
         assert str(excinfo.value) == (
-            "Invalid setting 'dimse.port' (command line): must be an integer from 1 to 65535, got 0"
+            "Invalid setting 'dimse.port' (command line): "
+            "must be an integer from 0 to 65535, got 65536"
         )
 
     def test_unknown_key_in_file(self, tmp_path: Path) -> None:
@@ -244,12 +245,12 @@ class TestInvalidValues:
         [
             pytest.param(
                 'port = "abc"',
-                "'dimse.port' (file {path}): must be an integer from 1 to 65535, got 'abc'",
+                "'dimse.port' (file {path}): must be an integer from 0 to 65535, got 'abc'",
                 id="port_string",
             ),
             pytest.param(
                 "port = true",
-                "'dimse.port' (file {path}): must be an integer from 1 to 65535, got True",
+                "'dimse.port' (file {path}): must be an integer from 0 to 65535, got True",
                 id="port_bool",
             ),
             pytest.param(
@@ -497,3 +498,110 @@ class TestIngestSettings:
         settings = load_settings(environ={"DICOMVAULT_HTTP_PORT": "0"})
 
         assert settings.http.port == 0
+
+
+class TestTLSSettings:
+    def test_tls_off_by_default(self) -> None:
+        settings = load_settings(environ={})
+        assert settings.dimse.tls_port == 0
+        assert settings.http.tls_cert_file == ""
+        assert settings.http.trusted_proxies == []
+
+    def test_tls_port_with_files(self, tmp_path: Path) -> None:
+        path = write_config(
+            tmp_path,
+            '[dimse]\nport = 0\ntls_port = 2762\ntls_cert_file = "certs/server.pem"\n'
+            'tls_key_file = "/etc/dicomvault/server-key.pem"\n',
+        )
+        settings = load_settings(path, environ={})
+        assert settings.dimse.port == 0
+        assert settings.dimse.tls_port == 2762
+        # Relative to the file's folder; an absolute path stays as it is.
+        assert settings.dimse.tls_cert_file == str(tmp_path.resolve() / "certs/server.pem")
+        assert settings.dimse.tls_key_file == "/etc/dicomvault/server-key.pem"
+
+    def test_node_files_relative_to_file(self, tmp_path: Path) -> None:
+        path = write_config(
+            tmp_path,
+            '[nodes.PACS2]\nhost = "127.0.0.1"\nport = 104\ntls = true\ntls_ca_file = "ca.pem"\n',
+        )
+        (node,) = load_settings(path, environ={}).nodes
+        assert node.tls_ca_file == str(tmp_path.resolve() / "ca.pem")
+
+    def test_no_port_open(self) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ={}, overrides={"dimse.port": 0})
+        assert str(excinfo.value) == (
+            "Invalid settings: 'dimse.port' (command line) and 'dimse.tls_port' (default) are "
+            "both 0, so no DIMSE port would be open; set at least one of them"
+        )
+
+    def test_same_port_twice(self) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(
+                environ={
+                    "DICOMVAULT_DIMSE_TLS_PORT": "11112",
+                    "DICOMVAULT_DIMSE_TLS_CERT_FILE": "/c.pem",
+                    "DICOMVAULT_DIMSE_TLS_KEY_FILE": "/k.pem",
+                }
+            )
+        assert str(excinfo.value) == (
+            "Invalid settings: 'dimse.port' (default) and 'dimse.tls_port' "
+            "(DICOMVAULT_DIMSE_TLS_PORT) are both 11112; DIMSE with and without TLS need "
+            "different ports"
+        )
+
+    def test_tls_port_needs_certificate(self) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ={"DICOMVAULT_DIMSE_TLS_PORT": "2762"})
+        assert str(excinfo.value) == (
+            "Invalid settings: 'dimse.tls_port' (DICOMVAULT_DIMSE_TLS_PORT) is 2762, so "
+            "'dimse.tls_cert_file' is required; 'dicomvault certs dev' creates test certificates"
+        )
+
+    def test_file_without_tls_port(self) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ={"DICOMVAULT_DIMSE_TLS_CA_FILE": "/ca.pem"})
+        assert str(excinfo.value) == (
+            "Invalid settings: 'dimse.tls_ca_file' (DICOMVAULT_DIMSE_TLS_CA_FILE) is set but "
+            "'dimse.tls_port' is 0; set dimse.tls_port to serve DIMSE over TLS, or remove the "
+            "setting"
+        )
+
+    def test_client_certificates_need_ca(self) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(
+                environ={
+                    "DICOMVAULT_DIMSE_TLS_PORT": "2762",
+                    "DICOMVAULT_DIMSE_TLS_CERT_FILE": "/c.pem",
+                    "DICOMVAULT_DIMSE_TLS_KEY_FILE": "/k.pem",
+                    "DICOMVAULT_DIMSE_TLS_REQUIRE_CLIENT_CERT": "true",
+                }
+            )
+        assert str(excinfo.value) == (
+            "Invalid settings: 'dimse.tls_require_client_cert' "
+            "(DICOMVAULT_DIMSE_TLS_REQUIRE_CLIENT_CERT) is true, so 'dimse.tls_ca_file' is "
+            "required to verify client certificates"
+        )
+
+    def test_https_needs_key(self) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ={"DICOMVAULT_HTTP_TLS_CERT_FILE": "/c.pem"})
+        assert str(excinfo.value) == (
+            "Invalid settings: HTTPS needs both 'http.tls_cert_file' and 'http.tls_key_file', "
+            "but only one of them is set"
+        )
+
+    def test_trusted_proxies(self) -> None:
+        settings = load_settings(
+            environ={"DICOMVAULT_HTTP_TRUSTED_PROXIES": "10.0.0.5, 192.168.0.0/16,::1"}
+        )
+        assert settings.http.trusted_proxies == ["10.0.0.5", "192.168.0.0/16", "::1"]
+
+    def test_trusted_proxy_invalid(self) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ={"DICOMVAULT_HTTP_TRUSTED_PROXIES": "*"})
+        assert str(excinfo.value) == (
+            "Invalid setting DICOMVAULT_HTTP_TRUSTED_PROXIES: must contain IP addresses or "
+            "networks such as 10.0.0.5 or 10.0.0.0/24, got '*'"
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import Engine
 
@@ -40,6 +42,47 @@ class TestMakeNode:
         assert str(excinfo.value) == message
 
 
+class TestNodeTLSFiles:
+    def test_files_made_absolute(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.chdir(tmp_path)
+        node = make_node("PACS", "h", 104, "", True, "ca.pem", "c.pem", "k.pem")
+
+        assert node.tls_ca_file == str(tmp_path / "ca.pem")
+        assert node.tls_cert_file == str(tmp_path / "c.pem")
+        assert node.tls_key_file == str(tmp_path / "k.pem")
+
+    def test_files_need_tls(self) -> None:
+        with pytest.raises(ValueError) as excinfo:
+            make_node("PACS", "h", 104, "", False, "/ca.pem")
+        assert str(excinfo.value) == "'tls_ca_file' needs 'tls' set to true"
+
+    def test_certificate_needs_key(self) -> None:
+        with pytest.raises(ValueError) as excinfo:
+            make_node("PACS", "h", 104, "", True, "", "/c.pem")
+        assert str(excinfo.value) == (
+            "'tls_cert_file' and 'tls_key_file' go together: give the client certificate "
+            "with its private key, or neither"
+        )
+
+    def test_path_must_be_text(self) -> None:
+        with pytest.raises(ValueError) as excinfo:
+            make_node("PACS", "h", 104, "", True, 5)
+        assert str(excinfo.value) == "'tls_ca_file' must be a path as a string, got 5"
+
+    def test_read_from_config_table(self) -> None:
+        (node,) = nodes_from_config(
+            {"PACS": {"host": "h", "port": 104, "tls": True, "tls_ca_file": "/etc/ca.pem"}}
+        )
+
+        assert node.tls_ca_file == "/etc/ca.pem"
+        assert node.describe_tls() == ", TLS"
+
+    def test_describe_client_certificate(self) -> None:
+        node = make_node("PACS", "h", 104, "", True, "", "/c.pem", "/k.pem")
+
+        assert node.describe_tls() == ", TLS with client certificate"
+
+
 class TestNodesFromConfig:
     def test_tables_become_nodes(self) -> None:
         nodes = nodes_from_config(
@@ -63,7 +106,8 @@ class TestNodesFromConfig:
         with pytest.raises(ValueError) as excinfo:
             nodes_from_config({"PACS2": {"host": "h", "port": 1, "aet": "X"}})
         assert str(excinfo.value) == (
-            "[nodes.PACS2] has unknown keys aet; known keys: description, host, port, tls"
+            "[nodes.PACS2] has unknown keys aet; known keys: description, host, port, tls, "
+            "tls_ca_file, tls_cert_file, tls_key_file"
         )
 
     def test_invalid_port_named(self) -> None:
@@ -106,6 +150,13 @@ class TestNodeRegistry:
         registry.add_all([RemoteNode("A", "127.0.0.1", 5), RemoteNode("C", "127.0.0.1", 3)])
 
         assert [node.port for node in registry.list()] == [5, 3]
+
+    def test_tls_files_kept(self, migrated_engine: Engine) -> None:
+        registry = NodeRegistry(migrated_engine)
+        node = RemoteNode("A", "127.0.0.1", 1, "", True, "/ca.pem", "/c.pem", "/k.pem")
+        registry.add(node)
+
+        assert registry.get("A") == node
 
     def test_remove(self, migrated_engine: Engine) -> None:
         registry = NodeRegistry(migrated_engine)

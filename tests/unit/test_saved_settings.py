@@ -55,12 +55,18 @@ class TestApplySavedSettings:
 
     def test_invalid_value(self) -> None:
         with pytest.raises(ConfigError) as caught:
-            apply_saved_settings(load_settings(environ={}), {"dimse.port": 0})
+            apply_saved_settings(load_settings(environ={}), {"dimse.port": 70000})
 
         assert str(caught.value) == (
             "Invalid setting saved in the index database: "
-            "'dimse.port' must be an integer from 1 to 65535, got 0"
+            "'dimse.port' must be an integer from 0 to 65535, got 70000"
         )
+
+    def test_no_port_left(self) -> None:
+        with pytest.raises(ConfigError) as caught:
+            apply_saved_settings(load_settings(environ={}), {"dimse.port": 0})
+
+        assert "are both 0, so no DIMSE port would be open" in str(caught.value)
 
     def test_unknown_name(self) -> None:
         with pytest.raises(ConfigError) as caught:

@@ -132,7 +132,7 @@ class TestService:
         response = client.post("/console/admin/service", data=form)
 
         assert response.status_code == 422
-        assert "&#39;dimse.port&#39; must be an integer from 1 to 65535, got 99999" in response.text
+        assert "&#39;dimse.port&#39; must be an integer from 0 to 65535, got 99999" in response.text
 
 
 class TestNodes:

@@ -49,8 +49,10 @@ from dicomvault.dicom.matching import MatchKind, Query, QueryError, parse_identi
 from dicomvault.dimse.status import Status, shorten_comment
 from dicomvault.dimse.store_sender import Originator, SendError, StoreSender
 from dicomvault.dimse.tcp import disable_nagle
+from dicomvault.dimse.tls import tls_args_for
 from dicomvault.index.nodes import NodeRegistry
 from dicomvault.nodes import RemoteNode
+from dicomvault.tls import TLSFileError
 from dicomvault.transcode import (
     DECODING_PLUGINS,
     ConversionError,
@@ -315,10 +317,20 @@ class _Retrieval:
         ae.network_timeout = settings.network_timeout
         for abstract_syntax, syntaxes in proposed_contexts(instances):
             ae.add_requested_context(abstract_syntax, syntaxes)
-        assoc = ae.associate(node.host, node.port, ae_title=node.ae_title)
+        try:
+            tls_args = tls_args_for(node)
+        except TLSFileError as exc:
+            LOGGER.error(
+                "C-MOVE from %s: cannot use TLS with %s: %s", self.calling_ae, node.describe(), exc
+            )
+            return None
+        assoc = ae.associate(node.host, node.port, ae_title=node.ae_title, tls_args=tls_args)
         if not assoc.is_established:
             LOGGER.error(
-                "C-MOVE from %s: cannot associate with %s", self.calling_ae, node.describe()
+                "C-MOVE from %s: cannot associate with %s%s",
+                self.calling_ae,
+                node.describe(),
+                " over TLS" if tls_args is not None else "",
             )
             return None
         disable_nagle(assoc)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import ssl
 import threading
 import time
 from typing import Any
@@ -30,6 +32,7 @@ from dicomvault.dimse.retrieve_scp import (
 )
 from dicomvault.dimse.storage_scp import handle_store
 from dicomvault.dimse.tcp import disable_nagle, read_promptly
+from dicomvault.dimse.tls import complete_handshake
 
 LOGGER = logging.getLogger(__name__)
 
@@ -68,19 +71,40 @@ def storage_sop_classes() -> list[str]:
     return [str(context.abstract_syntax) for context in AllStoragePresentationContexts]
 
 
+class ListenError(OSError):
+    """A DIMSE port could not be opened."""
+
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"Cannot listen on {host}:{port}: {reason}")
+        self.port = port
+
+
 class DimseServer:
-    """Runs the archive's SCPs on one TCP port until :meth:`stop`.
+    """Runs the archive's SCPs on a plain TCP port, a TLS port or both, until :meth:`stop`.
 
     :meth:`apply` changes the AE title, the allowed calling AE titles and
     the listening address while the server runs.
+
+    Parameters
+    ----------
+    archive : Archive
+        The archive the SCPs serve; its ``dimse`` settings give the ports.
+    tls_context : ssl.SSLContext, optional
+        The context of ``dimse.tls_port``, from
+        :func:`dicomvault.dimse.tls.dimse_server_context`. Required when that
+        port is set.
     """
 
-    def __init__(self, archive: Archive) -> None:
+    def __init__(self, archive: Archive, tls_context: ssl.SSLContext | None = None) -> None:
+        if archive.settings.dimse.tls_port and tls_context is None:
+            raise ValueError("dimse.tls_port is set, so the server needs a TLS context")
         self.archive = archive
         self.settings = archive.settings.dimse
+        self.tls_context = tls_context
         self.negotiation = ExtendedNegotiation()
         self.ae = self._build_ae()
-        self._server: Any = None
+        self._server: Any = None  # the plain port's listener
+        self._tls_server: Any = None
         # Listeners replaced by apply() whose associations are still finishing.
         self._draining: list[Any] = []
         self._lock = threading.Lock()
@@ -115,7 +139,7 @@ class DimseServer:
             (evt.EVT_C_STORE, handle_store, [self.archive]),
             (evt.EVT_C_FIND, handle_find, [self.archive, self.negotiation]),
             (evt.EVT_SOP_EXTENDED, self.negotiation.handle),
-            (evt.EVT_CONN_OPEN, _tune_connection),
+            (evt.EVT_CONN_OPEN, functools.partial(_prepare_connection, self.settings.acse_timeout)),
             (evt.EVT_ACCEPTED, _on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, _log_released),
@@ -139,26 +163,38 @@ class DimseServer:
         )
 
     def start(self) -> None:
-        """Listen on the configured address; returns once the port is open.
+        """Listen on the configured ports; returns once they are open.
 
         Raises
         ------
-        OSError
-            If the address cannot be bound (in use, or not local).
+        ListenError
+            If a port cannot be bound (in use, or the address is not local).
+            No port is left open then.
         """
         with self._lock:
-            self._server = self._listen(self.settings)
+            try:
+                if self.settings.port:
+                    self._server = self._listen(self.settings, self.settings.port, None)
+                if self.settings.tls_port:
+                    self._tls_server = self._listen(
+                        self.settings, self.settings.tls_port, self.tls_context
+                    )
+            except ListenError:
+                for server in self._live():
+                    server.shutdown()
+                self._server = self._tls_server = None
+                raise
 
     @property
     def is_running(self) -> bool:
         """True while the server accepts associations."""
-        return self._server is not None
+        return bool(self._live())
 
     def open_associations(self) -> int:
         """Count the established associations, also those of a listener being replaced."""
         with self._lock:
-            servers = [*self._draining, *([self._server] if self._server is not None else [])]
-        return sum(len(_established(server)) for server in servers)
+            servers = [*self._draining, *self._live()]
+        return len(_established(servers))
 
     def apply(self, settings: DimseSettings) -> None:
         """Use ``settings`` for new associations; open associations are not changed.
@@ -169,30 +205,46 @@ class DimseServer:
         flight there may finish, for up to ``settings.shutdown_timeout``
         seconds, watched by a background thread that aborts the rest.
 
+        A new host moves the TLS listener too, on the same TLS port.
+
         Raises
         ------
-        OSError
-            If the new address cannot be bound; then nothing has changed.
+        ListenError
+            If a new address cannot be bound; then nothing has changed.
         """
         with self._lock:
             old = self.settings
-            moved = (settings.host, settings.port) != (old.host, old.port)
-            if moved and self._server is not None:
-                replaced = self._server
-                self._server = self._listen(settings)
-                replaced.shutdown()
-                LOGGER.info("DIMSE service stopped listening on %s:%d", old.host, old.port)
-                self._draining.append(replaced)
+            replaced = []
+            plain = self._server
+            if (settings.host, settings.port) != (old.host, old.port):
+                plain = self._listen(settings, settings.port, None) if settings.port else None
+                if self._server is not None:
+                    replaced.append(self._server)
+            tls = self._tls_server
+            if settings.host != old.host and self._tls_server is not None:
+                try:
+                    tls = self._listen(settings, settings.tls_port, self.tls_context)
+                except ListenError:
+                    if plain is not None and plain is not self._server:
+                        plain.shutdown()
+                    raise
+                replaced.append(self._tls_server)
+            self._server, self._tls_server = plain, tls
+            for server in replaced:
+                server.shutdown()
+                host, port = server.server_address[:2]
+                LOGGER.info("DIMSE service stopped listening on %s:%d", host, port)
+                self._draining.append(server)
                 threading.Thread(
                     target=self._drain,
-                    args=(replaced, settings.shutdown_timeout),
+                    args=(server, settings.shutdown_timeout),
                     name="dimse-drain",
                     daemon=True,
                 ).start()
             self.ae.ae_title = settings.ae_title
             self.ae.require_calling_aet = list(settings.allowed_calling_ae_titles)
-            if self._server is not None:
-                self._server.ae_title = settings.ae_title
+            for server in self._live():
+                server.ae_title = settings.ae_title
             self.settings = settings
         LOGGER.info(
             "DIMSE service settings changed: AE title %s on %s:%d, allowed calling AE titles: %s",
@@ -205,11 +257,12 @@ class DimseServer:
     def stop(self, timeout: float | None = None) -> None:
         """Stop accepting associations, wait for those in flight, then abort the rest."""
         with self._lock:
-            server, self._server = self._server, None
-            servers = [*self._draining, *([server] if server is not None else [])]
+            live = self._live()
+            self._server = self._tls_server = None
+            servers = [*self._draining, *live]
         if not servers:
             return
-        if server is not None:
+        for server in live:
             server.shutdown()
         deadline = time.monotonic() + (
             self.settings.shutdown_timeout if timeout is None else timeout
@@ -217,14 +270,32 @@ class DimseServer:
         _finish_associations(servers, deadline, "at shutdown")
         LOGGER.info("DIMSE service stopped")
 
-    def _listen(self, settings: DimseSettings) -> Any:
-        address = (settings.host, settings.port)
-        server = self.ae.start_server(
-            address, block=False, evt_handlers=self.handlers(), ae_title=settings.ae_title
-        )
-        LOGGER.info(
-            "DIMSE service %s listening on %s:%d", settings.ae_title, settings.host, settings.port
-        )
+    def _live(self) -> list[Any]:
+        return [server for server in (self._server, self._tls_server) if server is not None]
+
+    def _listen(self, settings: DimseSettings, port: int, context: ssl.SSLContext | None) -> Any:
+        try:
+            server = self.ae.start_server(
+                (settings.host, port),
+                block=False,
+                ssl_context=context,
+                evt_handlers=self.handlers(),
+                ae_title=settings.ae_title,
+            )
+        except OSError as exc:
+            raise ListenError(settings.host, port, exc.strerror or str(exc)) from exc
+        if context is None:
+            LOGGER.info(
+                "DIMSE service %s listening on %s:%d", settings.ae_title, settings.host, port
+            )
+        else:
+            LOGGER.info(
+                "DIMSE service %s listening for TLS on %s:%d (%s)",
+                settings.ae_title,
+                settings.host,
+                port,
+                _client_certificates(settings),
+            )
         return server
 
     def _drain(self, server: Any, timeout: float) -> None:
@@ -249,20 +320,33 @@ def _same_uid(uid: UID, memo: dict[int, Any]) -> UID:
     return uid
 
 
-def _tune_connection(event: Any) -> None:
+def _prepare_connection(handshake_timeout: float, event: Any) -> None:
+    # Runs on the connection's own thread, before the association starts.
+    if not complete_handshake(event.assoc, handshake_timeout):
+        return
     disable_nagle(event.assoc)
     read_promptly(event.assoc)
 
 
-def _established(server: Any) -> list[Any]:
-    return [assoc for assoc in server.active_associations if assoc.is_established]
+def _established(servers: list[Any]) -> list[Any]:
+    return [
+        assoc for server in servers for assoc in server.active_associations if assoc.is_established
+    ]
+
+
+def _client_certificates(settings: DimseSettings) -> str:
+    if settings.tls_require_client_cert:
+        return "client certificates required"
+    if settings.tls_ca_file:
+        return "client certificates verified when sent"
+    return "no client certificates requested"
 
 
 def _finish_associations(servers: list[Any], deadline: float, when: str) -> None:
     """Wait until the servers' associations end or ``deadline`` passes, then abort the rest."""
 
     def established() -> list[Any]:
-        return [assoc for server in servers for assoc in _established(server)]
+        return _established(servers)
 
     active = established()
     if active:
@@ -295,7 +379,9 @@ def _handle_echo(event: Any) -> int:
 
 
 def _on_accepted(event: Any) -> None:
-    LOGGER.info("Association accepted from %s", _peer(event.assoc))
+    transport = getattr(event.assoc.dul.socket, "socket", None)
+    over_tls = " over TLS" if isinstance(transport, ssl.SSLSocket) else ""
+    LOGGER.info("Association accepted from %s%s", _peer(event.assoc), over_tls)
     # Responses go straight to the socket, not through the DUL thread's queue,
     # which it checks once a millisecond.
     send_directly(event.assoc)

@@ -157,7 +157,12 @@ class DimseService:
         try:
             self.server.apply(updated)
         except OSError as exc:
+            # The server's ListenError names the address and the reason.
+            reason = (
+                str(exc)
+                if exc.strerror is None
+                else (f"Cannot listen on {updated.host}:{updated.port}: {exc.strerror}")
+            )
             raise ListenError(
-                f"Cannot listen on {updated.host}:{updated.port}: {exc.strerror or exc}; "
-                f"the DIMSE service still listens on {current.host}:{current.port}"
+                f"{reason}; the DIMSE service still listens on {current.host}:{current.port}"
             ) from exc

@@ -43,6 +43,9 @@ class NodeRegistry:
             "port": node.port,
             "description": node.description,
             "tls": node.tls,
+            "tls_ca_file": node.tls_ca_file,
+            "tls_cert_file": node.tls_cert_file,
+            "tls_key_file": node.tls_key_file,
             "updated_at": datetime.datetime.now(datetime.UTC),
         }
         with (
@@ -61,7 +64,7 @@ class NodeRegistry:
                     raise NodeExistsError(node.ae_title) from None
             else:
                 connection.execute(nodes.update().where(nodes.c.pk == existing.pk).values(**row))
-        LOGGER.info("Registered node %s", node.describe())
+        LOGGER.info("Registered node %s%s", node.describe(), node.describe_tls())
 
     def add_all(self, configured: Iterable[RemoteNode]) -> None:
         """Register or update each node of the configuration file."""
@@ -107,4 +110,7 @@ def _node(row: object) -> RemoteNode:
         port=row.port,  # type: ignore[attr-defined]
         description=row.description,  # type: ignore[attr-defined]
         tls=bool(row.tls),  # type: ignore[attr-defined]
+        tls_ca_file=row.tls_ca_file,  # type: ignore[attr-defined]
+        tls_cert_file=row.tls_cert_file,  # type: ignore[attr-defined]
+        tls_key_file=row.tls_key_file,  # type: ignore[attr-defined]
     )

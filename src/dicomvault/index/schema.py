@@ -122,6 +122,10 @@ nodes = Table(
     Column("port", Integer, nullable=False),
     Column("description", Text, nullable=False, default=""),
     Column("tls", Boolean, nullable=False, default=False),
+    # Absolute paths of PEM files for TLS associations with the node; empty when unused.
+    Column("tls_ca_file", Text, nullable=False, default=""),
+    Column("tls_cert_file", Text, nullable=False, default=""),
+    Column("tls_key_file", Text, nullable=False, default=""),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 import threading
+from collections.abc import Callable, Sequence
 
 import uvicorn
 from fastapi import FastAPI
@@ -15,16 +17,44 @@ GRACEFUL_SHUTDOWN_SECONDS = 5
 
 
 class HttpServer:
-    """Serves an ASGI application on one address until :meth:`stop`."""
+    """Serves an ASGI application on one address, over HTTP or HTTPS, until :meth:`stop`.
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    Parameters
+    ----------
+    app : FastAPI
+        The application.
+    host, port : str, int
+        The address to listen on.
+    ssl_context : ssl.SSLContext, optional
+        Serve HTTPS with this context (see :func:`dicomvault.tls.server_context`);
+        plain HTTP when None.
+    trusted_proxies : Sequence of str
+        IP addresses or networks whose X-Forwarded-For and X-Forwarded-Proto
+        headers replace the client address and scheme. Empty: the headers
+        are ignored from every client.
+    """
+
+    def __init__(
+        self,
+        app: FastAPI,
+        host: str,
+        port: int,
+        ssl_context: ssl.SSLContext | None = None,
+        trusted_proxies: Sequence[str] = (),
+    ) -> None:
         self.host = host
         self.port = port
+        self.scheme = "https" if ssl_context is not None else "http"
         config = uvicorn.Config(
             app,
             log_config=None,  # the command line configures logging
             lifespan="off",
             timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            # uvicorn trusts forwarded headers from 127.0.0.1 by default and
+            # reads FORWARDED_ALLOW_IPS; only the setting decides here.
+            proxy_headers=bool(trusted_proxies),
+            forwarded_allow_ips=list(trusted_proxies),
+            ssl_context_factory=None if ssl_context is None else _fixed_context(ssl_context),
         )
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
@@ -55,7 +85,9 @@ class HttpServer:
             target=self._server.run, kwargs={"sockets": [sock]}, name="http", daemon=True
         )
         self._thread.start()
-        LOGGER.info("HTTP API listening on http://%s:%d (docs at /docs)", self.host, self.port)
+        LOGGER.info(
+            "HTTP API listening on %s://%s:%d (docs at /docs)", self.scheme, self.host, self.port
+        )
 
     def stop(self, timeout: float = GRACEFUL_SHUTDOWN_SECONDS + 2) -> None:
         """Stop serving; requests in flight get up to GRACEFUL_SHUTDOWN_SECONDS."""
@@ -68,3 +100,14 @@ class HttpServer:
         else:
             LOGGER.info("HTTP API stopped")
         self._thread = None
+
+
+def _fixed_context(
+    context: ssl.SSLContext,
+) -> Callable[[uvicorn.Config, Callable[[], ssl.SSLContext]], ssl.SSLContext]:
+    """Return an ``ssl_context_factory`` for uvicorn that returns ``context``."""
+
+    def factory(_config: uvicorn.Config, _default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        return context
+
+    return factory
