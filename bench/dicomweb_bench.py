@@ -15,12 +15,13 @@ Steps:
    with STOW-RS requests of ``--stow-batch`` instances (``--load stow``), and
    check the instance count with C-FIND.
 3. QIDO-RS: on one keep-alive connection per server, send each study query
-   once to warm up and ``--repeats`` more times. Report the median latency
-   from request to the last byte of the response, and the number of matches.
+   once to warm up and ``--repeats`` more times, the servers taking turns
+   request by request. Report the median latency from request to the last
+   byte of the response, and the number of matches.
 4. WADO-RS: retrieve every study as multipart/related; type="application/dicom"
    with transfer-syntax=* (as stored), ``--retrieve-runs`` times, the servers
-   in turn within a run; report the bytes received per second and check the
-   number of parts against the study's instances.
+   taking turns study by study; report the bytes received per second and
+   check the number of parts against the study's instances.
 
 A server that does not serve a DICOMweb service (an HTTP 404 or 405 to its
 probe request) gets "not served" in that table instead of figures, so the
@@ -40,7 +41,7 @@ import shutil
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 from bench.clients import send_folders, split_into_folders
@@ -372,38 +373,57 @@ def serves(server: WebServer, path: str, accept: str) -> bool:
 
 
 def measure_qido(
-    server: WebServer, queries: Sequence[Query], repeats: int
-) -> dict[str, tuple[Sample, int]]:
-    """Time each query ``repeats`` times after one warm-up; return latencies in ms and matches.
+    servers: Mapping[str, WebServer], queries: Sequence[Query], repeats: int
+) -> dict[str, dict[str, tuple[Sample, int]]]:
+    """Time each query ``repeats`` times per server after one warm-up each.
+
+    The servers take turns request by request, the first server changing at
+    every repeat, so that a burst of load from other work on the machine
+    slows all of them alike. Returns, per server name, the latencies in ms
+    and the matches of each query.
 
     Raises
     ------
     BenchError
         If a response is not status 200 with a JSON array.
     """
-    connection = http.client.HTTPConnection(
-        LOOPBACK, server.http_port, timeout=HTTP_TIMEOUT_SECONDS
-    )
-    results: dict[str, tuple[Sample, int]] = {}
+    connections = {
+        name: http.client.HTTPConnection(LOOPBACK, server.http_port, timeout=HTTP_TIMEOUT_SECONDS)
+        for name, server in servers.items()
+    }
+    results: dict[str, dict[str, tuple[Sample, int]]] = {name: {} for name in servers}
+    names = list(servers)
     try:
         for query in queries:
-            path = f"{server.DICOMWEB_ROOT}/studies" + (f"?{query.query}" if query.query else "")
-            matches = _qido_request(connection, server, path)
-            latencies = []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                matches = _qido_request(connection, server, path)
-                latencies.append((time.perf_counter() - started) * MILLISECONDS_PER_SECOND)
-            results[query.label] = (Sample(tuple(latencies)), matches)
-            LOGGER.info(
-                "QIDO-RS %s on %s: %d matches, median %.1f ms",
-                query.label,
-                server.name,
-                matches,
-                results[query.label][0].median,
-            )
+            paths = {
+                name: f"{server.DICOMWEB_ROOT}/studies" + (f"?{query.query}" if query.query else "")
+                for name, server in servers.items()
+            }
+            matches = {
+                name: _qido_request(connections[name], servers[name], paths[name]) for name in names
+            }
+            latencies: dict[str, list[float]] = {name: [] for name in names}
+            for repeat in range(repeats):
+                turn = names[repeat % len(names) :] + names[: repeat % len(names)]
+                for name in turn:
+                    started = time.perf_counter()
+                    matches[name] = _qido_request(connections[name], servers[name], paths[name])
+                    latencies[name].append(
+                        (time.perf_counter() - started) * MILLISECONDS_PER_SECOND
+                    )
+            for name in names:
+                sample = Sample(tuple(latencies[name]))
+                results[name][query.label] = (sample, matches[name])
+                LOGGER.info(
+                    "QIDO-RS %s on %s: %d matches, median %.1f ms",
+                    query.label,
+                    name,
+                    matches[name],
+                    sample.median,
+                )
     finally:
-        connection.close()
+        for connection in connections.values():
+            connection.close()
     return results
 
 
@@ -477,20 +497,34 @@ def _boundary(content_type: str) -> str:
     raise BenchError(f"the response has no multipart boundary: Content-Type {content_type!r}")
 
 
-def measure_retrieve(server: WebServer, studies: Sequence[Study]) -> tuple[float, int]:
-    """Retrieve every study once on one connection; return MB per second and bytes."""
-    connection = http.client.HTTPConnection(
-        LOOPBACK, server.http_port, timeout=HTTP_TIMEOUT_SECONDS
-    )
-    received = 0
-    started = time.perf_counter()
+def measure_retrieve(
+    servers: Mapping[str, WebServer], studies: Sequence[Study]
+) -> dict[str, tuple[float, int]]:
+    """Retrieve every study once from each server; return MB per second and bytes, by server.
+
+    Each server has one connection. The servers take turns study by study,
+    the first server changing at every study, so that load from other work
+    on the machine slows all of them alike; each server's rate counts only
+    the time of its own requests.
+    """
+    connections = {
+        name: http.client.HTTPConnection(LOOPBACK, server.http_port, timeout=HTTP_TIMEOUT_SECONDS)
+        for name, server in servers.items()
+    }
+    names = list(servers)
+    received = dict.fromkeys(names, 0)
+    seconds = dict.fromkeys(names, 0.0)
     try:
-        for study in studies:
-            received += retrieve_study(connection, server, study)
+        for number, study in enumerate(studies):
+            turn = names[number % len(names) :] + names[: number % len(names)]
+            for name in turn:
+                started = time.perf_counter()
+                received[name] += retrieve_study(connections[name], servers[name], study)
+                seconds[name] += time.perf_counter() - started
     finally:
-        connection.close()
-    seconds = time.perf_counter() - started
-    return received / BYTES_PER_MB / seconds, received
+        for connection in connections.values():
+            connection.close()
+    return {name: (received[name] / BYTES_PER_MB / seconds[name], received[name]) for name in names}
 
 
 # The run
@@ -518,11 +552,14 @@ def run(work: Path, scale: Scale, args: argparse.Namespace) -> list[Table]:
             results[name].load_rate = rate
             LOGGER.info("%s loaded %d instances at %.0f/s (%s)", name, expected, rate, args.load)
 
+        searching = {}
         for name, server in servers.items():
             if serves(server, f"{server.DICOMWEB_ROOT}/studies?limit=1", DICOM_JSON):
-                results[name].qido = measure_qido(server, queries, scale.repeats)
+                searching[name] = server
             else:
                 LOGGER.info("%s does not serve QIDO-RS", name)
+        for name, latencies in measure_qido(searching, queries, scale.repeats).items():
+            results[name].qido = latencies
 
         retrieving = [
             name
@@ -534,8 +571,8 @@ def run(work: Path, scale: Scale, args: argparse.Namespace) -> list[Table]:
             )
         ]
         for run_number in range(1, scale.retrieve_runs + 1):
-            for name in retrieving:
-                rate, received = measure_retrieve(servers[name], studies)
+            measured = measure_retrieve({name: servers[name] for name in retrieving}, studies)
+            for name, (rate, received) in measured.items():
                 results[name].retrieve_rates = [*(results[name].retrieve_rates or []), rate]
                 results[name].retrieve_bytes = received
                 LOGGER.info("WADO-RS run %d on %s: %.0f MB/s", run_number, name, rate)
@@ -582,7 +619,8 @@ def tables(
         ],
         notes=[
             "One keep-alive connection per server, Accept: application/dicom+json, "
-            "one warm-up request per query; the time runs to the last byte of the response.",
+            "one warm-up request per query, the servers in turn request by request; "
+            "the time runs to the last byte of the response.",
         ],
     )
     for query in queries:
@@ -609,8 +647,10 @@ def tables(
         f"WADO-RS study retrieve throughput, MB/s, median (min-max) of {scale.retrieve_runs} runs",
         ["server", "MB/s", "MB received per run"],
         notes=[
-            f"Every study in turn on one connection, Accept: {ACCEPT_AS_STORED}; "
-            "the parts of each response are counted against the study's instances.",
+            f"Every study in turn on one connection per server, Accept: {ACCEPT_AS_STORED}; "
+            "the servers take turns study by study, and each server's rate counts the time "
+            "of its own requests; the parts of each response are counted against the "
+            "study's instances.",
             corpus_note,
         ],
     )

@@ -591,6 +591,15 @@ class TestComputedAttributes:
         results = search(corpus.engine, level, model, **{keyword: ""})
         assert values_of(results, keyword) == expected
 
+    def test_returned_together(self, corpus: Corpus) -> None:
+        # Asked together, the study summaries come from one statement.
+        keywords = ["NumberOfStudyRelatedSeries", "NumberOfStudyRelatedInstances"]
+        keywords.append("ModalitiesInStudy")
+        together = search(corpus.engine, "STUDY", **dict.fromkeys(keywords, ""))
+        for keyword in keywords:
+            alone = search(corpus.engine, "STUDY", **{keyword: ""})
+            assert values_of(together, keyword) == values_of(alone, keyword)
+
     def test_instances_in_study_matched(self, corpus: Corpus) -> None:
         results = search(corpus.engine, "STUDY", NumberOfStudyRelatedInstances="3")
         assert corpus.names(first_values(results, "StudyInstanceUID")) == ["study1"]
