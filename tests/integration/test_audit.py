@@ -69,6 +69,10 @@ def test_each_event_kind_recorded(server: DicomvaultServer, tmp_path: Path) -> N
     with httpx.Client(base_url=base_url, timeout=30) as anonymous:
         failed_login = anonymous.post("/api/login", json={"name": "nobody", "password": "wrong"})
         qido = anonymous.get("/dicomweb/studies", params={"StudyInstanceUID": CT_STUDY})
+        wado = anonymous.get(
+            f"/dicomweb/studies/{CT_STUDY}",
+            headers={"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'},
+        )
 
     assert stored.run.returncode == 0, stored.run.describe()
     assert found.status == 0, found.describe()
@@ -76,6 +80,7 @@ def test_each_event_kind_recorded(server: DicomvaultServer, tmp_path: Path) -> N
     assert rejected.returncode != 0
     assert failed_login.status_code == 401
     assert qido.status_code == 200
+    assert wado.status_code == 200
 
     with server.admin_client() as client:
         token = client.post("/api/tokens", json={"name": "script"})
@@ -98,7 +103,7 @@ def test_each_event_kind_recorded(server: DicomvaultServer, tmp_path: Path) -> N
         assert c_find["source"] == LOOPBACK
         assert c_find["detail"]["matches"] == 1
 
-        c_get = wait_for_entry(client, event_code="110104", action="R")
+        c_get = wait_for_entry(client, event_code="110104", action="R", actor="GETSCU")
         assert c_get["actor"] == "GETSCU"
         assert c_get["study_uids"] == [CT_STUDY]
         assert c_get["detail"]["completed"] == 1
@@ -109,6 +114,10 @@ def test_each_event_kind_recorded(server: DicomvaultServer, tmp_path: Path) -> N
 
         qido_entry = wait_for_entry(client, event_code="110112", actor="anonymous")
         assert qido_entry["actor_kind"] == "user"
+        wado_entry = wait_for_entry(client, event_code="110104", actor="anonymous")
+        assert wado_entry["action"] == "R"
+        assert wado_entry["study_uids"] == [CT_STUDY]
+        assert wado_entry["detail"] == {"operation": "WADO-RS"}
 
         bad_login = wait_for_entry(client, event_code="110114", actor="nobody")
         assert bad_login["outcome"] == 4
@@ -130,6 +139,7 @@ def test_each_event_kind_recorded(server: DicomvaultServer, tmp_path: Path) -> N
 
         by_study = audit_entries(client, study_uid=CT_STUDY)
         assert {entry["event_code"] for entry in by_study} == {"110104"}
+        assert len(by_study) == 3  # the store, the C-GET and the WADO-RS retrieve
         failures = audit_entries(client, failures_only="true")
         assert {entry["actor"] for entry in failures} == {"INTRUDER", "nobody"}
 

@@ -17,8 +17,11 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.uid import UID
 
 from dicomvault.archive import Archive
+from dicomvault.audit import AuditAction, AuditEventType
 from dicomvault.dicom.attributes import Level
 from dicomvault.transcode import ConversionError, encode_instance, supported_targets
+from dicomvault.web.audit_events import publish_audit
+from dicomvault.web.auth import request_principal
 from dicomvault.web.dicomweb import multipart_writer as multipart
 from dicomvault.web.dicomweb.dicom_json import instance_metadata
 from dicomvault.web.dicomweb.media import (
@@ -107,6 +110,17 @@ def _retrieve(request: Request, archive: Archive, refs: list[InstanceRef]) -> St
         "WADO-RS retrieve of %d instances from %s",
         len(plan),
         request.client.host if request.client else "unknown",
+    )
+    # NOTE: recorded when the response starts; a client that disconnects
+    # mid-stream is still recorded as having received every instance.
+    publish_audit(
+        request,
+        AuditEventType.INSTANCES_TRANSFERRED,
+        AuditAction.READ,
+        request_principal(request).name,
+        f"WADO-RS retrieve of {len(plan)} instances",
+        study_uids=tuple(sorted({ref.study_instance_uid for ref, _ in plan})),
+        detail={"operation": "WADO-RS"},
     )
     return StreamingResponse(
         multipart.stream_parts(boundary, _parts(archive, plan, first)),

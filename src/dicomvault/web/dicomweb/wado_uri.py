@@ -8,6 +8,7 @@ from fastapi import APIRouter, HTTPException, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dicomvault.audit import AuditAction, AuditEventType
 from dicomvault.render import (
     JPEG,
     MAX_VIEWPORT,
@@ -19,9 +20,12 @@ from dicomvault.render import (
     render_frame,
 )
 from dicomvault.transcode import ConversionError, encode_instance, supported_targets
+from dicomvault.web.audit_events import publish_audit
+from dicomvault.web.auth import request_principal
 from dicomvault.web.dicomweb.media import DICOM, describe_syntax, is_uid
 from dicomvault.web.dicomweb.resources import (
     ArchiveDependency,
+    InstanceRef,
     find_instances,
     local_path,
     read_chunks,
@@ -92,6 +96,18 @@ def _content_type(request: Request) -> str:
     )
 
 
+def _audit_retrieve(request: Request, ref: InstanceRef) -> None:
+    publish_audit(
+        request,
+        AuditEventType.INSTANCES_TRANSFERRED,
+        AuditAction.READ,
+        request_principal(request).name,
+        f"WADO-URI retrieve of instance {ref.sop_instance_uid}",
+        study_uids=(ref.study_instance_uid,),
+        detail={"operation": "WADO-URI"},
+    )
+
+
 @router.get("/wado", summary="WADO-URI retrieve")
 def wado_uri(request: Request, archive: ArchiveDependency) -> Response:
     """Return one instance as a DICOM file or a rendered image.
@@ -131,6 +147,7 @@ def wado_uri(request: Request, archive: ArchiveDependency) -> Response:
                 status.HTTP_400_BAD_REQUEST, f"Invalid transferSyntax '{syntax}': expected a UID"
             )
         if syntax == ref.transfer_syntax_uid:
+            _audit_retrieve(request, ref)
             return StreamingResponse(read_chunks(archive, ref), media_type=DICOM)
         targets = [str(target) for target in supported_targets()]
         if syntax not in targets or not can_decode(ref.transfer_syntax_uid):
@@ -144,6 +161,7 @@ def wado_uri(request: Request, archive: ArchiveDependency) -> Response:
             data = encode_instance(local_path(archive, ref), syntax)
         except ConversionError as exc:
             raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, str(exc)) from None
+        _audit_retrieve(request, ref)
         return Response(data, media_type=DICOM)
 
     frame = int(_number(request, "frameNumber", 1, 2**31 - 1) or 1)
