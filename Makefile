@@ -22,7 +22,7 @@ serve: venv
 
 test: venv
 	bash tests/services.sh
-	$(VENV_PYTHON) -m pytest tests/
+	$(VENV_PYTHON) -m pytest tests/ --durations=25
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
