@@ -481,6 +481,14 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         "(set it behind a reverse proxy); empty takes scheme and host from each request",
     ),
     SettingDefinition(
+        "http",
+        "dicomweb_access",
+        _parse_choice("open", "users"),
+        "open",
+        "who may use DICOMweb and WADO-URI: open (anyone who can connect; only allowed while "
+        "http.host is a loopback address) or users (an API token or a console login)",
+    ),
+    SettingDefinition(
         "logging", "level", _parse_log_level, "INFO", "log level: DEBUG, INFO, WARNING or ERROR"
     ),
     SettingDefinition(
@@ -572,6 +580,7 @@ class HttpSettings:
     stow_max_request_size: int
     cors_allow_origins: list[str]
     public_url: str
+    dicomweb_access: str
     tls_cert_file: str
     tls_key_file: str
     trusted_proxies: list[str]
@@ -780,6 +789,16 @@ def _check_combinations(values: Mapping[str, Any], sources: Mapping[str, str]) -
         raise ConfigError(
             f"Invalid settings: {where('dimse.tls_require_client_cert')} is true, so "
             "'dimse.tls_ca_file' is required to verify client certificates"
+        )
+    if (
+        values["http.port"]
+        and values["http.dicomweb_access"] == "open"
+        and not ipaddress.ip_address(values["http.host"]).is_loopback
+    ):
+        raise ConfigError(
+            f"Invalid settings: {where('http.host')} is {values['http.host']}, not a loopback "
+            f"address, and {where('http.dicomweb_access')} is open, so anyone on the network "
+            'could read and store images; set http.dicomweb_access = "users"'
         )
     if bool(values["http.tls_cert_file"]) != bool(values["http.tls_key_file"]):
         raise ConfigError(

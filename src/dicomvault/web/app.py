@@ -27,7 +27,7 @@ from dicomvault.web.api import (
     tasks,
     usage,
 )
-from dicomvault.web.auth import Authenticator, OpenAccess
+from dicomvault.web.auth import Authenticator, OpenAccess, UserAuthenticator
 from dicomvault.web.dicomweb.errors import install_error_handlers
 from dicomvault.web.dicomweb.routers import include_dicomweb
 from dicomvault.web.identity import require_admin
@@ -56,17 +56,17 @@ def create_app(
 
     DICOMweb is under /dicomweb, WADO-URI at /wado and the browser console
     under /console (``/`` redirects there). ``authenticator``
-    decides who may use DICOMweb; the default lets every request through.
+    decides who may use DICOMweb; the default follows the setting
+    ``http.dicomweb_access``: everyone ("open") or the archive's users.
     ``dimse_service`` controls the running DIMSE service; without one,
     changes to its settings are only saved for the next start.
     ``recent_logs`` serves GET /api/logs; without it that route answers 503.
 
     The admin API (/api) and the console require a login (the console a
     session, the API a session or an API token); /health does
-    not. NOTE: with the default authenticator, DICOMweb has no
-    authentication, so anyone who can connect may read every instance. The
-    server listens on 127.0.0.1 by default; do not expose DICOMweb on other
-    addresses until it requires authentication.
+    not. With ``http.dicomweb_access = "open"`` (the default), anyone who
+    can connect may read and store every instance over DICOMweb; the
+    settings allow that only while ``http.host`` is a loopback address.
     """
     app = FastAPI(
         title="dicomvault",
@@ -75,7 +75,10 @@ def create_app(
     )
     app.state.manager = manager
     app.state.archive = archive
-    app.state.authenticator = authenticator or OpenAccess()
+    if authenticator is None:
+        users_only = archive.settings.http.dicomweb_access == "users"
+        authenticator = UserAuthenticator() if users_only else OpenAccess()
+    app.state.authenticator = authenticator
     app.state.users = UserStore(archive.engine)
     app.state.audit = AuditTrail(archive.engine)  # reads only; serve runs the writer
     app.state.dimse = dimse_service or DimseService(

@@ -4,7 +4,8 @@ Every DICOMweb route depends on :func:`require_dicomweb_access`, which calls
 the :class:`Authenticator` in ``app.state.authenticator`` to identify the caller.
 The default :class:`OpenAccess` lets every request through, which is safe only
 while the HTTP server listens on a loopback address (the default 127.0.0.1).
-Token or password checks replace the authenticator, not the routes.
+With ``http.dicomweb_access = "users"`` the application uses
+:class:`UserAuthenticator`, which accepts API tokens and console sessions.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Protocol
 
 from fastapi import HTTPException, Request, status
 from starlette.concurrency import run_in_threadpool
+
+from dicomvault.web.identity import current_user
 
 LOGGER = logging.getLogger(__name__)
 
@@ -45,6 +48,24 @@ class OpenAccess:
         return ANONYMOUS
 
 
+class UserAuthenticator:
+    """Accepts the archive's users: an API token (Bearer) or a console session.
+
+    A state-changing request (STOW-RS) with a session cookie must carry the
+    session's CSRF token, as the admin API requires; it gets 403 without.
+    """
+
+    def authenticate(self, request: Request) -> Principal | None:
+        """Return the user of the request's token or session, or None."""
+        try:
+            user = current_user(request)
+        except HTTPException as exc:
+            if exc.status_code == status.HTTP_401_UNAUTHORIZED:
+                return None
+            raise
+        return Principal(user.name)
+
+
 async def require_dicomweb_access(request: Request) -> Principal:
     """Authenticate a DICOMweb request (a FastAPI dependency of every DICOMweb route).
 
@@ -70,7 +91,8 @@ async def require_dicomweb_access(request: Request) -> Principal:
         )
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
-            "Authentication required; send valid credentials",
+            "Authentication required: send an API token as 'Authorization: Bearer TOKEN', "
+            "or log in to the console",
             headers={"WWW-Authenticate": "Bearer"},
         )
     request.state.principal = principal
