@@ -147,6 +147,10 @@ class RecordedEvent:
     detail: dict[str, Any]
 
 
+# A queued item: an audit event, or a stored instance with the time it was stored.
+_Queued = AuditEvent | tuple[datetime.datetime, InstanceStored]
+
+
 class AuditTrail:
     """Writes audit events to the index and to the ``dicomvault.audit.events`` logger.
 
@@ -158,7 +162,7 @@ class AuditTrail:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._queue: queue.SimpleQueue[AuditEvent | InstanceStored | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[_Queued | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._queued = 0
         self._lock = threading.Lock()
@@ -209,6 +213,11 @@ class AuditTrail:
         return [_recorded(row) for row in rows]
 
     def _enqueue(self, event: AuditEvent | InstanceStored) -> None:
+        if isinstance(event, InstanceStored):
+            # Stores are grouped when written; the group keeps the first one's time.
+            item: _Queued = (datetime.datetime.now(datetime.UTC), event)
+        else:
+            item = event
         with self._lock:
             if self._queued >= MAX_QUEUED_EVENTS:
                 LOGGER.error(
@@ -217,7 +226,7 @@ class AuditTrail:
                 )
                 return
             self._queued += 1
-        self._queue.put(event)
+        self._queue.put(item)
 
     # --- the writer thread -----------------------------------------------------------------
 
@@ -238,7 +247,7 @@ class AuditTrail:
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            batch: list[AuditEvent | InstanceStored] = []
+            batch: list[_Queued] = []
             try:
                 item = self._queue.get(timeout=FLUSH_INTERVAL_SECONDS)
             except queue.Empty:
@@ -275,15 +284,19 @@ class AuditTrail:
             LOGGER.error("Cannot write %d audit events to the index: %s", len(rows), exc)
 
 
-def _aggregate(items: Iterable[AuditEvent | InstanceStored]) -> list[AuditEvent]:
+def _aggregate(items: Iterable[_Queued]) -> list[AuditEvent]:
     """Turn stored instances into one transfer event per source and study, in order."""
     events: list[AuditEvent] = []
     stored: dict[tuple[str, str], list[InstanceStored]] = collections.OrderedDict()
+    first_stored: dict[tuple[str, str], datetime.datetime] = {}
     for item in items:
-        if isinstance(item, InstanceStored):
-            stored.setdefault((item.source_ae_title, item.study_instance_uid), []).append(item)
-        else:
+        if isinstance(item, AuditEvent):
             events.append(item)
+            continue
+        when, instance = item
+        group = (instance.source_ae_title, instance.study_instance_uid)
+        stored.setdefault(group, []).append(instance)
+        first_stored.setdefault(group, when)
     for (source, study), instances in stored.items():
         count = len(instances)
         events.append(
@@ -300,9 +313,10 @@ def _aggregate(items: Iterable[AuditEvent | InstanceStored]) -> list[AuditEvent]
                     "bytes": sum(item.size for item in instances),
                     "replaced": sum(1 for item in instances if item.replaced),
                 },
+                occurred_at=first_stored[(source, study)],
             )
         )
-    return events
+    return sorted(events, key=lambda event: event.occurred_at)
 
 
 def _rejected(event: InstanceRejected) -> AuditEvent:

@@ -14,6 +14,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomvault import __version__
@@ -544,6 +545,8 @@ def node_add(
             f"A node with AE title {node.ae_title!r} is already registered; "
             "use --replace to update it"
         ) from None
+    action = AuditAction.UPDATE if replace else AuditAction.CREATE
+    _audit_cli_change(registry.engine, action, f"Added node {node.describe()}")
     typer.echo(f"Registered {node.describe()}{node.describe_tls()}")
 
 
@@ -583,6 +586,7 @@ def node_remove(
         raise _fail(
             f"No node with AE title {ae_title!r}; 'dicomvault node list' shows them"
         ) from None
+    _audit_cli_change(registry.engine, AuditAction.DELETE, f"Removed node {ae_title}")
     typer.echo(f"Removed {ae_title}")
 
 
@@ -638,13 +642,13 @@ def _user_store(config: Path | None, data_dir: str | None, index_url: str | None
     return UserStore(engine)
 
 
-def _audit_user_change(store: UserStore, action: AuditAction, description: str) -> None:
-    """Record a user change made on the command line, with the operating system user."""
+def _audit_cli_change(engine: Engine, action: AuditAction, description: str) -> None:
+    """Record a user or node change made on the command line, with the system user name."""
     try:
         operator = getpass.getuser()
     except (KeyError, OSError):  # no name for the process's user id
         operator = "unknown"
-    AuditTrail(store.engine).record(
+    AuditTrail(engine).record(
         AuditEvent(
             AuditEventType.SECURITY_ALERT,
             action,
@@ -694,7 +698,8 @@ def user_add(
         raise _fail(str(exc)) from None
     except UserExistsError:
         raise _fail(f"A user named {name!r} exists") from None
-    _audit_user_change(store, AuditAction.CREATE, f"Added user {name} with role {user_role.value}")
+    description = f"Added user {name} with role {user_role.value}"
+    _audit_cli_change(store.engine, AuditAction.CREATE, description)
     typer.echo(f"Added user {name} with role {user_role.value}")
 
 
@@ -716,7 +721,7 @@ def user_passwd(
         raise _fail(str(exc)) from None
     except UserNotFoundError:
         raise _fail(f"No user named {name!r}", 1) from None
-    _audit_user_change(store, AuditAction.UPDATE, f"Changed the password of user {name}")
+    _audit_cli_change(store.engine, AuditAction.UPDATE, f"Changed the password of user {name}")
     typer.echo(f"Password of {name} changed")
 
 
@@ -733,7 +738,7 @@ def user_remove(
         store.remove(name)
     except UserNotFoundError:
         raise _fail(f"No user named {name!r}; 'dicomvault user list' shows them", 1) from None
-    _audit_user_change(store, AuditAction.DELETE, f"Removed user {name}")
+    _audit_cli_change(store.engine, AuditAction.DELETE, f"Removed user {name}")
     typer.echo(f"Removed user {name}")
 
 

@@ -9,6 +9,7 @@ import httpx
 import pydicom
 import pytest
 
+from tests.support.cli import run_cli
 from tests.support.dcmtk import echoscu, findscu, storescu
 from tests.support.network import LOOPBACK, wait_until
 from tests.support.process import run_tool
@@ -65,6 +66,10 @@ def test_each_event_kind_recorded(server: DicomvaultServer, tmp_path: Path) -> N
     get_options = ["-S", "-aet", "GETSCU", "-aec", server.ae_title, "-od", str(out_dir)]
     fetched = run_tool(["getscu", *get_options, *get_keys, LOOPBACK, str(server.port)])
     rejected = echoscu(server.port, server.ae_title, calling_ae="INTRUDER")
+    where = ["--data-dir", str(server.data_dir)]
+    where += ["--index-url", server.index_url] if server.index_url else []
+    node_cmd = ["node", "add", "PEER", "--host", LOOPBACK, "--port", "11113", *where]
+    node_added = run_cli(node_cmd, tmp_path)
     base_url = f"http://{LOOPBACK}:{server.http_port}"
     with httpx.Client(base_url=base_url, timeout=30) as anonymous:
         failed_login = anonymous.post("/api/login", json={"name": "nobody", "password": "wrong"})
@@ -78,6 +83,7 @@ def test_each_event_kind_recorded(server: DicomvaultServer, tmp_path: Path) -> N
     assert found.status == 0, found.describe()
     assert fetched.returncode == 0, fetched.describe()
     assert rejected.returncode != 0
+    assert node_added.returncode == 0, node_added.describe()
     assert failed_login.status_code == 401
     assert qido.status_code == 200
     assert wado.status_code == 200
@@ -87,6 +93,8 @@ def test_each_event_kind_recorded(server: DicomvaultServer, tmp_path: Path) -> N
         assert token.status_code == 201, token.text
         revoked = client.delete(f"/api/tokens/{token.json()['id']}")
         assert revoked.status_code == 204
+        searched = client.get("/api/search", params={"q": "PatientName:CT*"})
+        assert searched.status_code == 200, searched.text
         added = client.post(
             "/api/users", json={"name": "carol", "role": "user", "password": "long password 1"}
         )
@@ -134,8 +142,16 @@ def test_each_event_kind_recorded(server: DicomvaultServer, tmp_path: Path) -> N
         assert sum(text.startswith("Created API token") for text in descriptions) == 1
         assert sum(text.startswith("Revoked API token") for text in descriptions) == 1
 
-        cli_entry = wait_for_entry(client, actor_kind="system", action="C")
-        assert cli_entry["description"] == "Added user testadmin with role admin"
+        cli_entry = wait_for_entry(
+            client, actor_kind="system", description="Added user testadmin with role admin"
+        )
+        assert cli_entry["action"] == "C"
+        cli_node = wait_for_entry(
+            client, actor_kind="system", description=f"Added node PEER @ {LOOPBACK}:11113"
+        )
+        assert cli_node["event_code"] == "110113"
+        console_search = wait_for_entry(client, event_code="110112", actor="testadmin")
+        assert console_search["detail"]["level"] == "STUDY"
 
         by_study = audit_entries(client, study_uid=CT_STUDY)
         assert {entry["event_code"] for entry in by_study} == {"110104"}

@@ -15,6 +15,7 @@ from dicomvault.archive import Archive
 from dicomvault.dicom.attributes import COLUMN_ATTRIBUTES, Level
 from dicomvault.dicom.matching import Condition, Query, ReturnKey
 from dicomvault.dicom.query_language import parse, to_query
+from dicomvault.events import QueryPerformed
 
 # Maximum number of matches read and sorted. A search with more returns the first ones.
 MAX_SORTED_MATCHES = 10_000
@@ -84,8 +85,18 @@ def _sort_value(values: dict[str, list[str]], keyword: str) -> tuple[int, float,
         return (1, 0.0, text.upper())
 
 
-def search_sorted(archive: Archive, text: str, level: Level, sort: str = "") -> SearchOutcome:
+def search_sorted(
+    archive: Archive,
+    text: str,
+    level: Level,
+    sort: str = "",
+    user: str = "",
+    address: str = "",
+) -> SearchOutcome:
     """Return the matches of the query ``text`` at ``level``, sorted by ``sort``.
+
+    With ``user``, the search is published as a query of that user from
+    ``address`` for the audit trail.
 
     ``sort`` is a keyword of :func:`result_keywords`, with a leading '-' for
     descending order; empty keeps the index order. At most
@@ -102,7 +113,14 @@ def search_sorted(archive: Archive, text: str, level: Level, sort: str = "") -> 
     """
     expression = parse(text)
     _check_sort(level, sort)
-    return _collect(archive, to_query(expression, level, _return_keys(level)), sort)
+    query = to_query(expression, level, _return_keys(level))
+    outcome = _collect(archive, query, sort)
+    if user:
+        keys = tuple(sorted(query.keywords))
+        archive.events.publish(
+            QueryPerformed(level.name, keys, len(outcome.matches), "", address, user)
+        )
+    return outcome
 
 
 def list_sorted(

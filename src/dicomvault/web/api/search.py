@@ -72,7 +72,8 @@ def _search(
     """
     archive: Archive = request.app.state.archive
     try:
-        return search_sorted(archive, q, LEVELS[level], sort)
+        address = request.client.host if request.client else ""
+        return search_sorted(archive, q, LEVELS[level], sort, user.name, address)
     except QueryLanguageError as exc:
         LOGGER.info("Search of user %s rejected: %s", user.name, exc)
         return JSONResponse(

@@ -113,7 +113,7 @@ def _caret_error(exc: QueryLanguageError, text: str) -> SearchError:
 
 
 def _run(
-    archive: Archive, form: dict[str, str], level: str, sort: str
+    request: Request, user: str, form: dict[str, str], level: str, sort: str
 ) -> tuple[FormQuery | None, SearchOutcome | None, SearchError | None]:
     """Search with the form; return the query, the outcome or an error for the form."""
     advanced = form.get(ADVANCED_FIELD, "").strip()
@@ -128,7 +128,10 @@ def _run(
     except FormValueError as exc:
         return None, None, SearchError(str(exc), exc.field)
     try:
-        return form_query, search_sorted(archive, form_query.text, LEVELS[level], sort), None
+        archive: Archive = request.app.state.archive
+        address = request.client.host if request.client else ""
+        outcome = search_sorted(archive, form_query.text, LEVELS[level], sort, user, address)
+        return form_query, outcome, None
     except QueryLanguageError as exc:
         return form_query, None, SearchError(f"Invalid search: {exc.reason}")
     except SortKeyError as exc:
@@ -159,7 +162,7 @@ def search_page(
     status_code = status.HTTP_200_OK
     if run:
         try:
-            form_query, outcome, error = _run(request.app.state.archive, form, level, sort)
+            form_query, outcome, error = _run(request, session.user.name, form, level, sort)
         except IndexUnavailableError as exc:
             LOGGER.error("Console search of user %s failed: %s", session.user.name, exc)
             error = SearchError("The index database failed; try again later.")
