@@ -503,9 +503,9 @@ def measure_retrieve(
     """Retrieve every study once from each server; return MB per second and bytes, by server.
 
     Each server has one connection. The servers take turns study by study,
-    the first server changing at every study, so that load from other work
-    on the machine slows all of them alike; each server's rate counts only
-    the time of its own requests.
+    and the first server changes at every study, so that load from other
+    work on the machine slows all of them alike. Each server's rate counts
+    only the time of its own requests.
     """
     connections = {
         name: http.client.HTTPConnection(LOOPBACK, server.http_port, timeout=HTTP_TIMEOUT_SECONDS)

@@ -159,7 +159,7 @@ def server_context(
     ca_file : PemFile, optional
         CA certificates that client certificates must chain to. A client
         that sends a certificate not signed by them is rejected. Without a
-        CA file the server asks for no client certificate.
+        CA file the server requests no client certificate.
     require_client_cert : bool
         Reject clients that send no certificate; needs ``ca_file``.
     context_class : type

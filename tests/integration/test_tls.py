@@ -484,7 +484,7 @@ def test_tls_only_archive(start_server: ServerFactory, certs: Certificates) -> N
         config=tls_config(certs, require_client_cert=False), port=0, tls_port=free_port()
     )
 
-    # Without client certificate: the archive asks for none it must have.
+    # Without a client certificate: this archive does not require one.
     run = echoscu(server.tls_port or 0, server.ae_title, options=tls_options(None, None, certs.ca))
 
     assert run.returncode == 0, run.describe()

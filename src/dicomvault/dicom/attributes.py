@@ -134,8 +134,8 @@ COMPUTED_ATTRIBUTES: dict[str, Level] = {
 }
 
 # Identifier elements that are not attributes of the matched entities. The
-# responder fills them itself: QIDO-RS answers RetrieveURL with the entity's
-# WADO-RS URL, so the index never reads stored headers to look for it.
+# responder fills them itself: QIDO-RS returns the entity's WADO-RS URL as
+# RetrieveURL, so the index never reads stored headers to look for it.
 CONTROL_KEYWORDS = frozenset(
     {
         "QueryRetrieveLevel",

@@ -18,7 +18,7 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class RemovalPreview:
-    """What removing a study, or one series of it, would remove: for a confirmation step.
+    """Summary of a study, or one of its series, before removal, for a confirmation step.
 
     ``modality`` and ``series_description`` are empty for a whole study.
     """

@@ -191,8 +191,8 @@ class IndexSearch:
         wanted = [k for k in needed if k in COMPUTED_ATTRIBUTES and COMPUTED_ATTRIBUTES[k] <= level]
         from_series = [k for k in wanted if k in SERIES_SUMMARY_KEYWORDS]
         if len(from_series) > 1:
-            # One statement for all of them instead of one each: QIDO-RS asks
-            # for the three by default, and each statement costs about 0.1 ms.
+            # One statement for all of them instead of one each, because QIDO-RS
+            # returns the three by default and each statement costs about 0.1 ms.
             study_pks = sorted({r.pks[Level.STUDY] for r in results})
             summaries = _study_summaries(connection, study_pks)
             for result in results:

@@ -22,7 +22,7 @@ router = APIRouter(prefix="/api/studies", tags=["deletion"])
 
 
 class Deletion(BaseModel):
-    """What a deletion removed."""
+    """Counts of a deletion: instances removed, files deleted, in-place files kept."""
 
     removed_instances: int = Field(description="Instances removed from the index.")
     deleted_files: int = Field(description="Files deleted from the archive's storage.")
