@@ -20,6 +20,14 @@ pytestmark = pytest.mark.integration
 TIMEOUT_SECONDS = 30
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """These tests exercise HTTP routes and pages; the index queries behind them run on both
+    back-ends in test_index, test_users and test_web_search, so SQLite is enough here.
+    """
+    return "sqlite"
+
+
 @contextmanager
 def open_association(port: int, called_ae: str) -> Iterator[object]:
     """Yield an established Verification association to 127.0.0.1:``port``."""

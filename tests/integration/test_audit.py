@@ -27,6 +27,14 @@ allowed_calling_ae_titles = ["STORESCU", "FINDSCU", "GETSCU"]
 AUDIT_WAIT_SECONDS = 30
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """The audit trail's writes and queries run on both back-ends in
+    tests/unit/test_audit.py.
+    """
+    return "sqlite"
+
+
 def audit_entries(client: httpx.Client, **params: Any) -> list[dict[str, Any]]:
     response = client.get("/api/audit", params={"limit": 1000, **params})
     assert response.status_code == 200, response.text

@@ -18,6 +18,12 @@ CT_FILE = Path(pydicom.__file__).parent / "data" / "test_files" / "CT_small.dcm"
 USERS_ONLY = {"DICOMVAULT_HTTP_DICOMWEB_ACCESS": "users"}
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """DICOMweb access control does not depend on the index back-end."""
+    return "sqlite"
+
+
 @pytest.fixture
 def server(start_server: ServerFactory) -> DicomvaultServer:
     return start_server(env=USERS_ONLY)

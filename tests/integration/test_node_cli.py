@@ -13,6 +13,14 @@ from tests.support.server import ServerFactory
 pytestmark = pytest.mark.integration
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """The node registry runs on both back-ends in tests/unit/test_nodes.py; the command
+    line is the same on each.
+    """
+    return "sqlite"
+
+
 def node_args(data_dir: Path, index_url: str) -> list[str]:
     args = ["--data-dir", str(data_dir)]
     return args + (["--index-url", index_url] if index_url else [])

@@ -22,6 +22,14 @@ SUCCESS = 0x0000
 SIGTERM_EXIT_SECONDS = 10
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """Starting, stopping and restarting do not depend on the index back-end; test_store and
+    test_find run whole servers on PostgreSQL.
+    """
+    return "sqlite"
+
+
 def write_copy(folder: Path, name: str, patient_name: str) -> tuple[Path, Dataset]:
     """Write an instance whose UIDs depend only on `name`, with the given Patient's Name."""
     ds = Dataset()

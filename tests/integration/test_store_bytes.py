@@ -31,6 +31,12 @@ FILES_BY_SYNTAX = [
 
 
 @pytest.fixture(scope="module")
+def index_backend() -> str:
+    """The bytes of stored files do not depend on the index back-end."""
+    return "sqlite"
+
+
+@pytest.fixture(scope="module")
 def server(start_module_server: ServerFactory) -> DicomvaultServer:
     return start_module_server()
 

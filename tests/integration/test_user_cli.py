@@ -13,6 +13,14 @@ pytestmark = pytest.mark.integration
 PASSWORD = b"a long enough password\n"
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """The user store runs on both back-ends in tests/unit/test_users.py; the command line
+    is the same on each.
+    """
+    return "sqlite"
+
+
 def where(data_dir: Path, index_url: str) -> list[str]:
     args = ["--data-dir", str(data_dir)]
     return args + (["--index-url", index_url] if index_url else [])

@@ -26,6 +26,12 @@ PIECES = 4
 PAUSE_SECONDS = 0.6  # longer than the watch interval, shorter than settle_seconds
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """Watched folders share the indexing code that test_index_folder runs on PostgreSQL."""
+    return "sqlite"
+
+
 def copy_slowly(source: Path, target: Path) -> None:
     """Write `source` to `target` in pieces, pausing between them, as a slow copy does."""
     data = source.read_bytes()

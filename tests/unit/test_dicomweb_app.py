@@ -23,6 +23,14 @@ from tests.support.network import LOOPBACK, free_port
 TIMEOUT_SECONDS = 30
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """These tests exercise HTTP routes and pages; the index queries behind them run on both
+    back-ends in test_index, test_users and test_web_search, so SQLite is enough here.
+    """
+    return "sqlite"
+
+
 @contextmanager
 def serve(
     archive: Archive, authenticator: Authenticator | None = None

@@ -24,6 +24,14 @@ STUDIES = "/dicomweb/studies"
 JSON = {"Accept": "application/dicom+json"}
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """These tests exercise HTTP routes and pages; the index queries behind them run on both
+    back-ends in test_index, test_users and test_web_search, so SQLite is enough here.
+    """
+    return "sqlite"
+
+
 @pytest.fixture
 def users_only_url(manager: TaskManager) -> Iterator[str]:
     """Serve the application with http.dicomweb_access = "users"; yield its base URL."""

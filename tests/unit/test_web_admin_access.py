@@ -50,6 +50,14 @@ ROUTE_IDS = [f"{method} {path}" for method, path, _ in READS + CHANGES]
 CHANGE_IDS = [f"{method} {path}" for method, path, _ in CHANGES]
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """These tests exercise HTTP routes and pages; the index queries behind them run on both
+    back-ends in test_index, test_users and test_web_search, so SQLite is enough here.
+    """
+    return "sqlite"
+
+
 @pytest.fixture
 def anonymous(server_url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server_url, timeout=WEB_TIMEOUT_SECONDS) as http_client:

@@ -43,6 +43,14 @@ PAGES = [
 HTMX = {"HX-Request": "true"}
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """These tests exercise HTTP routes and pages; the index queries behind them run on both
+    back-ends in test_index, test_users and test_web_search, so SQLite is enough here.
+    """
+    return "sqlite"
+
+
 @pytest.fixture
 def browser(server_url: str, admin_token: str) -> Iterator[httpx.Client]:
     """A client with a cookie jar, not logged in; the admin exists."""

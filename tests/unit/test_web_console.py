@@ -18,6 +18,14 @@ USER_PASSWORD = "user password for tests"
 CSRF_FIELD_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """These tests exercise HTTP routes and pages; the index queries behind them run on both
+    back-ends in test_index, test_users and test_web_search, so SQLite is enough here.
+    """
+    return "sqlite"
+
+
 @pytest.fixture
 def browser(server_url: str) -> Iterator[httpx.Client]:
     """A client with a cookie jar that does not follow redirects, as a browser without a login."""

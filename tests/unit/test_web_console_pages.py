@@ -30,6 +30,14 @@ CT_INSTANCE = (
 )
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """These tests exercise HTTP routes and pages; the index queries behind them run on both
+    back-ends in test_index, test_users and test_web_search, so SQLite is enough here.
+    """
+    return "sqlite"
+
+
 @pytest.fixture
 def stored(client: httpx.Client) -> None:
     """Store CT_small.dcm and MR_small.dcm over STOW-RS."""

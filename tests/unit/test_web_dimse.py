@@ -9,6 +9,14 @@ from sqlalchemy import Engine
 from dicomvault.index.saved_settings import SavedSettings
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """These tests exercise HTTP routes and pages; the index queries behind them run on both
+    back-ends in test_index, test_users and test_web_search, so SQLite is enough here.
+    """
+    return "sqlite"
+
+
 class TestRead:
     def test_current_settings(self, client: httpx.Client) -> None:
         response = client.get("/api/dimse")

@@ -19,6 +19,14 @@ from tests.unit.conftest import WEB_TIMEOUT_SECONDS
 LOGGER_NAME = "dicomvault.tests.web_logs"
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """These tests exercise HTTP routes and pages; the index queries behind them run on both
+    back-ends in test_index, test_users and test_web_search, so SQLite is enough here.
+    """
+    return "sqlite"
+
+
 @pytest.fixture
 def handler() -> Iterator[RecentLogHandler]:
     recent = RecentLogHandler(100)

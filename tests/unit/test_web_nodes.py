@@ -13,6 +13,14 @@ from tests.support.network import LOOPBACK, free_port
 PEER = {"ae_title": "PEER", "host": LOOPBACK, "port": 11113, "description": "test", "tls": False}
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """These tests exercise HTTP routes and pages; the index queries behind them run on both
+    back-ends in test_index, test_users and test_web_search, so SQLite is enough here.
+    """
+    return "sqlite"
+
+
 class TestNodes:
     def test_add_then_list(self, client: httpx.Client, migrated_engine: Engine) -> None:
         added = client.post("/api/nodes", json=PEER)

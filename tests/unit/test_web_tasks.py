@@ -8,11 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.support.corpus import write_instance
 from tests.support.datasets import make_instance
 from tests.support.network import wait_until
 from tests.unit.conftest import WEB_TIMEOUT_SECONDS
+
+
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """These tests exercise HTTP routes and pages; the index queries behind them run on both
+    back-ends in test_index, test_users and test_web_search, so SQLite is enough here.
+    """
+    return "sqlite"
 
 
 def wait_for_status(client: httpx.Client, task_id: int, statuses: set[str]) -> dict[str, Any]:
