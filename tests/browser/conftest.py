@@ -1,9 +1,15 @@
 """Fixtures for browser tests: a real `dicomvault serve`, Debian's chromium and logged-in pages.
 
-The server runs on a loopback port with SQLite, an admin, a user with the
-user role and a few of pydicom's bundled files, stored over STOW-RS. Pages
-are driven by Playwright through /usr/bin/chromium, headless, with
-background networking off; Playwright never downloads a browser.
+The server serves HTTPS on a loopback port, with the certificates of
+`dicomvault certs dev`, SQLite, an admin, a user with the user role and a
+few of pydicom's bundled files, stored over STOW-RS. Pages are driven by
+Playwright through /usr/bin/chromium, headless, with background networking
+off; Playwright never downloads a browser.
+
+Chromium is told to accept the dev certificate rather than to trust the dev
+CA, which would need a certificate database in its profile; the chain and
+the host name are checked by the HTTPS tests in
+tests/integration/test_tls.py, with httpx and the dev CA.
 
 Set DICOMVAULT_SCREENSHOTS to a folder (docs/screenshots) to have the tests
 save screenshots of the main pages there.
@@ -13,6 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import ssl
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +30,7 @@ import pydicom
 import pytest
 from playwright.sync_api import Browser, Page, Playwright, expect, sync_playwright
 
+from dicomvault import dev_certs
 from tests.support.network import LOOPBACK
 from tests.support.server import DicomvaultServer
 
@@ -70,6 +80,42 @@ class StoredInstance:
 
 
 @dataclasses.dataclass(frozen=True)
+class DevCertificateFiles:
+    """The CA certificate, and the server's certificate and key, of `dicomvault certs dev`."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+    def https_config(self) -> str:
+        """The [http] table of a configuration file that serves HTTPS with these files."""
+        return f'[http]\ntls_cert_file = "{self.server_cert}"\ntls_key_file = "{self.server_key}"\n'
+
+    def client(self, base_url: str) -> httpx.Client:
+        """An HTTP client for ``base_url`` that trusts the dev CA only."""
+        context = ssl.create_default_context(cafile=str(self.ca_cert))
+        return httpx.Client(base_url=base_url, verify=context, timeout=HTTP_TIMEOUT_SECONDS)
+
+
+@pytest.fixture(scope="session")
+def dev_certificates(tmp_path_factory: pytest.TempPathFactory) -> DevCertificateFiles:
+    """Certificates written once per session by `dicomvault certs dev`."""
+    folder = tmp_path_factory.mktemp("certs") / "dev"
+    completed = subprocess.run(
+        [sys.executable, "-m", "dicomvault", "certs", "dev", "--out", str(folder)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=HTTP_TIMEOUT_SECONDS,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    return DevCertificateFiles(
+        folder / dev_certs.CA_CERT, folder / dev_certs.SERVER_CERT, folder / dev_certs.SERVER_KEY
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class ConsoleServer:
     """The running test server, its base URL and what it stores, by file name."""
 
@@ -78,9 +124,9 @@ class ConsoleServer:
     stored: dict[str, StoredInstance]
 
 
-def _store(base_url: str) -> dict[str, StoredInstance]:
+def _store(base_url: str, certificates: DevCertificateFiles) -> dict[str, StoredInstance]:
     stored = {}
-    with httpx.Client(base_url=base_url, timeout=HTTP_TIMEOUT_SECONDS) as client:
+    with certificates.client(base_url) as client:
         for name in STORED_FILES:
             path = TEST_FILES / name
             response = client.post(
@@ -101,15 +147,21 @@ def _store(base_url: str) -> dict[str, StoredInstance]:
 
 
 @pytest.fixture(scope="session")
-def console_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleServer]:
-    """A `dicomvault serve` with an admin, a user and the STORED_FILES, for the whole session."""
-    server = DicomvaultServer(tmp_path_factory.mktemp("console-server"), index_url="")
+def console_server(
+    tmp_path_factory: pytest.TempPathFactory, dev_certificates: DevCertificateFiles
+) -> Iterator[ConsoleServer]:
+    """An HTTPS `dicomvault serve` with an admin, a user and the STORED_FILES, for the session."""
+    server = DicomvaultServer(
+        tmp_path_factory.mktemp("console-server"),
+        index_url="",
+        config=dev_certificates.https_config(),
+    )
     server.start()
     try:
         server.add_user(ADMIN_NAME, ADMIN_PASSWORD, role="admin")
         server.add_user(USER_NAME, USER_PASSWORD, role="user")
-        base_url = f"http://{LOOPBACK}:{server.http_port}"
-        yield ConsoleServer(server, base_url, _store(base_url))
+        base_url = f"https://{LOOPBACK}:{server.http_port}"
+        yield ConsoleServer(server, base_url, _store(base_url, dev_certificates))
     finally:
         server.stop()
 
@@ -142,6 +194,7 @@ def page(browser: Browser, console_server: ConsoleServer) -> Iterator[Page]:
         base_url=console_server.base_url,
         viewport={"width": 1280, "height": 860},
         accept_downloads=True,
+        ignore_https_errors=True,  # the dev CA is not in chromium's store; see the module doc
     )
     context.set_default_timeout(ACTION_TIMEOUT_MS)
     expect.set_options(timeout=ACTION_TIMEOUT_MS)

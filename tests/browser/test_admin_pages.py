@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pydicom
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -20,7 +19,7 @@ from tests.browser.conftest import (
     ACTION_TIMEOUT_MS,
     ADMIN_NAME,
     ADMIN_PASSWORD,
-    HTTP_TIMEOUT_SECONDS,
+    DevCertificateFiles,
     log_in,
     save_screenshot,
 )
@@ -58,12 +57,15 @@ def _copy_test_files(folder: Path) -> int:
 
 
 @pytest.fixture(scope="module")
-def admin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminServer]:
-    """Start the archive with an import root and an admin, and a second archive to echo."""
+def admin_server(
+    tmp_path_factory: pytest.TempPathFactory, dev_certificates: DevCertificateFiles
+) -> Iterator[AdminServer]:
+    """Start the archive on HTTPS with an import root and an admin, and a second one to echo."""
     root = tmp_path_factory.mktemp("import-root")
     folder = root / "pydicom-files"
     assert _copy_test_files(folder) > 0
     config = f'[ingest]\nimport_roots = ["{root}"]\nsettle_seconds = 0\n'
+    config += dev_certificates.https_config()
     server = DicomvaultServer(tmp_path_factory.mktemp("admin-server"), "", config=config)
     echo_target = DicomvaultServer(
         tmp_path_factory.mktemp("echo-target"), "", ae_title="ECHOTARGET"
@@ -72,15 +74,15 @@ def admin_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AdminServ
         server.start()
         echo_target.start()
         server.add_user(ADMIN_NAME, ADMIN_PASSWORD, role="admin")
-        base_url = f"http://{LOOPBACK}:{server.http_port}"
-        stored = _store(base_url)
+        base_url = f"https://{LOOPBACK}:{server.http_port}"
+        stored = _store(base_url, dev_certificates)
         yield AdminServer(server, base_url, folder, echo_target, stored)
     finally:
         echo_target.stop()
         server.stop()
 
 
-def _store(base_url: str) -> pydicom.Dataset:
+def _store(base_url: str, certificates: DevCertificateFiles) -> pydicom.Dataset:
     """Store a new one-instance series over STOW-RS, as a file the archive may delete.
 
     Its UIDs are new, so the indexing test cannot add instances to its series.
@@ -90,7 +92,7 @@ def _store(base_url: str) -> pydicom.Dataset:
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
-    with httpx.Client(base_url=base_url, timeout=HTTP_TIMEOUT_SECONDS) as client:
+    with certificates.client(base_url) as client:
         response = client.post(
             "/dicomweb/studies",
             content=buffer.getvalue(),
@@ -104,7 +106,9 @@ def _store(base_url: str) -> pydicom.Dataset:
 def admin_page(browser: Browser, admin_server: AdminServer) -> Iterator[Page]:
     """A page logged in as the admin on the server of this module."""
     context = browser.new_context(
-        base_url=admin_server.base_url, viewport={"width": 1280, "height": 860}
+        base_url=admin_server.base_url,
+        viewport={"width": 1280, "height": 860},
+        ignore_https_errors=True,  # see tests/browser/conftest.py
     )
     context.set_default_timeout(ACTION_TIMEOUT_MS)
     page = context.new_page()

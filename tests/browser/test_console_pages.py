@@ -9,6 +9,7 @@ import zipfile
 import pytest
 from playwright.sync_api import Page, expect
 
+from dicomvault.web.identity import SESSION_COOKIE
 from tests.browser.conftest import (
     ADMIN_NAME,
     ADMIN_PASSWORD,
@@ -67,6 +68,15 @@ class TestLogin:
         expect(page.get_by_role("status")).to_have_text("You are logged out.")
         page.goto("/console/search")
         expect(page).to_have_url(re.compile(r"/console/login\?next="))
+
+    def test_session_cookie_is_secure_over_https(self, page: Page) -> None:
+        log_in(page, ADMIN_NAME, ADMIN_PASSWORD)
+
+        [cookie] = [c for c in page.context.cookies() if c["name"] == SESSION_COOKIE]
+        assert page.url.startswith("https://")
+        assert cookie["secure"] is True
+        assert cookie["httpOnly"] is True
+        assert cookie["sameSite"] == "Strict"
 
     def test_admin_sees_management_menu(self, admin_page: Page) -> None:
         admin_page.get_by_text("Management").click()
