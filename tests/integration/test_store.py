@@ -10,6 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom import uid
+from sqlalchemy.engine import make_url
 
 from tests.support.corpus import (
     PYDICOM_CHARSET_FILES,
@@ -290,3 +291,17 @@ def test_storescu_skipped_file_sent_raw(name: str, start_server: ServerFactory) 
         assert rsp.status == 0xC000, f"0x{rsp.status:04X} {rsp.error_comment}"
         assert rsp.error_comment.startswith("The dataset is truncated")
         assert leftover_files(server.data_dir) == []
+
+
+def test_server_log_has_no_database_password(stored_bundle: StoredBundle) -> None:
+    # The PostgreSQL URL of the index carries a password; SQLite's has none.
+    password = (
+        make_url(stored_bundle.server.index_url).password
+        if stored_bundle.server.index_url
+        else None
+    )
+    log = stored_bundle.server.log_text()
+
+    assert "Association accepted" in log, log[-2000:]
+    if password:
+        assert f":{password}@" not in log
