@@ -18,7 +18,6 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomvault import __version__
-from dicomvault.archive import Archive, IndexUnavailableError
 from dicomvault.audit import (
     ActorKind,
     AuditAction,
@@ -35,7 +34,6 @@ from dicomvault.config import (
     describe_settings,
     load_settings,
 )
-from dicomvault.dicom.attributes import Level
 from dicomvault.events import log_store_events
 from dicomvault.index.database import DatabaseError, open_index_engine
 from dicomvault.index.nodes import NodeExistsError, NodeNotFoundError, NodeRegistry
@@ -43,10 +41,10 @@ from dicomvault.index.saved_settings import SavedSettings
 from dicomvault.index.tasks import TaskNotFoundError, TaskStore
 from dicomvault.index.users import UserExistsError, UserNotFoundError, UserStore
 from dicomvault.ingest.indexer import IngestContext
+from dicomvault.ingest.jobs import Mode
 from dicomvault.ingest.manager import TaskManager
 from dicomvault.ingest.pool import ReaderPool
 from dicomvault.ingest.progress import ProgressBar, summarize
-from dicomvault.ingest.reader import Mode
 from dicomvault.ingest.roots import PathNotAllowedError, resolve_folder
 from dicomvault.ingest.runner import run_index_task
 from dicomvault.ingest.watch import FolderWatcher
@@ -211,8 +209,9 @@ def run_server(configured: Settings) -> int:
 
     Settings saved through the HTTP API take precedence over ``configured``.
     """
-    # Imported here: the servers' modules (pynetdicom, FastAPI) take about half
-    # a second to import, which every other command would otherwise pay.
+    # Imported here: the servers' modules (pydicom, pynetdicom, FastAPI) take
+    # about a second to import, which every other command would otherwise pay.
+    from dicomvault.archive import Archive
     from dicomvault.dimse.server import DimseServer, ListenError
     from dicomvault.dimse.service import DimseService
     from dicomvault.tls import TLSFileError
@@ -306,9 +305,7 @@ def run_server(configured: Settings) -> int:
         return 1
 
     manager = TaskManager(
-        IngestContext(
-            settings, engine, storage, ReaderPool(settings.ingest.workers), archive.writer
-        )
+        IngestContext(settings, engine, storage, ReaderPool(settings.ingest.workers))
     )
     manager.start()
     http = None
@@ -763,29 +760,33 @@ def user_list(
 REPORT_LINES = 100  # files listed in the summary of `dicomvault index`
 
 
-def _ingest_context(settings: Settings) -> IngestContext:
+def _ingest_context(settings: Settings, start_workers: bool = False) -> IngestContext:
     """Open the index and storage for an indexing command, or exit with a message.
 
     The command does not take the data directory lock, so that it can run
-    beside ``serve``.
+    beside ``serve``. With ``start_workers``, the worker processes start in
+    the background at once, while the index opens and the folder is scanned.
     """
     # NOTE: a serve starting during `dicomvault index --import` removes the
     # temporary files of copies in flight; those files fail and the next run
     # imports them.
+    pool = ReaderPool(settings.ingest.workers)
+    if start_workers:
+        pool.start_in_background()
     try:
         engine = open_index_engine(settings.index_url)
     except DatabaseError as exc:
+        pool.close()
         raise _fail(str(exc), code=1) from None
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         storage = FilesystemStorage(settings.data_dir / "storage")
     except OSError as exc:
         engine.dispose()
+        pool.close()
         raise _fail(
             f"Cannot use data directory {settings.data_dir}: {exc.strerror or exc}", 1
         ) from None
-    # The command reads the first files itself while the workers start.
-    pool = ReaderPool(settings.ingest.workers, read_while_starting=True)
     return IngestContext(settings, engine, storage, pool)
 
 
@@ -829,7 +830,7 @@ def index_command(
         raise _fail("--prune cannot be combined with --watch; prune with a one-time task")
     mode = Mode.IMPORT if import_files else Mode.IN_PLACE
 
-    context = _ingest_context(settings)
+    context = _ingest_context(settings, start_workers=True)
     # The objects of the imported modules live until exit. Frozen, they are
     # not traversed by every full garbage collection, which the many rows of
     # a bulk index trigger: about 0.2 s less CPU per 20,000 files.
@@ -908,6 +909,9 @@ def remove_command(
     index_url: IndexUrlOption = None,
 ) -> None:
     """Remove a study, series or instance from the index."""
+    from dicomvault.archive import Archive, IndexUnavailableError  # see run_server
+    from dicomvault.dicom.attributes import Level
+
     selected = [
         (level, uid)
         for level, uid in ((Level.STUDY, study), (Level.SERIES, series), (Level.IMAGE, instance))

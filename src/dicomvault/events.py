@@ -14,8 +14,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from pydicom.uid import UID
-
 LOGGER = logging.getLogger(__name__)
 
 EventT = TypeVar("EventT")
@@ -79,6 +77,9 @@ def log_store_events(bus: EventBus) -> None:
 
 
 def _sop_class_name(uid: str) -> str:
+    # Imported here, so that commands that never log a store start without pydicom.
+    from pydicom.uid import UID
+
     name = UID(uid).name
     return name if name != uid else uid
 

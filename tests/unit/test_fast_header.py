@@ -19,9 +19,9 @@ from pydicom.uid import (
 )
 
 from dicomvault.dicom.attributes import COLUMN_ATTRIBUTES
+from dicomvault.dicom.encoded_json import EncodedJSON
 from dicomvault.dicom.fast_header import describe_encoded, read_encoded
 from dicomvault.dicom.header import (
-    EncodedJSON,
     InvalidDatasetError,
     column_value,
     describe_instance,

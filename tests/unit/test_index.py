@@ -12,7 +12,9 @@ from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from pydicom.dataset import Dataset
 from pydicom.uid import (
     CTImageStorage,
@@ -30,10 +32,14 @@ from dicomvault.dicom.matching import MatchOptions, parse_identifier
 from dicomvault.dicom.query_language import parse, to_query
 from dicomvault.index import search as index_search
 from dicomvault.index.database import (
+    MIGRATIONS_DIR,
     DatabaseError,
     create_index_engine,
     migrate,
+    newest_revision,
     normalize_url,
+    open_index_engine,
+    schema_revision,
 )
 from dicomvault.index.schema import METADATA, instances, patients, series, studies
 from dicomvault.index.search import IndexSearch, SearchResult
@@ -197,6 +203,22 @@ class TestMigrate:
         with index_engine.connect() as connection:
             version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
         assert version == "0007"
+
+    def test_newest_revision_is_alembic_head(self) -> None:
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        assert newest_revision() == ScriptDirectory.from_config(config).get_current_head()
+
+    def test_open_skips_migration_at_newest_revision(self, index_url: str) -> None:
+        open_index_engine(index_url).dispose()
+        engine = open_index_engine(index_url)
+        try:
+            assert schema_revision(engine) == newest_revision()
+        finally:
+            engine.dispose()
+
+    def test_revision_of_new_database_is_none(self, index_engine: Engine) -> None:
+        assert schema_revision(index_engine) is None
 
     def test_idempotent(self, index_engine: Engine) -> None:
         migrate(index_engine)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import threading
@@ -13,7 +14,6 @@ from typing import Any
 import pytest
 from pydicom.dataset import Dataset
 from sqlalchemy import Engine, func, select
-from sqlalchemy.exc import OperationalError
 
 from dicomvault.archive import Archive
 from dicomvault.config import load_settings
@@ -21,10 +21,12 @@ from dicomvault.dicom.attributes import Level
 from dicomvault.index.schema import indexed_files, instances, patients, series, studies
 from dicomvault.index.tasks import TaskCounts, TaskRecord
 from dicomvault.index.writer import IndexWriter, StoredInstance
-from dicomvault.ingest.indexer import CHUNK_FILES, DUPLICATE_REASON, IngestContext
+from dicomvault.ingest.indexer import IngestContext
+from dicomvault.ingest.jobs import Mode
 from dicomvault.ingest.pool import ReaderPool
-from dicomvault.ingest.reader import DICOMDIR_REASON, Mode
+from dicomvault.ingest.reader import DICOMDIR_REASON
 from dicomvault.ingest.runner import run_index_task
+from dicomvault.ingest.worker import DUPLICATE_REASON
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.in_place import in_place_key
 from tests.support.corpus import PYDICOM_TEST_FILES, write_instance
@@ -497,27 +499,47 @@ class TestStorageFailure:
         assert set(indexed_uids(context.engine)) == {ds.SOPInstanceUID}
 
 
+@contextlib.contextmanager
+def failing_inserts_after(engine: Engine, count: int) -> Iterator[None]:
+    """Make the database refuse new instances once ``count`` are indexed, by a trigger."""
+    if engine.dialect.name == "sqlite":
+        create = [
+            "CREATE TRIGGER fail_inserts BEFORE INSERT ON instances "
+            f"WHEN (SELECT count(*) FROM instances) >= {count} "
+            "BEGIN SELECT RAISE(ABORT, 'disk I/O error'); END"
+        ]
+        drop = ["DROP TRIGGER fail_inserts"]
+    else:
+        create = [
+            "CREATE FUNCTION fail_inserts() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            f"IF (SELECT count(*) FROM instances) >= {count} THEN "
+            "RAISE EXCEPTION 'disk I/O error'; END IF; RETURN NEW; END $$",
+            "CREATE TRIGGER fail_inserts BEFORE INSERT ON instances "
+            "FOR EACH ROW EXECUTE FUNCTION fail_inserts()",
+        ]
+        drop = ["DROP TRIGGER fail_inserts ON instances", "DROP FUNCTION fail_inserts()"]
+    with engine.begin() as connection:
+        for statement in create:
+            connection.exec_driver_sql(statement)
+    try:
+        yield
+    finally:
+        with engine.begin() as connection:
+            for statement in drop:
+                connection.exec_driver_sql(statement)
+
+
 class TestIndexFailure:
     def test_import_leaves_no_orphan_copies(
         self, tmp_path: Path, migrated_engine: Engine, pool: ReaderPool
     ) -> None:
         context = make_context(tmp_path / "data", migrated_engine, pool, ingest__batch_size=2)
         folder = tmp_path / "in"
-        # More files than a worker chunk, so that batches are written more than once.
-        write_series(folder, 3 * CHUNK_FILES)
-        assert context.writer is not None
-        add_instances = context.writer.add_instances
-        calls: list[int] = []
-
-        def fail_after_first(*args: Any, **kwargs: Any) -> Any:
-            calls.append(1)
-            if len(calls) > 1:
-                raise OperationalError("INSERT", {}, Exception("disk I/O error"))
-            return add_instances(*args, **kwargs)
-
-        context.writer.add_instances = fail_after_first  # type: ignore[method-assign]
-
-        record = run(context, folder, Mode.IMPORT)
+        write_series(folder, 12)
+        # The database fails every transaction once two instances are indexed,
+        # in whichever worker process writes it.
+        with failing_inserts_after(migrated_engine, 2):
+            record = run(context, folder, Mode.IMPORT)
 
         stored = {
             path
@@ -527,5 +549,6 @@ class TestIndexFailure:
         indexed = {context.storage.path_for(key) for key in indexed_uids(context.engine).values()}
         assert record.status == "failed"
         assert "The index database failed" in record.message
-        assert 0 < len(indexed) < 3 * CHUNK_FILES
+        assert "disk I/O error" in record.message
+        assert 0 < len(indexed) < 12
         assert stored == indexed

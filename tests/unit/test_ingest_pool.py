@@ -1,11 +1,12 @@
-"""Unit tests for the pool of header reading processes."""
+"""Unit tests for the pool of worker processes that read and index files."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from dicomvault.ingest.jobs import FileJob, Mode, ReadOptions
 from dicomvault.ingest.pool import ReaderPool
-from dicomvault.ingest.reader import FileJob, Mode, Outcome, ReadOptions
+from dicomvault.ingest.reader import Outcome, read_files
 from tests.support.corpus import write_instance
 from tests.support.datasets import make_instance
 
@@ -23,27 +24,13 @@ class TestReaderPool:
     def test_reads_in_workers(self, tmp_path: Path) -> None:
         pool = ReaderPool(1)
         try:
-            results = pool.submit(jobs_for(tmp_path, 2), ReadOptions(Mode.IN_PLACE, "")).result()
+            results = pool.submit(
+                read_files, jobs_for(tmp_path, 2), ReadOptions(Mode.IN_PLACE, "")
+            ).result()
         finally:
             pool.close()
 
         assert [result.outcome for result in results] == [Outcome.INSTANCE, Outcome.INSTANCE]
-
-    def test_reads_here_while_starting(self, tmp_path: Path) -> None:
-        jobs = jobs_for(tmp_path, 3)
-        pool = ReaderPool(1, read_while_starting=True)
-        try:
-            pool.start_in_background()
-            # Whether this chunk is read here or in a worker depends on timing;
-            # the results must be the same.
-            first = pool.submit(jobs, ReadOptions(Mode.IN_PLACE, "")).result()
-            pool.submit(jobs[:1], ReadOptions(Mode.IN_PLACE, "")).result()
-            second = pool.submit(jobs, ReadOptions(Mode.IN_PLACE, "")).result()
-        finally:
-            pool.close()
-
-        assert [result.outcome for result in first] == [Outcome.INSTANCE] * 3
-        assert first == second
 
     def test_close_while_starting(self) -> None:
         pool = ReaderPool(1)

@@ -9,9 +9,11 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicomvault.dicom.header import EncodedJSON, InvalidDatasetError
+from dicomvault.dicom.encoded_json import EncodedJSON
+from dicomvault.dicom.header import InvalidDatasetError
 from dicomvault.dicom.part10 import NotDicomFileError, split_part10
-from dicomvault.ingest.reader import DICOMDIR_REASON, FileJob, Mode, Outcome, ReadOptions, read_file
+from dicomvault.ingest.jobs import FileJob, Mode, ReadOptions
+from dicomvault.ingest.reader import DICOMDIR_REASON, Outcome, read_file
 from dicomvault.storage.in_place import in_place_key
 from tests.support.corpus import PYDICOM_TEST_FILES, dataset_offset, write_instance
 from tests.support.datasets import make_instance

@@ -27,12 +27,12 @@ from pydicom._dicom_dict import DicomDictionary
 from pydicom.uid import UID
 
 from dicomvault.dicom.attributes import COLUMN_ATTRIBUTES
+from dicomvault.dicom.encoded_json import EncodedJSON
 from dicomvault.dicom.header import (
     BULK_DATA_THRESHOLD,
     DEFLATED_JPIP_SYNTAXES,
     PIXEL_DATA_TAGS,
     UNDEFINED_LENGTH,
-    EncodedJSON,
     InstanceHeader,
     check_trailing_elements,
     pixel_data_end,

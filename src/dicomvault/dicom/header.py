@@ -16,6 +16,7 @@ from pydicom.uid import UID
 
 from dicomvault import __version__
 from dicomvault.dicom.attributes import COLUMN_ATTRIBUTES, ColumnAttribute, Level
+from dicomvault.dicom.encoded_json import EncodedJSON
 
 LOGGER = logging.getLogger(__name__)
 
@@ -50,14 +51,6 @@ class MissingAttributeError(InvalidDatasetError):
     def __init__(self, message: str, attribute: str = "") -> None:
         super().__init__(message)
         self.attribute = attribute
-
-
-class EncodedJSON(str):
-    """A DICOM JSON object already encoded as text; the index stores it unchanged.
-
-    Worker processes of an indexing task encode headers themselves, so that
-    the process writing the index neither receives nor encodes Python objects.
-    """
 
 
 @dataclasses.dataclass(frozen=True)

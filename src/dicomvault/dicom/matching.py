@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import functools
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -640,11 +641,13 @@ def _to_utc(normalized: str, offset: str, text: str, name: str) -> str:
     return (local - sign * delta).strftime("%Y%m%d%H%M%S") + normalized[14:]
 
 
+@functools.lru_cache(maxsize=4096)
 def normalize_stored_time(value: str, vr: str) -> str:
     """Return the lower-bound normal form of a stored DA/TM/DT value, or '' if invalid.
 
     The index keeps this form in match columns so SQL range conditions compare
     strings; an invalid stored value gets '' and only matches universally.
+    Results are cached: the instances of a study repeat most dates and times.
     """
     if not value.strip():
         return ""

@@ -79,8 +79,27 @@ def _bind_processors(
     for position, name in enumerate(order):
         processor = table.c[name].type.bind_processor(engine.dialect)
         if processor is not None:
-            processors.append((position, processor))
+            processors.append((position, _reusing_last(processor)))
     return processors
+
+
+def _reusing_last(processor: _Processor) -> _Processor:
+    """Wrap ``processor`` to return the last result again for the same value object.
+
+    The rows of a batch share one timestamp object, so the text of the
+    timestamp is built once per batch instead of once per row.
+    """
+    last: list[tuple[Any, Any]] = [(object(), None)]
+
+    def process(value: Any) -> Any:
+        previous = last[0]  # read once: another thread may replace it
+        if previous[0] is value:
+            return previous[1]
+        result = processor(value)
+        last[0] = (value, result)
+        return result
+
+    return process
 
 
 def _process(row: tuple[Any, ...], processors: list[tuple[int, _Processor]]) -> tuple[Any, ...]:

@@ -9,8 +9,8 @@ from sqlalchemy import Engine, case, delete, func, select
 
 from dicomvault.dicom.attributes import Level
 from dicomvault.index.files import IndexedFiles
+from dicomvault.index.hierarchy import prune_empty_parents
 from dicomvault.index.schema import instances, patients, series, studies
-from dicomvault.index.writer import prune_empty_parents
 from dicomvault.storage.in_place import IN_PLACE_PREFIX
 
 LOGGER = logging.getLogger(__name__)

@@ -1,52 +1,57 @@
-"""One pass of an indexing task over a folder: scan, read in workers, write in batches.
+"""One pass of an indexing task over a folder: scan, then read and index chunks in workers.
 
-The pass keeps the index consistent at every moment: each batch of files is
+The pass keeps the index consistent at every moment: each chunk of files is
 indexed in one transaction, together with the remembered state of those
-files and the task's report entries. A cancelled pass stops between batches.
+files and the task's report entries (see :mod:`dicomvault.ingest.worker`).
+A cancelled pass stops between chunks.
 """
 
 from __future__ import annotations
 
-import collections
 import concurrent.futures
 import dataclasses
 import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, delete, select
+from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomvault.config import Settings
-from dicomvault.index.files import FileState, IndexedFiles
+from dicomvault.index.files import IndexedFiles
+from dicomvault.index.hierarchy import prune_empty_parents
 from dicomvault.index.schema import instances
 from dicomvault.index.tasks import TaskCounts, TaskFile, TaskStore
-from dicomvault.index.writer import IndexOutcome, IndexWriter, StoredInstance, prune_empty_parents
+from dicomvault.ingest.jobs import (
+    ChunkOptions,
+    ChunkSummary,
+    FileJob,
+    Mode,
+    ReadOptions,
+    index_chunk,
+)
 from dicomvault.ingest.pool import ReaderPool
-from dicomvault.ingest.reader import FileJob, Mode, Outcome, ReadOptions, ReadResult
 from dicomvault.ingest.scan import SkippedEntry, scan_folder
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.in_place import in_place_key
 
 LOGGER = logging.getLogger(__name__)
 
-CHUNK_FILES = 64  # files per message to and from a worker
-# Chunks queued per worker: enough that the workers keep reading while this
-# process waits for a commit (about 20 ms with synchronous=FULL), a few MB.
-CHUNKS_IN_FLIGHT_PER_WORKER = 8
+MIN_CHUNK_FILES = 16
+# A chunk is cut before this many bytes of files, so that a cancelled pass
+# waits for little work, and an import has few copies not yet indexed.
+CHUNK_BYTES = 256 * 1024 * 1024
+# Chunks queued per worker: one being indexed, one waiting, so that no
+# worker waits for this process.
+CHUNKS_IN_FLIGHT_PER_WORKER = 2
 PROGRESS_INTERVAL_SECONDS = 0.5
-MAX_BATCH_SECONDS = 1.0  # results wait at most this long before they are written
-STOP_TIMEOUT_SECONDS = 10.0  # a cancelled pass waits this long for chunks in flight
-DUPLICATE_REASON = (
-    "An instance with SOP Instance UID {uid} is already indexed and "
-    "storage.duplicate_policy is reject"
-)
+STOP_TIMEOUT_SECONDS = 60.0  # a failed pass waits this long for each chunk in flight
 
 
-_Chunk = concurrent.futures.Future[list[ReadResult]]
+_Chunk = concurrent.futures.Future[ChunkSummary]
 
 
 class IndexingError(RuntimeError):
@@ -57,19 +62,17 @@ class IndexingError(RuntimeError):
 class IngestContext:
     """The settings, index, storage and worker pool that indexing passes share.
 
-    ``writer`` defaults to a new one; ``serve`` passes the archive's own, so
-    that C-STORE and indexing take turns at its SQLite write lock.
+    The workers open their own connections to the index at
+    ``engine``'s URL, so the index must be a database file or server, not
+    an in-memory SQLite database.
     """
 
     settings: Settings
     engine: Engine
     storage: FilesystemStorage
     pool: ReaderPool
-    writer: IndexWriter | None = None
 
     def __post_init__(self) -> None:
-        if self.writer is None:
-            self.writer = IndexWriter(self.engine)
         self.files = IndexedFiles(self.engine)
         self.tasks = TaskStore(self.engine)
 
@@ -120,8 +123,12 @@ class FolderIndexer:
         self.cancel = cancel
         self.on_progress = on_progress
         self.watching = watching
-        self.options = ReadOptions(mode, str(context.storage.root))
-        self.replace = context.settings.storage.duplicate_policy == "replace"
+        self.options = ChunkOptions(
+            ReadOptions(mode, str(context.storage.root)),
+            context.engine.url.render_as_string(hide_password=False),
+            task_id,
+            context.settings.storage.duplicate_policy == "replace",
+        )
         self.settle_ns = int(context.settings.ingest.settle_seconds * 1e9)
         self._last_progress = 0.0
         self._saved_counts: tuple[int, ...] = ()
@@ -189,143 +196,72 @@ class FolderIndexer:
     # --- reading and writing ----------------------------------------------------------------
 
     def _read_and_index(self, jobs: list[FileJob]) -> list[FileJob]:
-        """Read the files in the worker pool and index them; return those that changed.
+        """Have the workers read and index the files, chunk by chunk; return those that changed.
 
-        Batches are written by a second thread, so that this one gathers
-        the next batch while the previous commit waits for the disk (about
-        20 ms per commit with SQLite's synchronous=FULL). At most one batch
-        is written at a time, in order.
+        Each worker indexes its chunk in a transaction of its own, so this
+        process only hands out chunks and adds up the counts. A cancelled
+        pass hands out no more chunks and waits for those being indexed.
+
+        Raises
+        ------
+        IndexingError
+            If a chunk could not be indexed; chunks already committed stay.
         """
-        with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="index-writer") as writer:
-            batches = _BatchQueue(writer, self._write_batch)
-            in_flight: collections.deque[_Chunk] = collections.deque()
-            buffer: list[ReadResult] = []
-            try:
-                return self._read_into_batches(jobs, batches, in_flight, buffer)
-            except IndexingError:
-                self._discard(in_flight, buffer)
-                raise
-            finally:
-                batches.wait_quietly()
-
-    def _read_into_batches(
-        self,
-        jobs: list[FileJob],
-        batches: _BatchQueue,
-        in_flight: collections.deque[_Chunk],
-        buffer: list[ReadResult],
-    ) -> list[FileJob]:
         changed: list[FileJob] = []
-        last_write = time.monotonic()
-        chunks = [jobs[i : i + CHUNK_FILES] for i in range(0, len(jobs), CHUNK_FILES)]
+        chunks = _chunks(jobs, self._chunk_files(len(jobs)), CHUNK_BYTES)
         max_in_flight = CHUNKS_IN_FLIGHT_PER_WORKER * self.context.pool.workers
-        batch_size = self.context.settings.ingest.batch_size
-
+        in_flight: set[_Chunk] = set()
         position = 0
-        while position < len(chunks) or in_flight:
-            if self.cancel.is_set():
-                batches.wait()
-                self._discard(in_flight, buffer)
-                buffer.clear()
-                return changed
-            while position < len(chunks) and len(in_flight) < max_in_flight:
-                in_flight.append(self.context.pool.submit(chunks[position], self.options))
-                position += 1
-            pending = in_flight[0]
-            concurrent.futures.wait([pending], PROGRESS_INTERVAL_SECONDS)
-            if pending.done():
-                in_flight.popleft()
-                for result in pending.result():
-                    if result.outcome is Outcome.CHANGED:
-                        changed.append(result.job)
-                    else:
-                        buffer.append(result)
-            if len(buffer) >= batch_size or (
-                buffer and time.monotonic() - last_write >= MAX_BATCH_SECONDS
-            ):
-                batches.put(list(buffer))
-                buffer.clear()
-                last_write = time.monotonic()
-                self._progress(force=True, save_when_due=True)
-            else:
-                self._progress()
-        if buffer:
-            batches.put(list(buffer))
-            buffer.clear()
-        batches.wait()
+        try:
+            while position < len(chunks) or in_flight:
+                while (
+                    not self.cancel.is_set()
+                    and position < len(chunks)
+                    and len(in_flight) < max_in_flight
+                ):
+                    chunk = chunks[position]
+                    in_flight.add(self.context.pool.submit(index_chunk, chunk, self.options))
+                    position += 1
+                if self.cancel.is_set():
+                    # Chunks not started yet are dropped; those started finish.
+                    in_flight = {future for future in in_flight if not future.cancel()}
+                if not in_flight:
+                    break
+                done, _ = concurrent.futures.wait(
+                    in_flight, PROGRESS_INTERVAL_SECONDS, concurrent.futures.FIRST_COMPLETED
+                )
+                for future in done:
+                    in_flight.discard(future)
+                    changed += self._add_summary(future)
+                self._progress(force=bool(done), save_when_due=True)
+        finally:
+            # Chunks handed out are indexed or not as a whole; wait for them,
+            # so that the task ends with the counts of what was written.
+            for future in in_flight:
+                concurrent.futures.wait([future], STOP_TIMEOUT_SECONDS)
+                if future.done() and not future.cancelled() and future.exception() is None:
+                    self._count(future.result())
         return changed
 
-    def _write_batch(self, results: list[ReadResult]) -> None:
-        """Index a batch of read files in one transaction, with their states and report."""
-        read = [r for r in results if r.outcome is Outcome.INSTANCE and r.header is not None]
-        stored = [
-            StoredInstance(r.header, r.storage_key, r.size, "")  # type: ignore[arg-type]
-            for r in read
-        ]
-        report: list[TaskFile] = []
-        states: list[FileState] = []
-        for result in results:
-            if result.outcome in (Outcome.FAILED, Outcome.IGNORED):
-                LOGGER.debug("Not indexing %s: %s", result.job.path, result.reason)
-                report.append(TaskFile(result.job.path, str(result.outcome), result.reason))
-                # Without a remembered state, the next task reads the file again.
-                if not result.retry:
-                    states.append(self._state(result, str(result.outcome), reason=result.reason))
-        duplicates: list[ReadResult] = []
+    def _chunk_files(self, job_count: int) -> int:
+        """Files per chunk: the batch size, smaller when a few chunks would leave workers idle."""
+        per_worker = -(-job_count // (2 * self.context.pool.workers))
+        return min(self.context.settings.ingest.batch_size, max(MIN_CHUNK_FILES, per_worker))
 
-        def record(connection: Connection, outcomes: list[IndexOutcome | None]) -> None:
-            for result, outcome in zip(read, outcomes, strict=True):
-                uid = result.header.sop_instance_uid  # type: ignore[union-attr]
-                if outcome is None:
-                    duplicates.append(result)
-                    reason = DUPLICATE_REASON.format(uid=uid)
-                    report.append(TaskFile(result.job.path, "failed", reason))
-                    states.append(self._state(result, "failed", reason=reason))
-                else:
-                    states.append(self._state(result, "indexed", uid, result.storage_key))
-            self.context.files.record(connection, states)
-            self.context.tasks.add_files(connection, self.task_id, report)
-
+    def _add_summary(self, future: _Chunk) -> list[FileJob]:
         try:
-            assert self.context.writer is not None
-            outcomes = self.context.writer.add_instances(stored, self.replace, also=record)
-        except SQLAlchemyError as exc:
-            self._delete_copies(read)
-            raise IndexingError(f"The index database failed: {exc}") from exc
+            summary = future.result()
+        except Exception as exc:  # a worker died or failed outside the database
+            raise IndexingError(f"A worker process failed: {exc}") from exc
+        if summary.error:
+            raise IndexingError(summary.error)
+        self._count(summary)
+        return summary.changed
 
-        # After the commit: files the new instances replaced, and copies not indexed.
-        for outcome in outcomes:
-            if outcome is not None and outcome.replaced_storage_key:
-                self.context.storage.delete(outcome.replaced_storage_key)
-        self._delete_copies(duplicates)
-
-        self.counts.indexed += len(read) - len(duplicates)
-        self.counts.failed += sum(1 for f in report if f.outcome == "failed")
-        self.counts.ignored += sum(1 for f in report if f.outcome == "ignored")
-        LOGGER.debug("Indexed a batch of %d files from %s", len(results), self.folder)
-
-    def _state(
-        self, result: ReadResult, outcome: str, uid: str = "", key: str = "", reason: str = ""
-    ) -> FileState:
-        job = result.job
-        return FileState(
-            job.path, job.size, job.mtime_ns, str(self.mode), outcome, uid, key, reason
-        )
-
-    def _discard(self, in_flight: collections.deque[_Chunk], buffer: list[ReadResult]) -> None:
-        """Drop what was read but not indexed; in import mode, delete the copies made."""
-        deadline = time.monotonic() + STOP_TIMEOUT_SECONDS
-        unwritten = list(buffer)
-        for pending in in_flight:
-            concurrent.futures.wait([pending], max(0.0, deadline - time.monotonic()))
-            if pending.done() and not pending.cancelled() and pending.exception() is None:
-                unwritten += pending.result()
-        self._delete_copies(r for r in unwritten if r.outcome is Outcome.INSTANCE)
-
-    def _delete_copies(self, results: Iterable[ReadResult]) -> None:
-        if self.mode is Mode.IMPORT:
-            for result in results:
-                self.context.storage.delete(result.storage_key)
+    def _count(self, summary: ChunkSummary) -> None:
+        self.counts.indexed += summary.indexed
+        self.counts.failed += summary.failed
+        self.counts.ignored += summary.ignored
 
     # --- files still being written ----------------------------------------------------------
 
@@ -454,37 +390,17 @@ class FolderIndexer:
             raise IndexingError(f"The index database failed: {exc}") from exc
 
 
-class _BatchQueue:
-    """Writes batches on one writer thread, one at a time, in the order they are put."""
-
-    def __init__(
-        self,
-        executor: concurrent.futures.ThreadPoolExecutor,
-        write: Callable[[list[ReadResult]], None],
-    ) -> None:
-        self.executor = executor
-        self.write = write
-        self.writing: concurrent.futures.Future[None] | None = None
-
-    def put(self, batch: list[ReadResult]) -> None:
-        """Wait for the batch being written, then start writing ``batch``.
-
-        Raises
-        ------
-        IndexingError
-            If the previous batch failed; ``batch`` is then not written.
-        """
-        self.wait()
-        self.writing = self.executor.submit(self.write, batch)
-
-    def wait(self) -> None:
-        """Wait for the batch being written; raise its error, if any."""
-        writing, self.writing = self.writing, None
-        if writing is not None:
-            writing.result()
-
-    def wait_quietly(self) -> None:
-        """Wait for the batch being written and ignore its error (already being handled)."""
-        writing, self.writing = self.writing, None
-        if writing is not None:
-            concurrent.futures.wait([writing])
+def _chunks(jobs: list[FileJob], max_files: int, max_bytes: int) -> list[list[FileJob]]:
+    """Split the jobs into chunks of at most ``max_files`` files and about ``max_bytes`` bytes."""
+    chunks: list[list[FileJob]] = []
+    chunk: list[FileJob] = []
+    size = 0
+    for job in jobs:
+        if chunk and (len(chunk) >= max_files or size + job.size > max_bytes):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(job)
+        size += job.size
+    if chunk:
+        chunks.append(chunk)
+    return chunks

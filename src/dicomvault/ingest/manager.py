@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dicomvault.index.tasks import TaskRecord
 from dicomvault.ingest.indexer import IngestContext
-from dicomvault.ingest.reader import Mode
+from dicomvault.ingest.jobs import Mode
 from dicomvault.ingest.roots import resolve_folder
 from dicomvault.ingest.runner import run_index_task
 from dicomvault.ingest.watch import FolderWatcher

@@ -1,4 +1,4 @@
-"""A pool of worker processes that read file headers, sized to the machine."""
+"""A pool of worker processes that read file headers and index them, sized to the machine."""
 
 from __future__ import annotations
 
@@ -10,12 +10,17 @@ import os
 import signal
 import threading
 import warnings
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures.process import BrokenProcessPool
-
-from dicomvault.ingest.reader import FileJob, ReadOptions, ReadResult, read_files
+from typing import Any, TypeVar
 
 LOGGER = logging.getLogger(__name__)
+
+# Modules the forkserver imports once, so that each worker starts with them.
+PRELOADED_MODULES = ["dicomvault.ingest.worker"]
+
+_Result = TypeVar("_Result")
 
 
 def default_workers() -> int:
@@ -42,7 +47,10 @@ def _initialize_worker() -> None:
 
 
 class ReaderPool:
-    """Worker processes that run :func:`~dicomvault.ingest.reader.read_files`.
+    """Worker processes that read and index chunks of files.
+
+    They run module-level functions such as
+    :func:`~dicomvault.ingest.jobs.index_chunk`, with picklable arguments.
 
     The processes start on the first :meth:`submit` or
     :meth:`start_in_background` and live until :meth:`close`, so a watched
@@ -56,12 +64,8 @@ class ReaderPool:
     per file and competed with it for the GIL.
     """
 
-    def __init__(self, workers: int = 0, read_while_starting: bool = False) -> None:
+    def __init__(self, workers: int = 0) -> None:
         self.workers = workers or default_workers()
-        # Whether :meth:`submit` reads chunks in this process while the workers
-        # start in the background, instead of waiting for them. Only for a
-        # process with no other threads that log pydicom's warnings.
-        self.read_while_starting = read_while_starting
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self._starting = False
         self._lock = threading.Lock()
@@ -70,7 +74,7 @@ class ReaderPool:
         """Start the worker processes in a thread, unless they run; the caller goes on.
 
         Starting took 0.3 to 0.9 s on a shared 2-core machine, because a new
-        interpreter imports the reader's modules. The caller can scan meanwhile.
+        interpreter imports the workers' modules. The caller can scan meanwhile.
         """
         with self._lock:
             if self._executor is not None or self._starting:
@@ -81,14 +85,12 @@ class ReaderPool:
         )
         thread.start()
 
-    def submit(self, jobs: list[FileJob], options: ReadOptions) -> Future[list[ReadResult]]:
-        """Queue a chunk of files for reading; the result is one ReadResult per job."""
-        if self.read_while_starting and self._starting:
-            return self._read_here(jobs, options)
+    def submit(self, function: Callable[..., _Result], *args: Any) -> Future[_Result]:
+        """Queue ``function(*args)`` for a worker process; return its future."""
         executor = self._start()
         assert executor is not None
         try:
-            return executor.submit(read_files, jobs, options)
+            return executor.submit(function, *args)
         except BrokenProcessPool:
             # A worker died (killed, or out of memory); the executor accepts no
             # more work, so the next task gets new processes.
@@ -96,14 +98,7 @@ class ReaderPool:
             self.close()
             executor = self._start()
             assert executor is not None
-            return executor.submit(read_files, jobs, options)
-
-    def _read_here(self, jobs: list[FileJob], options: ReadOptions) -> Future[list[ReadResult]]:
-        future: Future[list[ReadResult]] = Future()
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # as in the workers
-            future.set_result(read_files(jobs, options))
-        return future
+            return executor.submit(function, *args)
 
     def _start(self, background: bool = False) -> concurrent.futures.ProcessPoolExecutor | None:
         with self._lock:
@@ -113,7 +108,7 @@ class ReaderPool:
                 self._starting = False
                 return self._executor
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload(["dicomvault.ingest.reader"])
+            context.set_forkserver_preload(PRELOADED_MODULES)
             executor = concurrent.futures.ProcessPoolExecutor(
                 self.workers, mp_context=context, initializer=_initialize_worker
             )

@@ -12,9 +12,9 @@ import enum
 import json
 import os
 
+from dicomvault.dicom.encoded_json import EncodedJSON
 from dicomvault.dicom.fast_header import describe_encoded
 from dicomvault.dicom.header import (
-    EncodedJSON,
     InstanceHeader,
     InvalidDatasetError,
     MissingAttributeError,
@@ -23,6 +23,7 @@ from dicomvault.dicom.header import (
     read_header,
 )
 from dicomvault.dicom.part10 import split_part10
+from dicomvault.ingest.jobs import FileJob, Mode, ReadOptions
 from dicomvault.storage.base import StorageError
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.in_place import in_place_key
@@ -33,13 +34,6 @@ DICOMDIR_REASON = (
 )
 
 
-class Mode(enum.StrEnum):
-    """The mode of an indexing task: in place or import."""
-
-    IN_PLACE = "in_place"  # the index references the file where it is
-    IMPORT = "import"  # the file is copied into the archive's storage
-
-
 class Outcome(enum.StrEnum):
     """The outcome of reading one file."""
 
@@ -47,23 +41,6 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"  # not indexed, for the given ``reason``
     IGNORED = "ignored"  # a DICOMDIR, recognised and not indexed
     CHANGED = "changed"  # size or modification time changed since the scan: read later
-
-
-@dataclasses.dataclass(frozen=True)
-class FileJob:
-    """A file to read, with the size and modification time the scan saw."""
-
-    path: str
-    size: int
-    mtime_ns: int
-
-
-@dataclasses.dataclass(frozen=True)
-class ReadOptions:
-    """Options of the workers: the mode, and the storage folder for imports."""
-
-    mode: Mode
-    storage_root: str
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicomvault.index.tasks import TaskCounts, TaskRecord
 from dicomvault.ingest.indexer import FolderIndexer, IndexingError, IngestContext
-from dicomvault.ingest.reader import Mode
+from dicomvault.ingest.jobs import Mode
 
 LOGGER = logging.getLogger(__name__)
 

@@ -13,12 +13,12 @@ import os
 import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 LOGGER = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class FoundFile:
+class FoundFile(NamedTuple):
     """A regular file, with its size and modification time when it was seen."""
 
     path: str
@@ -83,10 +83,9 @@ def _examine(
     entry: os.DirEntry[str], root: Path, on_skipped: Callable[[SkippedEntry], None] | None
 ) -> FoundFile | Path | None:
     """Return the file or subfolder an entry stands for, or None if it is skipped."""
-    path = Path(entry.path)
     try:
         if entry.is_symlink():
-            target = path.resolve()
+            target = Path(entry.path).resolve()
             if not (target == root or target.is_relative_to(root)):
                 _skip(
                     on_skipped,
@@ -102,10 +101,10 @@ def _examine(
         _skip(on_skipped, entry.path, f"Cannot be read: {getattr(exc, 'strerror', None) or exc}")
         return None
 
-    if stat.S_ISDIR(status.st_mode):
-        return path
     if stat.S_ISREG(status.st_mode):
         return FoundFile(entry.path, status.st_size, status.st_mtime_ns)
+    if stat.S_ISDIR(status.st_mode):
+        return Path(entry.path)
     _skip(on_skipped, entry.path, "Not a regular file")
     return None
 

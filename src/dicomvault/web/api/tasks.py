@@ -9,8 +9,8 @@ from fastapi import APIRouter, HTTPException, Query, Request, status
 from pydantic import BaseModel, Field
 
 from dicomvault.index.tasks import TaskFile, TaskNotFoundError, TaskRecord
+from dicomvault.ingest.jobs import Mode
 from dicomvault.ingest.manager import TaskFinishedError, TaskManager
-from dicomvault.ingest.reader import Mode
 from dicomvault.ingest.roots import PathNotAllowedError
 
 router = APIRouter(prefix="/api/tasks", tags=["indexing tasks"])

@@ -10,8 +10,8 @@ from fastapi.responses import HTMLResponse
 
 from dicomvault.index.tasks import TaskNotFoundError
 from dicomvault.index.users import Session
+from dicomvault.ingest.jobs import Mode
 from dicomvault.ingest.manager import TaskFinishedError, TaskManager
-from dicomvault.ingest.reader import Mode
 from dicomvault.ingest.roots import PathNotAllowedError
 from dicomvault.web.ui.admin.common import ADMIN_PREFIX, render_panel
 from dicomvault.web.ui.rendering import AdminSession, render_page

@@ -1,0 +1,55 @@
+"""Keep the Patient / Study / Series hierarchy free of parents without children."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import Connection, delete, exists, select
+
+from dicomvault.index.schema import instances, patients, series, studies
+
+
+def prune_empty_parents(connection: Connection, series_pks: Iterable[int]) -> None:
+    """Delete the series left without instances, then studies and patients left empty."""
+    for series_pk in series_pks:
+        prune_series(connection, series_pk)
+
+
+def prune_series(connection: Connection, series_pk: int) -> None:
+    """Delete the series if it has no instances, then its study and patient if left empty."""
+    study_pk = connection.execute(
+        select(series.c.study_pk).where(series.c.pk == series_pk)
+    ).scalar_one_or_none()
+    result = connection.execute(
+        delete(series).where(
+            series.c.pk == series_pk,
+            ~exists().where(instances.c.series_pk == series_pk),
+        )
+    )
+    if result.rowcount and study_pk is not None:
+        prune_study(connection, study_pk)
+
+
+def prune_study(connection: Connection, study_pk: int) -> None:
+    """Delete the study if it has no series, then its patient if left empty."""
+    patient_pk = connection.execute(
+        select(studies.c.patient_pk).where(studies.c.pk == study_pk)
+    ).scalar_one_or_none()
+    result = connection.execute(
+        delete(studies).where(
+            studies.c.pk == study_pk,
+            ~exists().where(series.c.study_pk == study_pk),
+        )
+    )
+    if result.rowcount and patient_pk is not None:
+        prune_patient(connection, patient_pk)
+
+
+def prune_patient(connection: Connection, patient_pk: int) -> None:
+    """Delete the patient if it has no studies."""
+    connection.execute(
+        delete(patients).where(
+            patients.c.pk == patient_pk,
+            ~exists().where(studies.c.patient_pk == patient_pk),
+        )
+    )

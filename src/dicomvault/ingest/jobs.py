@@ -1,0 +1,80 @@
+"""Messages between the indexing process and its workers: file jobs, options, chunk summaries.
+
+This module imports nothing heavy, so that the process that scans folders
+and hands out chunks starts without pydicom; the workers import
+:mod:`dicomvault.ingest.worker`, which does the reading and writing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import NamedTuple
+
+
+class Mode(enum.StrEnum):
+    """The mode of an indexing task: in place or import."""
+
+    IN_PLACE = "in_place"  # the index references the file where it is
+    IMPORT = "import"  # the file is copied into the archive's storage
+
+
+class FileJob(NamedTuple):
+    """A file to read, with the size and modification time the scan saw.
+
+    A named tuple rather than a dataclass: tens of thousands are built and
+    sent to the workers per task, and tuples are faster to build and pickle.
+    """
+
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadOptions:
+    """Options of the workers: the mode, and the storage folder for imports."""
+
+    mode: Mode
+    storage_root: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ChunkOptions:
+    """What a worker needs to index a chunk: how to read, where to write, for which task.
+
+    ``index_url`` is the full URL of the index database, password included;
+    it travels to the worker processes only, never to a log.
+    """
+
+    read: ReadOptions
+    index_url: str
+    task_id: int
+    replace: bool
+
+    def __repr__(self) -> str:
+        return f"ChunkOptions(read={self.read!r}, task_id={self.task_id}, replace={self.replace})"
+
+
+@dataclasses.dataclass
+class ChunkSummary:
+    """What indexing a chunk did, for the parent's counts.
+
+    ``changed`` lists the files that changed while they were read, to be
+    read again later. A non-empty ``error`` means the index database failed
+    and nothing of the chunk was written.
+    """
+
+    indexed: int = 0
+    failed: int = 0
+    ignored: int = 0
+    changed: list[FileJob] = dataclasses.field(default_factory=list)
+    error: str = ""
+
+
+def index_chunk(jobs: list[FileJob], options: ChunkOptions) -> ChunkSummary:
+    """Read and index a chunk of files; see :func:`dicomvault.ingest.worker.index_files`."""
+    # Imported here: the workers have it preloaded, the parent never needs it.
+    from dicomvault.ingest.worker import index_files
+
+    return index_files(jobs, options)
