@@ -28,6 +28,7 @@ from dicomvault.index.writer import IndexOutcome, IndexWriter, StoredInstance, p
 from dicomvault.ingest.pool import ReaderPool
 from dicomvault.ingest.reader import FileJob, Mode, Outcome, ReadOptions, ReadResult
 from dicomvault.ingest.scan import SkippedEntry, scan_folder
+from dicomvault.storage.encrypted import EncryptedStorage
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.in_place import in_place_key
 
@@ -63,7 +64,7 @@ class IngestContext:
 
     settings: Settings
     engine: Engine
-    storage: FilesystemStorage
+    storage: FilesystemStorage | EncryptedStorage
     pool: ReaderPool
     writer: IndexWriter | None = None
 
@@ -120,7 +121,10 @@ class FolderIndexer:
         self.cancel = cancel
         self.on_progress = on_progress
         self.watching = watching
-        self.options = ReadOptions(mode, str(context.storage.root))
+        encryption = context.settings.encryption
+        self.options = ReadOptions(
+            mode, str(context.storage.root), encryption if encryption.enabled else None
+        )
         self.replace = context.settings.storage.duplicate_policy == "replace"
         self.settle_ns = int(context.settings.ingest.settle_seconds * 1e9)
         self._last_progress = 0.0

@@ -11,7 +11,9 @@ import dataclasses
 import enum
 import json
 import os
+from typing import TYPE_CHECKING
 
+from dicomvault.config import EncryptionSettings
 from dicomvault.dicom.fast_header import describe_encoded
 from dicomvault.dicom.header import (
     EncodedJSON,
@@ -26,6 +28,9 @@ from dicomvault.dicom.part10 import split_part10
 from dicomvault.storage.base import StorageError
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.in_place import in_place_key
+
+if TYPE_CHECKING:
+    from dicomvault.storage.encrypted import EncryptedStorage
 
 MEDIA_STORAGE_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
 DICOMDIR_REASON = (
@@ -60,10 +65,16 @@ class FileJob:
 
 @dataclasses.dataclass(frozen=True)
 class ReadOptions:
-    """Options of the workers: the mode, and the storage folder for imports."""
+    """Options of the workers: the mode, and the storage folder for imports.
+
+    ``encryption`` is set when imported copies are encrypted. Each worker
+    then reads the master key from the same key file or variable as the
+    archive.
+    """
 
     mode: Mode
     storage_root: str
+    encryption: EncryptionSettings | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,7 +97,7 @@ class ReadResult:
     retry: bool = False
 
 
-_storages: dict[str, FilesystemStorage] = {}
+_storages: dict[str, FilesystemStorage | EncryptedStorage] = {}
 
 
 def read_files(jobs: list[FileJob], options: ReadOptions) -> list[ReadResult]:
@@ -177,7 +188,7 @@ def _import(
 
     storage = _storages.get(options.storage_root)
     if storage is None:
-        storage = _storages[options.storage_root] = FilesystemStorage(options.storage_root)
+        storage = _storages[options.storage_root] = _open_storage(options)
     meta = encode_file_meta(
         header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid
     )
@@ -188,3 +199,15 @@ def _import(
         reason = f"Cannot be copied into the storage: {exc}"
         return ReadResult(job, Outcome.FAILED, reason, retry=True)
     return ReadResult(job, Outcome.INSTANCE, header=header, storage_key=key, size=size)
+
+
+def _open_storage(options: ReadOptions) -> FilesystemStorage | EncryptedStorage:
+    """Open the storage imported copies go to; the parent process checked the keys."""
+    # Imported here, so that workers without encryption do not import it.
+    from dicomvault.encryption.keys import load_key_provider
+    from dicomvault.storage.encrypted import EncryptedStorage
+
+    storage = FilesystemStorage(options.storage_root)
+    if options.encryption is None:
+        return storage
+    return EncryptedStorage(storage, load_key_provider(options.encryption))
