@@ -1,4 +1,4 @@
-"""The ``dicomvault`` command line: serve, config, node, user, index, remove, tasks."""
+"""The ``dicomvault`` command line: serve, config, node, user, index, remove, tasks, keys."""
 
 from __future__ import annotations
 
@@ -48,11 +48,12 @@ from dicomvault.ingest.progress import ProgressBar, summarize
 from dicomvault.ingest.roots import PathNotAllowedError, resolve_folder
 from dicomvault.ingest.runner import run_index_task
 from dicomvault.ingest.watch import FolderWatcher
+from dicomvault.keys_cli import keys_app
 from dicomvault.logging_setup import configure_logging
 from dicomvault.nodes import make_node
 from dicomvault.recent_logs import install_recent_log_handler
-from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.lock import DataDirInUseError, lock_data_dir
+from dicomvault.storage.setup import StorageSetupError, open_storage
 from dicomvault.users import InvalidUserError, check_user_name, parse_role
 
 if TYPE_CHECKING:
@@ -77,6 +78,8 @@ ConfigOption = Annotated[
     Path | None,
     typer.Option("--config", help="TOML configuration file (default: $DICOMVAULT_CONFIG)."),
 ]
+
+app.add_typer(keys_app, name="keys")
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -243,12 +246,19 @@ def run_server(configured: Settings) -> int:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_data_dir(data_dir)
-        storage = FilesystemStorage(data_dir / "storage")
     except DataDirInUseError as exc:
         LOGGER.error("%s", exc)
         return 1
     except OSError as exc:
         LOGGER.error("Cannot use data directory %s: %s", data_dir, exc.strerror or exc)
+        return 1
+    # Encryption settings cannot be saved through the HTTP API, so the
+    # configured keys apply, checked before any port opens.
+    try:
+        storage = open_storage(configured, serving=True)
+    except StorageSetupError as exc:
+        LOGGER.error("%s", exc)
+        lock.close()
         return 1
     # Safe only because the lock guarantees no other process writes here.
     storage.remove_temporary_files()
@@ -780,7 +790,11 @@ def _ingest_context(settings: Settings, start_workers: bool = False) -> IngestCo
         raise _fail(str(exc), code=1) from None
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        storage = FilesystemStorage(settings.data_dir / "storage")
+        storage = open_storage(settings)
+    except StorageSetupError as exc:
+        engine.dispose()
+        pool.close()
+        raise _fail(str(exc), 1) from None
     except OSError as exc:
         engine.dispose()
         pool.close()

@@ -201,6 +201,21 @@ def _parse_base_url(value: Any) -> str:
     return text
 
 
+def _parse_secret(value: Any) -> str:
+    # The value is a key: messages must never quote it.
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    return value.strip()
+
+
+def _parse_secret_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return [item.strip() for item in value if item.strip()]
+    raise ValueError("must be a comma-separated list of keys")
+
+
 def _parse_log_level(value: Any) -> str:
     text = str(value).strip().upper()
     if text not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -218,6 +233,9 @@ class SettingDefinition:
     default: Any
     help: str
     secret: bool = False
+    # Only an environment variable may set it: configuration files are often
+    # readable by more users than the key should be.
+    env_only: bool = False
 
     @property
     def name(self) -> str:
@@ -489,6 +507,51 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         "http.host is a loopback address) or users (an API token or a console login)",
     ),
     SettingDefinition(
+        "encryption",
+        "enabled",
+        _parse_bool,
+        False,
+        "encrypt stored files with AES-256-GCM under a master key from encryption.key_file "
+        "or DICOMVAULT_ENCRYPTION_KEY; files indexed in place are never encrypted",
+    ),
+    SettingDefinition(
+        "encryption",
+        "key_file",
+        _parse_optional_path,
+        "",
+        "file with the current 256-bit master key as 64 hexadecimal digits or base64, "
+        "readable by the archive's user only (mode 0600 or 0400); "
+        "'dicomvault keys generate FILE' writes one",
+    ),
+    SettingDefinition(
+        "encryption",
+        "key",
+        _parse_secret,
+        "",
+        "the current master key as 64 hexadecimal digits or base64, in place of "
+        "encryption.key_file; only from the environment variable DICOMVAULT_ENCRYPTION_KEY",
+        secret=True,
+        env_only=True,
+    ),
+    SettingDefinition(
+        "encryption",
+        "previous_key_files",
+        _parse_path_list,
+        [],
+        "key files of earlier master keys, needed to read files whose data keys "
+        "'dicomvault keys rotate' has not yet wrapped under the current key",
+    ),
+    SettingDefinition(
+        "encryption",
+        "previous_keys",
+        _parse_secret_list,
+        [],
+        "earlier master keys, comma-separated, in place of encryption.previous_key_files; "
+        "only from the environment variable DICOMVAULT_ENCRYPTION_PREVIOUS_KEYS",
+        secret=True,
+        env_only=True,
+    ),
+    SettingDefinition(
         "logging", "level", _parse_log_level, "INFO", "log level: DEBUG, INFO, WARNING or ERROR"
     ),
     SettingDefinition(
@@ -587,6 +650,17 @@ class HttpSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class EncryptionSettings:
+    """Settings of encryption at rest; the keys themselves are left out of the repr."""
+
+    enabled: bool
+    key_file: str
+    key: str = dataclasses.field(repr=False)
+    previous_key_files: list[str] = dataclasses.field(default_factory=list)
+    previous_keys: list[str] = dataclasses.field(default_factory=list, repr=False)
+
+
+@dataclasses.dataclass(frozen=True)
 class LoggingSettings:
     """Settings of log output."""
 
@@ -606,6 +680,7 @@ class Settings:
     ingest: IngestSettings
     http: HttpSettings
     logging: LoggingSettings
+    encryption: EncryptionSettings
     sources: Mapping[str, str]
     nodes: tuple[RemoteNode, ...] = ()
 
@@ -693,6 +768,7 @@ def load_settings(
         ingest=section("ingest", IngestSettings),
         http=section("http", HttpSettings),
         logging=section("logging", LoggingSettings),
+        encryption=section("encryption", EncryptionSettings),
         sources=sources,
         nodes=nodes,
     )
@@ -736,6 +812,12 @@ def apply_saved_settings(settings: Settings, saved: Mapping[str, Any]) -> Settin
         except ValueError as exc:
             raise ConfigError(f"Invalid setting saved in the {SAVED_SOURCE}: {exc}") from None
         section, key = name.split(".", 1)
+        if section == "encryption":
+            # Storage is opened with the configured keys before saved settings are read.
+            raise ConfigError(
+                f"Invalid setting saved in the {SAVED_SOURCE}: '{name}' can only be set in "
+                "the configuration file or the environment"
+            )
         sections.setdefault(section, {})[key] = value
         sources[name] = SAVED_SOURCE
     changed = {
@@ -800,11 +882,44 @@ def _check_combinations(values: Mapping[str, Any], sources: Mapping[str, str]) -
             f"address, and {where('http.dicomweb_access')} is open, so anyone on the network "
             'could read and store images; set http.dicomweb_access = "users"'
         )
+    _check_encryption(values, where)
     if bool(values["http.tls_cert_file"]) != bool(values["http.tls_key_file"]):
         raise ConfigError(
             "Invalid settings: HTTPS needs both 'http.tls_cert_file' and 'http.tls_key_file', "
             "but only one of them is set"
         )
+
+
+def _check_encryption(values: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    if "encryption.enabled" not in values:
+        return  # saved settings, which never contain encryption settings
+    key_file, key = values["encryption.key_file"], values["encryption.key"]
+    if values["encryption.enabled"]:
+        if not key_file and not key:
+            raise ConfigError(
+                f"Invalid settings: {where('encryption.enabled')} is true, so a master key is "
+                "required in 'encryption.key_file' or DICOMVAULT_ENCRYPTION_KEY; "
+                "'dicomvault keys generate FILE' writes a key file"
+            )
+        if key_file and key:
+            raise ConfigError(
+                f"Invalid settings: both {where('encryption.key_file')} and "
+                "DICOMVAULT_ENCRYPTION_KEY name a current master key; set only one of them"
+            )
+        return
+    names = (
+        "encryption.key_file",
+        "encryption.key",
+        "encryption.previous_key_files",
+        "encryption.previous_keys",
+    )
+    for name in names:
+        if values[name]:
+            raise ConfigError(
+                f"Invalid settings: {where(name)} is set but 'encryption.enabled' is false, "
+                "so stored files would not be encrypted; set encryption.enabled = true, or "
+                "remove the key setting"
+            )
 
 
 def _reject_unknown_variables(env: Mapping[str, str]) -> None:
@@ -824,11 +939,11 @@ def _resolve_relative_paths(file_values: dict[str, Any], base: Path) -> None:
     data_dir = file_values.get("storage.data_dir")
     if isinstance(data_dir, str) and data_dir and not Path(data_dir).expanduser().is_absolute():
         file_values["storage.data_dir"] = str(base.resolve() / data_dir)
-    for name in TLS_FILE_SETTINGS:
+    for name in (*TLS_FILE_SETTINGS, "encryption.key_file"):
         path = file_values.get(name)
         if isinstance(path, str) and path.strip():
             file_values[name] = _relative_to(base, path)
-    for name in ("ingest.import_roots", "ingest.watch_folders"):
+    for name in ("ingest.import_roots", "ingest.watch_folders", "encryption.previous_key_files"):
         paths = file_values.get(name)
         if isinstance(paths, list):
             file_values[name] = [
@@ -899,6 +1014,12 @@ def _apply(
         if definition is None:
             known = ", ".join(sorted(_BY_NAME))
             raise ConfigError(f"Unknown setting '{name}' in {source}; known settings: {known}")
+        if definition.env_only and not via_env:
+            raise ConfigError(
+                f"Setting '{name}' cannot be set in {source}, which other users may be able "
+                f"to read; set the environment variable {definition.env_var} instead, or "
+                "use a key file"
+            )
         try:
             values[name] = definition.parse(raw)
         except ValueError as exc:

@@ -11,7 +11,7 @@ import dataclasses
 import io
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -21,7 +21,7 @@ from pydicom.pixels.decoders.base import get_decoder
 from pydicom.pixels.processing import apply_color_lut, apply_modality_lut
 from pydicom.pixels.utils import pixel_array
 
-from dicomvault.transcode import DECODING_PLUGINS
+from dicomvault.transcode import DECODING_PLUGINS, rewound
 
 LOGGER = logging.getLogger(__name__)
 
@@ -61,8 +61,11 @@ class RenderOptions:
     quality: int = DEFAULT_JPEG_QUALITY
 
 
-def read_frame(path: Path, index: int) -> tuple[Dataset, np.ndarray[Any, Any]]:
-    """Decode frame ``index`` (0-based) of the file at ``path``; return its header and pixels.
+def read_frame(source: Path | BinaryIO, index: int) -> tuple[Dataset, np.ndarray[Any, Any]]:
+    """Decode frame ``index`` (0-based) of a DICOM file; return its header and pixels.
+
+    ``source`` is the file's path, or a seekable stream of the file, read
+    from its start.
 
     Raises
     ------
@@ -70,7 +73,7 @@ def read_frame(path: Path, index: int) -> tuple[Dataset, np.ndarray[Any, Any]]:
         If the file has no pixel data, the frame does not exist, or no
         installed decoder can decode it.
     """
-    ds = dcmread(path, stop_before_pixels=True)
+    ds = dcmread(rewound(source), stop_before_pixels=True)
     if "Rows" not in ds or "Columns" not in ds:
         raise RenderError("the instance has no pixel data to render")
     frames = int(ds.get("NumberOfFrames") or 1)
@@ -88,7 +91,7 @@ def read_frame(path: Path, index: int) -> tuple[Dataset, np.ndarray[Any, Any]]:
     errors = []
     for plugin in plugins:
         try:
-            return ds, pixel_array(path, index=index, decoding_plugin=plugin)
+            return ds, pixel_array(source, index=index, decoding_plugin=plugin)
         except Exception as exc:  # pixel data decoders raise many types
             errors.append(f"{plugin or 'pydicom'}: {exc}")
     raise RenderError(f"decoding the frame failed ({'; '.join(errors)})")

@@ -9,8 +9,9 @@ and encode the dataset again.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
-from typing import Any
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
@@ -43,11 +44,23 @@ class ConversionError(ValueError):
     """A stored instance cannot be converted to the requested transfer syntax."""
 
 
-def decompressed(path: Any, ds: Dataset) -> Dataset:
-    """Return the dataset read from ``path`` with its pixel data decoded.
+def rewound(source: Path | BinaryIO) -> Path | BinaryIO:
+    """Move ``source`` to its start if it is a stream, and return it; a path is returned as is.
 
-    ``ds`` is the dataset already read from ``path``. Each plugin of
-    DECODING_PLUGINS that supports the transfer syntax is tried in turn.
+    pydicom reads a stream from its current position, so a stream read
+    before must be rewound to be read again.
+    """
+    if not isinstance(source, (str, os.PathLike)):
+        source.seek(0)
+    return source
+
+
+def decompressed(source: Path | BinaryIO, ds: Dataset) -> Dataset:
+    """Return the dataset read from ``source`` with its pixel data decoded.
+
+    ``ds`` is the dataset already read from ``source``, a path or a seekable
+    stream. Each plugin of DECODING_PLUGINS that supports the transfer
+    syntax is tried in turn.
 
     Raises
     ------
@@ -67,7 +80,7 @@ def decompressed(path: Any, ds: Dataset) -> Dataset:
             return ds
         except Exception as exc:  # pixel data decoders raise many types
             errors.append(f"{plugin}: {exc}")
-            ds = pydicom.dcmread(path)
+            ds = pydicom.dcmread(rewound(source))
     if not errors:
         raise ConversionError(f"no installed decoder supports {syntax.name}")
     raise ConversionError(f"decoding {syntax.name} failed ({'; '.join(errors)})")
@@ -102,8 +115,10 @@ def supported_targets() -> tuple[UID, ...]:
     return tuple(targets)
 
 
-def encode_instance(path: Path, target: str) -> bytes:
-    """Return the stored file at ``path`` as a DICOM file in transfer syntax ``target``.
+def encode_instance(source: Path | BinaryIO, target: str) -> bytes:
+    """Return a stored file as a DICOM file in transfer syntax ``target``.
+
+    ``source`` is the file's path, or a seekable stream of the file.
 
     The result has a new File Meta Information header with the archive's
     implementation identity. Compressed pixel data is decoded first, then
@@ -118,13 +133,13 @@ def encode_instance(path: Path, target: str) -> bytes:
     syntax = UID(target)
     if syntax not in supported_targets():
         raise ConversionError(f"the archive cannot encode {syntax.name or syntax}")
-    ds: Dataset = pydicom.dcmread(path)
-    source = ds.file_meta.TransferSyntaxUID
-    if source.is_compressed and "PixelData" in ds:
-        ds = decompressed(path, ds)
+    ds: Dataset = pydicom.dcmread(rewound(source))
+    stored = ds.file_meta.TransferSyntaxUID
+    if stored.is_compressed and "PixelData" in ds:
+        ds = decompressed(source, ds)
     for _ in ds.iterall():
         pass  # decodes every raw element, so none is copied in the old encoding
-    if not source.is_little_endian:
+    if not stored.is_little_endian:
         swap_pixel_data_bytes(ds)
 
     if syntax.is_compressed:

@@ -10,6 +10,7 @@ from dicomvault.config import (
     SETTINGS,
     ConfigError,
     Settings,
+    apply_saved_settings,
     describe_settings,
     load_settings,
     mask_url_password,
@@ -605,3 +606,85 @@ class TestTLSSettings:
             "Invalid setting DICOMVAULT_HTTP_TRUSTED_PROXIES: must contain IP addresses or "
             "networks such as 10.0.0.5 or 10.0.0.0/24, got '*'"
         )
+
+
+KEY_HEX = "00112233445566778899aabbccddeeff" * 2
+
+
+class TestEncryptionSettings:
+    def test_off_by_default(self) -> None:
+        settings = load_settings(environ={})
+
+        assert not settings.encryption.enabled
+        assert settings.encryption.key_file == ""
+
+    def test_key_file_relative_to_config_file(self, tmp_path: Path) -> None:
+        path = write_config(
+            tmp_path, '[encryption]\nenabled = true\nkey_file = "keys/master.key"\n'
+        )
+
+        settings = load_settings(path, environ={})
+
+        assert settings.encryption.key_file == str(tmp_path / "keys" / "master.key")
+
+    def test_key_in_file_rejected(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, f'[encryption]\nenabled = true\nkey = "{KEY_HEX}"\n')
+
+        with pytest.raises(ConfigError) as raised:
+            load_settings(path, environ={})
+
+        assert str(raised.value) == (
+            f"Setting 'encryption.key' cannot be set in file {path}, which other users may be "
+            "able to read; set the environment variable DICOMVAULT_ENCRYPTION_KEY instead, "
+            "or use a key file"
+        )
+        assert KEY_HEX not in str(raised.value)
+
+    def test_enabled_needs_key(self) -> None:
+        message = r"a master key is required in 'encryption\.key_file'"
+        with pytest.raises(ConfigError, match=message):
+            load_settings(environ={"DICOMVAULT_ENCRYPTION_ENABLED": "true"})
+
+    def test_two_current_keys_rejected(self) -> None:
+        environ = {
+            "DICOMVAULT_ENCRYPTION_ENABLED": "true",
+            "DICOMVAULT_ENCRYPTION_KEY_FILE": "/k",
+            "DICOMVAULT_ENCRYPTION_KEY": KEY_HEX,
+        }
+
+        with pytest.raises(ConfigError, match="set only one of them") as raised:
+            load_settings(environ=environ)
+
+        assert KEY_HEX not in str(raised.value)
+
+    def test_key_without_enabled_rejected(self) -> None:
+        with pytest.raises(ConfigError) as raised:
+            load_settings(environ={"DICOMVAULT_ENCRYPTION_KEY": KEY_HEX})
+
+        assert str(raised.value) == (
+            "Invalid settings: 'encryption.key' (DICOMVAULT_ENCRYPTION_KEY) is set but "
+            "'encryption.enabled' is false, so stored files would not be encrypted; set "
+            "encryption.enabled = true, or remove the key setting"
+        )
+
+    def test_keys_masked_in_description(self) -> None:
+        settings = load_settings(
+            environ={
+                "DICOMVAULT_ENCRYPTION_ENABLED": "true",
+                "DICOMVAULT_ENCRYPTION_KEY": KEY_HEX,
+                "DICOMVAULT_ENCRYPTION_PREVIOUS_KEYS": KEY_HEX[::-1],
+            }
+        )
+
+        rows = described(settings)
+
+        assert rows["encryption.key"] == ("********", "DICOMVAULT_ENCRYPTION_KEY")
+        assert rows["encryption.previous_keys"][0] == "********"
+        assert KEY_HEX not in repr(settings)
+        assert KEY_HEX[::-1] not in repr(settings)
+
+    def test_saved_encryption_setting_rejected(self) -> None:
+        settings = load_settings(environ={})
+
+        with pytest.raises(ConfigError, match=r"'encryption\.enabled' can only be set in"):
+            apply_saved_settings(settings, {"encryption.enabled": False})

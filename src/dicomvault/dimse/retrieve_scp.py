@@ -17,7 +17,8 @@ import logging
 import time
 from collections.abc import Iterator
 from io import BytesIO
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 import pydicom
 import pynetdicom.association
@@ -57,6 +58,7 @@ from dicomvault.transcode import (
     DECODING_PLUGINS,
     ConversionError,
     decompressed,
+    rewound,
     swap_pixel_data_bytes,
 )
 
@@ -427,24 +429,25 @@ class _Retrieval:
             )
             return None
         originator = Originator(self.calling_ae, self.req.MessageID) if self.is_move else None
-        # NOTE: sub-operations read files by path, so they need filesystem storage.
-        path = self.archive.storage.path_for(item.storage_key)  # type: ignore[attr-defined]
+        storage = self.archive.storage
         # Deflated datasets are re-encoded: some senders store an odd-length
         # deflated stream, and DCMTK rejects odd-length message fragments.
         as_stored = contexts.get(item.transfer_syntax_uid)
         try:
-            if as_stored is not None and not _is_deflated(item.transfer_syntax_uid):
-                outcome = sender.send_file(
-                    as_stored,
-                    item.sop_class_uid,
-                    item.sop_instance_uid,
-                    path,
-                    message_id,
-                    originator,
-                )
-            else:
-                dataset, context_id = convert_for(path, contexts)
-                outcome = sender.send_dataset(context_id, dataset, message_id, originator)
+            with storage.open(item.storage_key) as stream:
+                if as_stored is not None and not _is_deflated(item.transfer_syntax_uid):
+                    outcome = sender.send_file(
+                        as_stored,
+                        item.sop_class_uid,
+                        item.sop_instance_uid,
+                        stream,
+                        message_id,
+                        originator,
+                        path=storage.plain_path(item.storage_key),
+                    )
+                else:
+                    dataset, context_id = convert_for(stream, contexts)
+                    outcome = sender.send_dataset(context_id, dataset, message_id, originator)
         except ConversionError as exc:
             LOGGER.warning(
                 "%s: cannot convert %s for the peer: %s", self.operation, item.sop_instance_uid, exc
@@ -464,8 +467,10 @@ class _Retrieval:
         return outcome.status
 
 
-def convert_for(path: Any, accepted: dict[str, int]) -> tuple[Dataset, int]:
+def convert_for(source: Path | BinaryIO, accepted: dict[str, int]) -> tuple[Dataset, int]:
     """Read a stored file and prepare it for sending in one of the ``accepted`` syntaxes.
+
+    ``source`` is the file's path, or a seekable stream of the file.
 
     ``accepted`` maps transfer syntax UID to presentation context ID.
     Compressed pixel data is decompressed (pylibjpeg plugins). The dataset
@@ -485,10 +490,10 @@ def convert_for(path: Any, accepted: dict[str, int]) -> tuple[Dataset, int]:
             "and the archive converts only to uncompressed transfer syntaxes"
         )
     target = targets[0]
-    ds: Dataset = pydicom.dcmread(path)
+    ds: Dataset = pydicom.dcmread(rewound(source))
     syntax = ds.file_meta.TransferSyntaxUID
     if syntax.is_compressed:
-        ds = decompressed(path, ds)
+        ds = decompressed(source, ds)
     # Encode in the target syntax and read back, so the dataset pynetdicom
     # sends has the target as its original encoding.
     for _ in ds.iterall():

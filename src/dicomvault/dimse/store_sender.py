@@ -128,24 +128,37 @@ class StoreSender:
         context_id: int,
         sop_class_uid: str,
         sop_instance_uid: str,
-        path: Path,
+        stream: BinaryIO,
         message_id: int,
         originator: Originator | None = None,
+        path: Path | None = None,
     ) -> StoreOutcome:
-        """Send the dataset of a stored file unchanged, streamed from disk.
+        """Send the dataset of a stored file unchanged, streamed from ``stream``.
 
-        The file's transfer syntax must be the one of the presentation context.
+        ``stream`` is a seekable stream of the whole file; its transfer syntax
+        must be the one of the presentation context. ``path``, when given, is
+        a file with the same bytes, which pynetdicom streams itself over TLS.
+
+        Raises
+        ------
+        SendError
+            If the file has no File Meta Information, or the exchange fails.
+        OSError
+            If the stream cannot be read.
         """
+        offset = _dataset_offset_in(stream, path)
         if self._receiver is not None:
             command = _store_request(message_id, sop_class_uid, sop_instance_uid, originator)
-            with open(path, "rb") as stream:
-                stream.seek(_dataset_offset_in(stream, path))
-                return self._exchange_directly(
-                    context_id, message_id, command, data_set_stream=stream
-                )
-        offset = dataset_offset(path)
+            stream.seek(offset)
+            return self._exchange_directly(context_id, message_id, command, data_set_stream=stream)
         request = self._request(context_id, sop_class_uid, sop_instance_uid, message_id)
-        request._dataset_path = (path, offset)  # streamed by pynetdicom's encoder
+        if path is not None:
+            request._dataset_path = (path, offset)  # streamed by pynetdicom's encoder
+        else:
+            # NOTE: pynetdicom encodes a data set from memory or from a path, so
+            # over TLS an encrypted file is decrypted into memory whole.
+            stream.seek(offset)
+            request.DataSet = BytesIO(stream.read())
         return self._exchange(request, context_id, originator)
 
     def send_dataset(
@@ -270,11 +283,20 @@ def dataset_offset(path: Path) -> int:
         return _dataset_offset_in(stream, path)
 
 
-def _dataset_offset_in(stream: BinaryIO, path: Path) -> int:
+def _dataset_offset_in(stream: BinaryIO, path: Path | None) -> int:
+    """Return the dataset offset of the file in ``stream``; see :func:`dataset_offset`.
+
+    A file without the usual 144 bytes is parsed from ``path``, which
+    only in-place files need; the archive writes every stored file with them.
+    """
+    stream.seek(0)
     head = stream.read(PREAMBLE_AND_PREFIX + 12)
     if head[128:132] == b"DICM" and head[132:140] == GROUP_LENGTH_ELEMENT:
         (group_length,) = struct.unpack("<I", head[140:144])
         return PREAMBLE_AND_PREFIX + 12 + int(group_length)
+    if path is None:
+        name = getattr(stream, "name", "the stored file")
+        raise SendError(f"{name} does not start with the File Meta Information the archive writes")
     try:
         _, offset = split_dataset(path)
     except InvalidDicomError as exc:

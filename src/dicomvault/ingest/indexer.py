@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import SQLAlchemyError
@@ -37,6 +38,9 @@ from dicomvault.ingest.pool import ReaderPool
 from dicomvault.ingest.scan import SkippedEntry, scan_folder
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.in_place import in_place_key
+
+if TYPE_CHECKING:
+    from dicomvault.storage.encrypted import EncryptedStorage
 
 LOGGER = logging.getLogger(__name__)
 
@@ -69,7 +73,7 @@ class IngestContext:
 
     settings: Settings
     engine: Engine
-    storage: FilesystemStorage
+    storage: FilesystemStorage | EncryptedStorage
     pool: ReaderPool
 
     def __post_init__(self) -> None:
@@ -123,8 +127,11 @@ class FolderIndexer:
         self.cancel = cancel
         self.on_progress = on_progress
         self.watching = watching
+        encryption = context.settings.encryption
         self.options = ChunkOptions(
-            ReadOptions(mode, str(context.storage.root)),
+            ReadOptions(
+                mode, str(context.storage.root), encryption if encryption.enabled else None
+            ),
             context.engine.url.render_as_string(hide_password=False),
             task_id,
             context.settings.storage.duplicate_policy == "replace",

@@ -11,6 +11,8 @@ import dataclasses
 import enum
 from typing import NamedTuple
 
+from dicomvault.config import EncryptionSettings
+
 
 class Mode(enum.StrEnum):
     """The mode of an indexing task: in place or import."""
@@ -33,10 +35,16 @@ class FileJob(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class ReadOptions:
-    """Options of the workers: the mode, and the storage folder for imports."""
+    """Options of the workers: the mode, and the storage folder for imports.
+
+    ``encryption`` is set when imported copies are encrypted. Each worker
+    then reads the master key from the same key file or variable as the
+    archive.
+    """
 
     mode: Mode
     storage_root: str
+    encryption: EncryptionSettings | None = None
 
 
 @dataclasses.dataclass(frozen=True)

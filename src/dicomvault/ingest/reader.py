@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import json
 import os
+from typing import TYPE_CHECKING
 
 from dicomvault.dicom.encoded_json import EncodedJSON
 from dicomvault.dicom.fast_header import describe_encoded
@@ -27,6 +28,9 @@ from dicomvault.ingest.jobs import FileJob, Mode, ReadOptions
 from dicomvault.storage.base import StorageError
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.in_place import in_place_key
+
+if TYPE_CHECKING:
+    from dicomvault.storage.encrypted import EncryptedStorage
 
 MEDIA_STORAGE_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
 DICOMDIR_REASON = (
@@ -63,7 +67,7 @@ class ReadResult:
     retry: bool = False
 
 
-_storages: dict[str, FilesystemStorage] = {}
+_storages: dict[str, FilesystemStorage | EncryptedStorage] = {}
 
 
 def read_files(jobs: list[FileJob], options: ReadOptions) -> list[ReadResult]:
@@ -154,7 +158,7 @@ def _import(
 
     storage = _storages.get(options.storage_root)
     if storage is None:
-        storage = _storages[options.storage_root] = FilesystemStorage(options.storage_root)
+        storage = _storages[options.storage_root] = _open_storage(options)
     meta = encode_file_meta(
         header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid
     )
@@ -165,3 +169,15 @@ def _import(
         reason = f"Cannot be copied into the storage: {exc}"
         return ReadResult(job, Outcome.FAILED, reason, retry=True)
     return ReadResult(job, Outcome.INSTANCE, header=header, storage_key=key, size=size)
+
+
+def _open_storage(options: ReadOptions) -> FilesystemStorage | EncryptedStorage:
+    """Open the storage imported copies go to; the parent process checked the keys."""
+    # Imported here, so that workers without encryption do not import it.
+    from dicomvault.encryption.keys import load_key_provider
+    from dicomvault.storage.encrypted import EncryptedStorage
+
+    storage = FilesystemStorage(options.storage_root)
+    if options.encryption is None:
+        return storage
+    return EncryptedStorage(storage, load_key_provider(options.encryption))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from pathlib import Path
 from typing import BinaryIO, Protocol
 
 
@@ -27,7 +28,7 @@ class Storage(Protocol):
     """
 
     def put(self, key: str, chunks: Iterable[bytes]) -> int:
-        """Write the concatenated chunks under ``key`` durably; return the size in bytes.
+        """Write the concatenated chunks under ``key`` durably; return their size in bytes.
 
         Raises
         ------
@@ -39,12 +40,23 @@ class Storage(Protocol):
         ...
 
     def open(self, key: str) -> BinaryIO:
-        """Open the object for reading.
+        """Open the object for reading: a seekable stream of the bytes given to ``put``.
 
         Raises
         ------
         FileNotFoundError
             If no object has this key.
+        StorageError
+            If the object cannot be read, such as an encrypted object that
+            fails authentication.
+        """
+        ...
+
+    def plain_path(self, key: str) -> Path | None:
+        """Return the path of a local file that contains the object's bytes unchanged.
+
+        For code that hands a path to another library. None when the object
+        can only be read through :meth:`open`, as an encrypted object can.
         """
         ...
 

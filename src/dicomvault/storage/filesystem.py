@@ -8,7 +8,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -106,6 +106,10 @@ class FilesystemStorage:
         """Open the file of ``key`` for reading."""
         return self.path_for(key).open("rb")
 
+    def plain_path(self, key: str) -> Path:
+        """Return the path of the file of ``key``, which contains the object's bytes."""
+        return self.path_for(key)
+
     def delete(self, key: str) -> None:
         """Remove the file of ``key``; a missing file is not an error.
 
@@ -120,6 +124,19 @@ class FilesystemStorage:
     def exists(self, key: str) -> bool:
         """Return whether the file of ``key`` exists."""
         return self.path_for(key).is_file()
+
+    def iter_keys(self) -> Iterator[str]:
+        """Yield the key of every stored object, in no particular order.
+
+        Reserved names, which start with '.', are skipped: the temporary
+        folder and the key record of encrypted storage.
+        """
+        for folder, subfolders, files in os.walk(self.root):
+            subfolders[:] = sorted(name for name in subfolders if not name.startswith("."))
+            relative = Path(folder).relative_to(self.root)
+            for name in sorted(files):
+                if not name.startswith("."):
+                    yield (relative / name).as_posix()
 
     def remove_temporary_files(self, older_than: float = 0.0) -> int:
         """Delete temporary files left by an interrupted write; return how many.

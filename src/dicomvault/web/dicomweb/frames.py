@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from typing import Any
+from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pydicom
@@ -35,7 +36,7 @@ from dicomvault.web.dicomweb.resources import (
     ArchiveDependency,
     InstanceRef,
     find_instances,
-    local_path,
+    open_instance,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -117,8 +118,13 @@ def _media_type_of(syntax: str) -> str:
     return ""
 
 
-def frame_bytes(path: Any, ds: Dataset, numbers: list[int], choice: FrameChoice) -> list[bytes]:
+def frame_bytes(
+    source: Path | BinaryIO, ds: Dataset, numbers: list[int], choice: FrameChoice
+) -> list[bytes]:
     """Return the bytes of frames ``numbers`` (1-based) of the instance read as ``ds``.
+
+    ``source`` is the stored file, as a path or a seekable stream, which
+    frames that must be decoded are read from again.
 
     Raises
     ------
@@ -130,7 +136,7 @@ def frame_bytes(path: Any, ds: Dataset, numbers: list[int], choice: FrameChoice)
     if syntax.is_compressed:
         if choice.as_stored:
             return [get_frame(ds.PixelData, n - 1, number_of_frames=frames) for n in numbers]
-        return [_decoded_frame(path, n - 1) for n in numbers]
+        return [_decoded_frame(source, n - 1) for n in numbers]
 
     size = _native_frame_size(ds)
     data = ds.PixelData
@@ -161,9 +167,9 @@ def _swap_words(frame: bytes, bits: int) -> bytes:
     return np.frombuffer(frame, dtype=word).astype(word.replace(">", "<")).tobytes()
 
 
-def _decoded_frame(path: Any, index: int) -> bytes:
+def _decoded_frame(source: Path | BinaryIO, index: int) -> bytes:
     try:
-        _, pixels = read_frame(path, index)
+        _, pixels = read_frame(source, index)
     except RenderError as exc:
         raise HTTPException(
             status.HTTP_406_NOT_ACCEPTABLE,
@@ -189,14 +195,17 @@ def _multipart_response(parts: list[bytes], choice: FrameChoice) -> Response:
     return Response(body, media_type=multipart.content_type(choice.part_media_type, boundary))
 
 
-def _read_instance(archive: Archive, ref: InstanceRef) -> tuple[Any, Dataset]:
-    path = local_path(archive, ref)
-    ds = pydicom.dcmread(path)
-    if "PixelData" not in ds:
-        raise HTTPException(
-            status.HTTP_404_NOT_FOUND, f"Instance {ref.sop_instance_uid} has no pixel data"
-        )
-    return path, ds
+def _pixel_frames(
+    archive: Archive, ref: InstanceRef, numbers: list[int], choice: FrameChoice
+) -> list[bytes]:
+    """Read the stored file of ``ref`` and return frames ``numbers`` in ``choice``'s form."""
+    with open_instance(archive, ref) as stream:
+        ds = pydicom.dcmread(stream)
+        if "PixelData" not in ds:
+            raise HTTPException(
+                status.HTTP_404_NOT_FOUND, f"Instance {ref.sop_instance_uid} has no pixel data"
+            )
+        return frame_bytes(stream, ds, numbers, choice)
 
 
 @router.get(
@@ -233,8 +242,7 @@ def retrieve_frames(
             "image media type such as image/jpeg",
         )
     choice = choose_frame_representation(acceptables, ref.transfer_syntax_uid)
-    path, ds = _read_instance(archive, ref)
-    return _multipart_response(frame_bytes(path, ds, numbers, choice), choice)
+    return _multipart_response(_pixel_frames(archive, ref, numbers, choice), choice)
 
 
 @router.get(
@@ -275,9 +283,8 @@ def retrieve_bulk_data(
     tag_value = int(tag, 16)
     if tag_value == PIXEL_DATA_TAG:
         choice = choose_frame_representation(acceptables, ref.transfer_syntax_uid)
-        path, ds = _read_instance(archive, ref)
         numbers = list(range(1, ref.number_of_frames + 1))
-        frames = frame_bytes(path, ds, numbers, choice)
+        frames = _pixel_frames(archive, ref, numbers, choice)
         parts = (
             frames
             if choice.as_stored and UID(ref.transfer_syntax_uid).is_compressed
@@ -285,9 +292,8 @@ def retrieve_bulk_data(
         )
         return _multipart_response(parts, choice)
 
-    value = _bulk_value(
-        pydicom.dcmread(local_path(archive, ref), stop_before_pixels=True), tag_value
-    )
+    with open_instance(archive, ref) as stream:
+        value = _bulk_value(pydicom.dcmread(stream, stop_before_pixels=True), tag_value)
     if value is None:
         raise HTTPException(
             status.HTTP_404_NOT_FOUND,

@@ -3,8 +3,9 @@
 The parser is python-multipart's streaming ``MultipartParser`` (RFC 2046
 5.1.1 syntax), which works for any multipart subtype. The part bodies go, one
 after another, into one ``SpooledTemporaryFile`` that stays in memory up to
-``SPOOL_MEMORY_SIZE`` bytes and moves to disk beyond. A reader then takes the
-parts back one at a time, so at most one part is in memory.
+``SPOOL_MEMORY_SIZE`` bytes and moves to disk beyond, encrypted when the
+archive encrypts stored files. A reader then takes the parts back one at a
+time, so at most one part is in memory.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ import dataclasses
 import logging
 import tempfile
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+from dicomvault.encryption.ephemeral import EphemeralSealedFile
 
 LOGGER = logging.getLogger(__name__)
 
@@ -66,6 +70,18 @@ def parse_media_type(value: str) -> MediaType:
     )
 
 
+class _SpoolFile(Protocol):
+    """The file interface the spool uses: a temporary file, or an EphemeralSealedFile."""
+
+    def write(self, data: bytes | memoryview, /) -> int: ...
+
+    def seek(self, offset: int, /) -> int: ...
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class PartSpool:
     """Part bodies written one after another to one temporary file, then read back one by one.
 
@@ -77,6 +93,9 @@ class PartSpool:
         Maximum size of all part bodies together, in bytes.
     part_limit_name, total_limit_name : str
         Setting names quoted when a limit is exceeded.
+    encrypt : bool
+        Encrypt what goes to disk under a key held only in memory, for an
+        archive with encryption at rest on.
     """
 
     def __init__(
@@ -85,15 +104,17 @@ class PartSpool:
         max_total_size: int,
         part_limit_name: str = "",
         total_limit_name: str = "",
+        encrypt: bool = False,
     ) -> None:
         self.max_part_size = max_part_size
         self.max_total_size = max_total_size
         self.part_limit_name = part_limit_name
         self.total_limit_name = total_limit_name
         self.parts: list[SpooledPart] = []
-        self._file = tempfile.SpooledTemporaryFile(  # noqa: SIM115 (closed by close())
+        spooled = tempfile.SpooledTemporaryFile(  # noqa: SIM115 (closed by close())
             max_size=SPOOL_MEMORY_SIZE, prefix="dicomvault-stow-"
         )
+        self._file: _SpoolFile = EphemeralSealedFile(spooled) if encrypt else spooled
         self._size = 0
         self._part_headers: dict[str, str] | None = None
         self._part_offset = 0

@@ -26,7 +26,7 @@ from dicomvault.web.dicomweb.resources import (
     ArchiveDependency,
     InstanceRef,
     find_instances,
-    local_path,
+    open_instance,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -185,7 +185,8 @@ def render_instance(
             f"Frame {frame_number} does not exist; the instance has {ref.number_of_frames} frames",
         )
     try:
-        ds, pixels = read_frame(local_path(archive, ref), frame_number - 1)
+        with open_instance(archive, ref) as stream:
+            ds, pixels = read_frame(stream, frame_number - 1)
         image = render_frame(ds, pixels, options)
     except RenderError as exc:
         raise HTTPException(

@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 from fastapi import Depends, HTTPException, Request, status
 
@@ -151,14 +150,18 @@ def instance_url(base: str, ref: InstanceRef) -> str:
     )
 
 
-def local_path(archive: Archive, ref: InstanceRef) -> Path:
-    """Return the file path of a stored instance, for decoding with pydicom.
+def open_instance(archive: Archive, ref: InstanceRef) -> BinaryIO:
+    """Open the stored file of ``ref`` as a seekable stream, for pydicom to read.
 
-    NOTE: only filesystem storage has paths; another back-end must copy the
-    object to a temporary file first.
+    The stream returns the file's bytes, decrypted when the archive encrypts
+    stored files. The caller closes it.
+
+    Raises
+    ------
+    OSError
+        If the file is missing or cannot be read or decrypted.
     """
-    path: Path = archive.storage.path_for(ref.storage_key)  # type: ignore[attr-defined]
-    return path
+    return archive.storage.open(ref.storage_key)
 
 
 def read_chunks(archive: Archive, ref: InstanceRef) -> Iterator[bytes]:

@@ -40,7 +40,7 @@ from dicomvault.web.dicomweb.resources import (
     InstanceRef,
     find_instances,
     instance_url,
-    local_path,
+    open_instance,
     read_chunks,
     service_url,
 )
@@ -144,7 +144,8 @@ def _parts(
 
 def _convert(archive: Archive, ref: InstanceRef, syntax: str) -> bytes:
     try:
-        return encode_instance(local_path(archive, ref), syntax)
+        with open_instance(archive, ref) as stream:
+            return encode_instance(stream, syntax)
     except ConversionError as exc:
         # NOTE: a streamed multi-instance response has already sent its
         # status. The exception then ends the body without its close

@@ -268,6 +268,7 @@ async def _spool_body(request: Request, archive: Archive) -> PartSpool:
         settings.stow_max_request_size,
         "http.stow_max_instance_size",
         "http.stow_max_request_size",
+        encrypt=archive.settings.encryption.enabled,
     )
     try:
         reader = _body_reader(request.headers.get("content-type", ""), spool)

@@ -27,7 +27,7 @@ from dicomvault.web.dicomweb.resources import (
     ArchiveDependency,
     InstanceRef,
     find_instances,
-    local_path,
+    open_instance,
     read_chunks,
 )
 from dicomvault.web.dicomweb.retrieve import can_decode
@@ -158,7 +158,8 @@ def wado_uri(request: Request, archive: ArchiveDependency) -> Response:
                 f"the archive converts to {', '.join(targets)}",
             )
         try:
-            data = encode_instance(local_path(archive, ref), syntax)
+            with open_instance(archive, ref) as stream:
+                data = encode_instance(stream, syntax)
         except ConversionError as exc:
             raise HTTPException(status.HTTP_406_NOT_ACCEPTABLE, str(exc)) from None
         _audit_retrieve(request, ref)
@@ -189,7 +190,8 @@ def wado_uri(request: Request, archive: ArchiveDependency) -> Response:
         quality=quality,
     )
     try:
-        ds, pixels = read_frame(local_path(archive, ref), frame - 1)
+        with open_instance(archive, ref) as stream:
+            ds, pixels = read_frame(stream, frame - 1)
         image = render_frame(ds, pixels, options)
     except RenderError as exc:
         raise HTTPException(

@@ -12,7 +12,7 @@ from pydicom.errors import InvalidDicomError
 from dicomvault.archive import Archive
 from dicomvault.dicom.attributes import Level
 from dicomvault.render import RenderError, Window, default_window, read_frame
-from dicomvault.web.dicomweb.resources import find_instances, local_path
+from dicomvault.web.dicomweb.resources import find_instances, open_instance
 from dicomvault.web.search_results import list_sorted
 from dicomvault.web.ui.browse import checked_uids, not_found_page
 from dicomvault.web.ui.rendering import CONSOLE_PREFIX, ConsoleSession, render_page
@@ -44,23 +44,22 @@ def instance_page(
     if not found:
         return not_found_page(request, session, f"No instance {instance} is stored.")
     ref = find_instances(archive, study, series, instance)[0]
-    path = local_path(archive, ref)
 
-    try:
-        ds = dcmread(path, stop_before_pixels=True)
-    except (InvalidDicomError, OSError) as exc:
-        LOGGER.error("Cannot read stored file of %s at %s: %s", instance, path, exc)
-        return not_found_page(request, session, f"The stored file of {instance} cannot be read.")
-    meta_rows: tuple[TagRow, ...] = dump(ds.file_meta) if ds.file_meta else ()
-
-    has_image = "Rows" in ds and "Columns" in ds
     window: Window | None = None
     render_problem = ""
-    if has_image:
-        try:
-            window = default_window(*read_frame(path, 0))
-        except RenderError as exc:
-            render_problem = str(exc)
+    try:
+        with open_instance(archive, ref) as stream:
+            ds = dcmread(stream, stop_before_pixels=True)
+            has_image = "Rows" in ds and "Columns" in ds
+            if has_image:
+                try:
+                    window = default_window(*read_frame(stream, 0))
+                except RenderError as exc:
+                    render_problem = str(exc)
+    except (InvalidDicomError, OSError) as exc:
+        LOGGER.error("Cannot read stored file %s of %s: %s", ref.storage_key, instance, exc)
+        return not_found_page(request, session, f"The stored file of {instance} cannot be read.")
+    meta_rows: tuple[TagRow, ...] = dump(ds.file_meta) if ds.file_meta else ()
 
     context = {
         "instance": found[0],
