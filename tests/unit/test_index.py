@@ -196,7 +196,7 @@ class TestMigrate:
         migrate(index_engine)
         with index_engine.connect() as connection:
             version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        assert version == "0007"
+        assert version == "0008"
 
     def test_idempotent(self, index_engine: Engine) -> None:
         migrate(index_engine)
