@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import getpass
 import logging
@@ -50,7 +51,8 @@ from dicomvault.ingest.runner import run_index_task
 from dicomvault.ingest.watch import FolderWatcher
 from dicomvault.keys_cli import keys_app
 from dicomvault.logging_setup import configure_logging
-from dicomvault.nodes import make_node
+from dicomvault.nodes import RemoteNode, make_node
+from dicomvault.permissions import format_permissions, parse_permissions
 from dicomvault.recent_logs import install_recent_log_handler
 from dicomvault.storage.lock import DataDirInUseError, lock_data_dir
 from dicomvault.storage.setup import StorageSetupError, open_storage
@@ -489,6 +491,9 @@ NODE_KEY_OPTIONS = {
     "tls_ca_file": "--tls-ca",
     "tls_cert_file": "--tls-cert",
     "tls_key_file": "--tls-key",
+    "permissions": "--allow",
+    "source_addresses": "--source-address",
+    "tls_client_subject": "--tls-client-subject",
 }
 
 
@@ -519,26 +524,63 @@ def node_add(
         str,
         typer.Option("--tls-key", help="PEM file of the unencrypted private key of --tls-cert."),
     ] = "",
+    allow: Annotated[
+        str,
+        typer.Option(
+            "--allow",
+            help="Services the node may use when it calls the archive: 'all', 'none' "
+            "(C-ECHO only) or a comma-separated list of store (C-STORE), query (C-FIND) "
+            "and retrieve (C-MOVE, C-GET).",
+        ),
+    ] = "all",
+    source_address: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source-address",
+            help="IP address or network (CIDR) the node must call from; repeat for several. "
+            "Default: any address.",
+        ),
+    ] = None,
+    tls_client_subject: Annotated[
+        str,
+        typer.Option(
+            "--tls-client-subject",
+            help="RFC 4514 name, such as CN=ct01.example.org, that the subject of the node's "
+            "TLS client certificate must contain when it calls. Default: not checked.",
+        ),
+    ] = "",
     replace: Annotated[
         bool,
-        typer.Option("--replace", help="Update the node if the AE title is already registered."),
+        typer.Option(
+            "--replace",
+            help="Update the node if the AE title is already registered; every field, "
+            "the permissions too, is set from this command.",
+        ),
     ] = False,
     config: ConfigOption = None,
     data_dir: DataDirOption = None,
     index_url: IndexUrlOption = None,
 ) -> None:
-    """Register a remote node by AE title, host and port; with --tls, its TLS files."""
+    """Register a remote node by AE title, host and port; its TLS files and what it may do."""
     from dicomvault.dimse.tls import node_client_context
     from dicomvault.tls import TLSFileError
 
     try:
-        node = make_node(ae_title, host, port, description, tls, tls_ca, tls_cert, tls_key)
+        node = make_node(
+            ae_title,
+            host,
+            port,
+            description,
+            tls,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            permissions=allow,
+            source_addresses=source_address or [],
+            tls_client_subject=tls_client_subject,
+        )
     except ValueError as exc:
-        message = str(exc)
-        # make_node names the keys of the configuration file; name the options instead.
-        for key, option in NODE_KEY_OPTIONS.items():
-            message = message.replace(f"'{key}'", option)
-        raise _fail(f"Invalid node {ae_title!r}: {message}") from None
+        raise _fail(f"Invalid node {ae_title!r}: {_option_names(str(exc))}") from None
     if node.tls:
         try:
             node_client_context(node)
@@ -553,8 +595,54 @@ def node_add(
             "use --replace to update it"
         ) from None
     action = AuditAction.UPDATE if replace else AuditAction.CREATE
-    _audit_cli_change(registry.engine, action, f"Added node {node.describe()}")
-    typer.echo(f"Registered {node.describe()}{node.describe_tls()}")
+    _audit_cli_change(
+        registry.engine, action, f"Added node {node.describe()}; {node.describe_access()}"
+    )
+    access = f"; {node.describe_access()}" if node.is_restricted else ""
+    typer.echo(f"Registered {node.describe()}{node.describe_tls()}{access}")
+
+
+def _option_names(message: str) -> str:
+    """Replace the configuration keys that make_node names with the options of node add."""
+    for key, option in NODE_KEY_OPTIONS.items():
+        message = message.replace(f"'{key}'", option)
+    return message
+
+
+@node_app.command("allow")
+def node_allow(
+    ae_title: Annotated[str, typer.Argument(help="AE title of a registered node.")],
+    permissions: Annotated[
+        str,
+        typer.Argument(
+            help="'all', 'none' (C-ECHO only) or a comma-separated list of store, query "
+            "and retrieve."
+        ),
+    ],
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """Set what a registered node may do when it calls; its other fields stay.
+
+    A running server applies the change to the node's next association.
+    """
+    try:
+        granted = parse_permissions(permissions)
+    except ValueError as exc:
+        raise _fail(f"Invalid permissions {permissions!r}: {exc}") from None
+    _, registry = _node_registry(config, data_dir, index_url)
+    node = registry.get(ae_title)
+    if node is None:
+        raise _fail(f"No node with AE title {ae_title!r}; 'dicomvault node list' shows them")
+    changed = dataclasses.replace(node, permissions=granted)
+    registry.add(changed, replace=True)
+    _audit_cli_change(
+        registry.engine,
+        AuditAction.UPDATE,
+        f"Changed node {changed.describe()}; {changed.describe_access()}",
+    )
+    typer.echo(f"{changed.ae_title} may use: {format_permissions(granted)} (and C-ECHO)")
 
 
 @node_app.command("list")
@@ -569,13 +657,35 @@ def node_list(
     if not nodes:
         typer.echo("No nodes registered; add one with 'dicomvault node add AE --host H --port P'")
         return
-    rows = [("AE title", "host", "port", "TLS", "description")] + [
-        (n.ae_title, n.host, str(n.port), "yes" if n.tls else "no", n.description) for n in nodes
+    rows = [("AE title", "host", "port", "TLS", "permissions", "description")] + [
+        (
+            n.ae_title,
+            n.host,
+            str(n.port),
+            "yes" if n.tls else "no",
+            format_permissions(n.permissions),
+            n.description,
+        )
+        for n in nodes
     ]
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    columns = len(rows[0]) - 1
+    widths = [max(len(row[i]) for row in rows) for i in range(columns)]
+    pins = {n.ae_title: _describe_pins(n) for n in nodes}
     for row in rows:
-        cells = [row[i].ljust(widths[i]) for i in range(4)] + [row[4]]
+        cells = [row[i].ljust(widths[i]) for i in range(columns)] + [row[columns]]
         typer.echo("  ".join(cells).rstrip())
+        if pins.get(row[0]):
+            typer.echo(f"  pinned to {pins[row[0]]}")
+
+
+def _describe_pins(node: RemoteNode) -> str:
+    """Return "source addresses 10.0.0.5; TLS client subject CN=x", or "" for an unpinned node."""
+    parts = []
+    if node.source_addresses:
+        parts.append(f"source addresses {', '.join(node.source_addresses)}")
+    if node.tls_client_subject:
+        parts.append(f"TLS client subject {node.tls_client_subject}")
+    return "; ".join(parts)
 
 
 @node_app.command("remove")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from dicomvault.nodes import NODE_TLS_FILE_KEYS, RemoteNode, nodes_from_config
+from dicomvault.permissions import UNKNOWN_CALLERS_ACCEPT, parse_unknown_callers
 
 ENV_PREFIX = "DICOMVAULT_"
 # The source shown for a value saved through the HTTP API (the console).
@@ -311,6 +312,15 @@ SETTINGS: tuple[SettingDefinition, ...] = (
     ),
     SettingDefinition(
         "dimse",
+        "unknown_callers",
+        parse_unknown_callers,
+        UNKNOWN_CALLERS_ACCEPT,
+        "what a calling AE title that is not a registered node may do: accept (store, query and "
+        "retrieve), reject (A-ASSOCIATE-RJ), echo (C-ECHO only), or permissions separated by "
+        "commas, such as store or store,query",
+    ),
+    SettingDefinition(
+        "dimse",
         "max_associations",
         _parse_int_range(1, 1000),
         32,
@@ -585,6 +595,7 @@ class DimseSettings:
     host: str
     port: int
     allowed_calling_ae_titles: list[str]
+    unknown_callers: str
     max_associations: int
     max_pdu_size: int
     tls_port: int
@@ -1039,9 +1050,10 @@ def describe_settings(settings: Settings) -> list[tuple[str, str, str]]:
             shown = f'"{mask_url_password(settings.index_url)}"'
         rows.append((definition.name, shown, settings.sources[definition.name]))
     for node in settings.nodes:
-        rows.append(
-            (f"nodes.{node.ae_title}", f"{node.host}:{node.port}{node.describe_tls()}", "file")
-        )
+        shown = f"{node.host}:{node.port}{node.describe_tls()}"
+        if node.is_restricted:
+            shown += f"; {node.describe_access()}"
+        rows.append((f"nodes.{node.ae_title}", shown, "file"))
     return rows
 
 

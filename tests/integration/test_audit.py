@@ -126,7 +126,9 @@ def test_each_event_kind_recorded(server: DicomvaultServer, tmp_path: Path) -> N
 
         refused = wait_for_entry(client, event_code="110113", actor="INTRUDER")
         assert refused["outcome"] == 4
-        assert refused["description"] == "Association rejected"
+        assert refused["description"] == (
+            "Association rejected: the calling AE title is not in dimse.allowed_calling_ae_titles"
+        )
 
         qido_entry = wait_for_entry(client, event_code="110112", actor="anonymous")
         assert qido_entry["actor_kind"] == "user"
@@ -155,7 +157,9 @@ def test_each_event_kind_recorded(server: DicomvaultServer, tmp_path: Path) -> N
         )
         assert cli_entry["action"] == "C"
         cli_node = wait_for_entry(
-            client, actor_kind="system", description=f"Added node PEER @ {LOOPBACK}:11113"
+            client,
+            actor_kind="system",
+            description=f"Added node PEER @ {LOOPBACK}:11113; permissions: store,query,retrieve",
         )
         assert cli_node["event_code"] == "110113"
         console_search = wait_for_entry(client, event_code="110112", actor="testadmin")

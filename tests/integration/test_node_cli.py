@@ -50,9 +50,55 @@ def test_add_list_remove(tmp_path: Path, index_url: str) -> None:
 
     assert added.returncode == 0, added.describe()
     assert added.output.strip() == "Registered STORESCP @ 127.0.0.1:11113"
-    assert "STORESCP  127.0.0.1  11113  no   test peer" in listed.output, listed.describe()
+    assert "STORESCP  127.0.0.1  11113  no   store,query,retrieve  test peer" in listed.output, (
+        listed.describe()
+    )
     assert removed.returncode == 0, removed.describe()
     assert listed_after.output.startswith("No nodes registered"), listed_after.describe()
+
+
+def test_access_listed_and_changed(tmp_path: Path) -> None:
+    where = ["--data-dir", str(tmp_path / "data")]
+    added = run_cli(
+        [
+            "node",
+            "add",
+            "CT01",
+            "--host",
+            "10.0.0.5",
+            "--port",
+            "104",
+            "--allow",
+            "store",
+            "--source-address",
+            "10.0.0.5",
+            "--source-address",
+            "10.0.1.0/24",
+            "--tls-client-subject",
+            "CN=ct01.example.org",
+            *where,
+        ],
+        tmp_path,
+    )
+    allowed = run_cli(["node", "allow", "CT01", "store,query", *where], tmp_path)
+    listed = run_cli(["node", "list", *where], tmp_path)
+    missing = run_cli(["node", "allow", "NOBODY", "all", *where], tmp_path)
+
+    assert added.returncode == 0, added.describe()
+    assert added.output.strip() == (
+        "Registered CT01 @ 10.0.0.5:104; permissions: store; source addresses: "
+        "10.0.0.5, 10.0.1.0/24; TLS client subject: CN=ct01.example.org"
+    )
+    assert allowed.output.strip() == "CT01 may use: store,query (and C-ECHO)", allowed.describe()
+    assert listed.output.splitlines()[1:] == [
+        "CT01      10.0.0.5  104   no   store,query",
+        "  pinned to source addresses 10.0.0.5, 10.0.1.0/24; TLS client subject "
+        "CN=ct01.example.org",
+    ], listed.describe()
+    assert missing.returncode == 2
+    assert missing.output.strip() == (
+        "Error: No node with AE title 'NOBODY'; 'dicomvault node list' shows them"
+    )
 
 
 def test_duplicate_add_rejected(tmp_path: Path, index_url: str) -> None:
@@ -126,4 +172,6 @@ def test_serve_seeds_configured_nodes(tmp_path: Path, start_server: ServerFactor
         args += ["--index-url", server.index_url]
     listed = run_cli(args, tmp_path)
 
-    assert "PACS2     127.0.0.1  4242  no   from the file" in listed.output, listed.describe()
+    assert "PACS2     127.0.0.1  4242  no   store,query,retrieve  from the file" in listed.output, (
+        listed.describe()
+    )

@@ -17,6 +17,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from tests.support.certs import Certificates, make_certificates
 from tests.support.cli import run_cli
 from tests.support.corpus import PYDICOM_TEST_FILES
 from tests.support.dcmtk import echoscu, findscu, storescu, tls_options
@@ -36,28 +37,6 @@ CT = pydicom.dcmread(CT_FILE, stop_before_pixels=True)
 def index_backend() -> str:
     """TLS is the same on every index back-end, so these tests run on SQLite only."""
     return "sqlite"
-
-
-class Certificates:
-    """The files `dicomvault certs dev` wrote to one folder."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.ca = folder / "ca.pem"
-        self.server = folder / "server.pem"
-        self.server_key = folder / "server-key.pem"
-        self.client = folder / "client.pem"
-        self.client_key = folder / "client-key.pem"
-
-    def client_options(self, ca: Path | None = None) -> list[str]:
-        """DCMTK options to connect with this set's client certificate."""
-        return tls_options(self.client_key, self.client, ca or self.ca)
-
-
-def make_certificates(folder: Path) -> Certificates:
-    run = run_cli(["certs", "dev", "--out", str(folder)], folder.parent)
-    assert run.returncode == 0, run.describe()
-    return Certificates(folder)
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,14 @@ KILL_TIMEOUT_SECONDS = 5.0
 LIVE_SERVERS: list[DicomvaultServer] = []
 
 
+def free_port_except(*taken: int | None) -> int:
+    """Return a free port from :func:`free_port` that is not in ``taken``."""
+    port = free_port()
+    while port in taken:
+        port = free_port()
+    return port
+
+
 class ServerStartError(RuntimeError):
     """`dicomvault serve` exited or did not accept connections in time."""
 
@@ -76,9 +84,10 @@ class DicomvaultServer:
         self.index_url = index_url
         self.ae_title = ae_title
         self.data_dir = data_dir if data_dir is not None else workdir / "data"
-        self.port = port if port is not None else free_port()
+        # free_port closes its socket, so two calls may return the same port.
+        self.port = port if port is not None else free_port_except(tls_port)
         self.tls_port = tls_port
-        self.http_port = free_port()
+        self.http_port = free_port_except(self.port, tls_port)
         self.log_path = workdir / "server.log"
         self.config_path: Path | None = None
         if config is not None:

@@ -15,6 +15,7 @@ from dicomvault.config import (
     load_settings,
     mask_url_password,
 )
+from dicomvault.permissions import Permission
 
 KNOWN_SETTINGS = ", ".join(sorted(definition.name for definition in SETTINGS))
 AE_TITLE_FORM = "must be 1 to 16 printable ASCII characters without backslash"
@@ -378,6 +379,104 @@ class TestAeTitles:
         )
 
 
+class TestUnknownCallers:
+    def test_default_accepts(self) -> None:
+        assert load_settings(environ={}).dimse.unknown_callers == "accept"
+
+    @pytest.mark.parametrize(
+        ("value", "parsed"),
+        [
+            pytest.param('"reject"', "reject", id="reject"),
+            pytest.param('" Echo "', "echo", id="echo-padded"),
+            pytest.param('"store"', "store", id="one-permission"),
+            pytest.param('"query, store"', "store,query", id="canonical-order"),
+            pytest.param('["store", "query", "retrieve"]', "accept", id="every-permission"),
+            pytest.param("[]", "echo", id="empty-list"),
+        ],
+    )
+    def test_file_value(self, tmp_path: Path, value: str, parsed: str) -> None:
+        path = write_config(tmp_path, f"[dimse]\nunknown_callers = {value}\n")
+
+        assert load_settings(path, environ={}).dimse.unknown_callers == parsed
+
+    def test_from_environment(self) -> None:
+        settings = load_settings(environ={"DICOMVAULT_DIMSE_UNKNOWN_CALLERS": "store,query"})
+
+        assert settings.dimse.unknown_callers == "store,query"
+        assert settings.sources["dimse.unknown_callers"] == "DICOMVAULT_DIMSE_UNKNOWN_CALLERS"
+
+    @pytest.mark.parametrize(
+        ("value", "message"),
+        [
+            pytest.param(
+                "deny",
+                "must be accept, reject, echo or permissions separated by commas "
+                "(store, query, retrieve), got 'deny'",
+                id="unknown-word",
+            ),
+            pytest.param(
+                "none",
+                "must be accept, reject, echo or permissions (store, query, retrieve), got "
+                "'none'; write accept for every permission or echo for C-ECHO only",
+                id="ambiguous-none",
+            ),
+            pytest.param(
+                "store,delete",
+                "must be accept, reject, echo or permissions separated by commas "
+                "(store, query, retrieve), got 'store,delete'",
+                id="unknown-permission",
+            ),
+        ],
+    )
+    def test_invalid(self, value: str, message: str) -> None:
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ={"DICOMVAULT_DIMSE_UNKNOWN_CALLERS": value})
+        assert str(excinfo.value) == (
+            f"Invalid setting DICOMVAULT_DIMSE_UNKNOWN_CALLERS: {message}"
+        )
+
+
+class TestNodeAccessInFile:
+    def test_access_keys_read(self, tmp_path: Path) -> None:
+        path = write_config(
+            tmp_path,
+            "[nodes.CT01]\n"
+            'host = "10.0.0.5"\n'
+            "port = 104\n"
+            'permissions = ["store"]\n'
+            'source_addresses = ["10.0.0.5", "10.0.1.0/24"]\n'
+            'tls_client_subject = "CN=ct01.example.org, O=Hospital"\n',
+        )
+
+        (node,) = load_settings(path, environ={}).nodes
+
+        assert node.permissions == frozenset({Permission.STORE})
+        assert node.source_addresses == ("10.0.0.5", "10.0.1.0/24")
+        assert node.tls_client_subject == "CN=ct01.example.org,O=Hospital"
+
+    def test_invalid_permission_named(self, tmp_path: Path) -> None:
+        path = write_config(
+            tmp_path, '[nodes.CT01]\nhost = "10.0.0.5"\nport = 104\npermissions = ["stor"]\n'
+        )
+
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(path, environ={})
+        assert str(excinfo.value) == (
+            f"Invalid node in file {path}: [nodes.CT01]: 'permissions' must contain only "
+            "store, query, retrieve, got 'stor'"
+        )
+
+    def test_restricted_node_described(self, tmp_path: Path) -> None:
+        path = write_config(
+            tmp_path, '[nodes.CT01]\nhost = "10.0.0.5"\nport = 104\npermissions = "store"\n'
+        )
+
+        displayed, source = described(load_settings(path, environ={}))["nodes.CT01"]
+
+        assert displayed == "10.0.0.5:104; permissions: store"
+        assert source == "file"
+
+
 class TestDescribeSettings:
     def test_every_setting_listed(self) -> None:
         rows = describe_settings(load_settings(environ={}))
@@ -402,6 +501,7 @@ class TestDescribeSettings:
             pytest.param("dimse.ae_title", '"DICOMVAULT"', id="string"),
             pytest.param("dimse.port", "11112", id="integer"),
             pytest.param("dimse.allowed_calling_ae_titles", "[]", id="list"),
+            pytest.param("dimse.unknown_callers", '"accept"', id="unknown-callers"),
             pytest.param("query.person_name_case_insensitive", "true", id="bool"),
         ],
     )

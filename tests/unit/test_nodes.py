@@ -5,10 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, text
 
+from dicomvault.index.database import MIGRATIONS_DIR, migrate
 from dicomvault.index.nodes import NodeExistsError, NodeNotFoundError, NodeRegistry
 from dicomvault.nodes import RemoteNode, make_node, nodes_from_config
+from dicomvault.permissions import ALL_PERMISSIONS, Permission
 
 
 class TestMakeNode:
@@ -83,6 +87,72 @@ class TestNodeTLSFiles:
         assert node.describe_tls() == ", TLS with client certificate"
 
 
+class TestNodeAccess:
+    def test_default_allows_everything(self) -> None:
+        node = make_node("CT01", "10.0.0.5", 104)
+
+        assert node.permissions == ALL_PERMISSIONS
+        assert node.source_addresses == ()
+        assert node.tls_client_subject == ""
+        assert not node.is_restricted
+
+    def test_fields_parsed(self) -> None:
+        node = make_node(
+            "CT01",
+            "10.0.0.5",
+            104,
+            permissions="query,store",
+            source_addresses="10.0.0.5, 10.0.1.7/24",
+            tls_client_subject="cn=ct01, O=Hospital",
+        )
+
+        assert node.permissions == frozenset({Permission.STORE, Permission.QUERY})
+        assert node.source_addresses == ("10.0.0.5", "10.0.1.0/24")
+        assert node.tls_client_subject == "CN=ct01,O=Hospital"
+        assert node.is_restricted
+        assert node.describe_access() == (
+            "permissions: store,query; source addresses: 10.0.0.5, 10.0.1.0/24; "
+            "TLS client subject: CN=ct01,O=Hospital"
+        )
+
+    def test_no_permission(self) -> None:
+        node = make_node("CT01", "10.0.0.5", 104, permissions=[])
+
+        assert node.permissions == frozenset()
+        assert node.describe_access() == "permissions: none"
+
+    @pytest.mark.parametrize(
+        ("fields", "message"),
+        [
+            (
+                {"permissions": "store,echo"},
+                "'permissions' must contain only store, query, retrieve, got 'echo'; "
+                "C-ECHO is always allowed",
+            ),
+            (
+                {"permissions": ""},
+                "'permissions' must be 'all', 'none' or permissions separated by commas "
+                "(store, query, retrieve), got ''",
+            ),
+            (
+                {"source_addresses": ["ct01.example.org"]},
+                "'source_addresses' must contain IP addresses or networks such as 10.0.0.5 "
+                "or 10.0.0.0/24, got 'ct01.example.org'",
+            ),
+            (
+                {"tls_client_subject": "ct01"},
+                "'tls_client_subject' must be a distinguished name in RFC 4514 form such as "
+                "'CN=ct01.example.org,O=Hospital', got 'ct01'",
+            ),
+        ],
+        ids=["echo-permission", "empty-permissions", "host-name-address", "subject-without-type"],
+    )
+    def test_invalid_field(self, fields: dict[str, object], message: str) -> None:
+        with pytest.raises(ValueError) as excinfo:
+            make_node("CT01", "10.0.0.5", 104, **fields)  # type: ignore[arg-type]
+        assert str(excinfo.value) == message
+
+
 class TestNodesFromConfig:
     def test_tables_become_nodes(self) -> None:
         nodes = nodes_from_config(
@@ -106,8 +176,9 @@ class TestNodesFromConfig:
         with pytest.raises(ValueError) as excinfo:
             nodes_from_config({"PACS2": {"host": "h", "port": 1, "aet": "X"}})
         assert str(excinfo.value) == (
-            "[nodes.PACS2] has unknown keys aet; known keys: description, host, port, tls, "
-            "tls_ca_file, tls_cert_file, tls_key_file"
+            "[nodes.PACS2] has unknown keys aet; known keys: description, host, permissions, "
+            "port, source_addresses, tls, tls_ca_file, tls_cert_file, tls_client_subject, "
+            "tls_key_file"
         )
 
     def test_invalid_port_named(self) -> None:
@@ -158,6 +229,29 @@ class TestNodeRegistry:
 
         assert registry.get("A") == node
 
+    def test_access_kept(self, migrated_engine: Engine) -> None:
+        registry = NodeRegistry(migrated_engine)
+        node = make_node(
+            "CT01",
+            "10.0.0.5",
+            104,
+            permissions="store",
+            source_addresses="10.0.0.5,10.0.1.0/24",
+            tls_client_subject="CN=ct01",
+        )
+        registry.add(node)
+
+        assert registry.get("CT01") == node
+
+    def test_no_permission_kept(self, migrated_engine: Engine) -> None:
+        registry = NodeRegistry(migrated_engine)
+        registry.add(RemoteNode("ECHOONLY", "127.0.0.1", 1, permissions=frozenset()))
+
+        stored = registry.get("ECHOONLY")
+
+        assert stored is not None
+        assert stored.permissions == frozenset()
+
     def test_remove(self, migrated_engine: Engine) -> None:
         registry = NodeRegistry(migrated_engine)
         registry.add(RemoteNode("A", "127.0.0.1", 1))
@@ -166,3 +260,23 @@ class TestNodeRegistry:
         assert registry.get("A") is None
         with pytest.raises(NodeNotFoundError):
             registry.remove("A")
+
+
+class TestUpgrade:
+    def test_existing_node_keeps_every_permission(self, index_engine: Engine) -> None:
+        # A node registered before revision 0008 may go on using every service.
+        config = Config()
+        config.set_main_option("script_location", str(MIGRATIONS_DIR))
+        with index_engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "0007")
+            connection.execute(
+                text(
+                    "INSERT INTO nodes (ae_title, host, port, description, tls, updated_at) "
+                    "VALUES ('OLD', '10.0.0.5', 104, '', false, CURRENT_TIMESTAMP)"
+                )
+            )
+
+        migrate(index_engine)
+
+        assert NodeRegistry(index_engine).get("OLD") == RemoteNode("OLD", "10.0.0.5", 104)

@@ -15,11 +15,15 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from dicomvault.archive import Archive
+from dicomvault.audit import AuditEvent
 from dicomvault.config import load_settings
 from dicomvault.dimse.qr_scp import ExtendedNegotiation, handle_find
 from dicomvault.dimse.status import Status
+from dicomvault.events import QueryPerformed
 from dicomvault.index.database import open_index_engine
+from dicomvault.permissions import ALL_PERMISSIONS, Permission
 from dicomvault.storage.filesystem import FilesystemStorage
+from tests.support.access import FakeAssociation, granted_access
 from tests.support.datasets import encode_dataset
 
 STUDIES = 6
@@ -49,13 +53,6 @@ def archive(tmp_path: Path) -> Archive:
     return archive
 
 
-class FakeAssociation:
-    """The association attributes the handler reads; weak references work on it."""
-
-    def __init__(self) -> None:
-        self.requestor = SimpleNamespace(ae_title="TESTSCU", address="127.0.0.1")
-
-
 class FakeEvent:
     """Enough of a pynetdicom C-FIND event; cancels after ``cancel_after`` checks."""
 
@@ -72,6 +69,14 @@ class FakeEvent:
     def is_cancelled(self) -> bool:
         self._checks += 1
         return self._cancel_after is not None and self._checks > self._cancel_after
+
+
+def find(
+    event: FakeEvent, archive: Archive, permissions: frozenset[Permission] = ALL_PERMISSIONS
+) -> list[tuple[Any, Dataset | None]]:
+    """Run the C-FIND handler on an association admitted with ``permissions``."""
+    access = granted_access(archive, event.assoc, permissions)
+    return list(handle_find(event, archive, ExtendedNegotiation(), access))
 
 
 def study_identifier(**keys: Any) -> Dataset:
@@ -93,33 +98,33 @@ def statuses(responses: list[tuple[Any, Any]]) -> list[int]:
 class TestHandleFind:
     def test_cancel_stops_responses(self, archive: Archive) -> None:
         event = FakeEvent(study_identifier(PatientName="FIND^*"), cancel_after=0)
-        responses = list(handle_find(event, archive, ExtendedNegotiation()))
+        responses = find(event, archive)
 
         assert statuses(responses) == [Status.CANCEL]
 
     def test_cancel_after_two_matches(self, archive: Archive) -> None:
         event = FakeEvent(study_identifier(PatientName="FIND^*"), cancel_after=2)
-        responses = list(handle_find(event, archive, ExtendedNegotiation()))
+        responses = find(event, archive)
 
         assert statuses(responses) == [Status.PENDING, Status.PENDING, Status.CANCEL]
 
     def test_limit_ends_with_failure(self, archive: Archive) -> None:
         event = FakeEvent(study_identifier(PatientName="FIND^*"))
-        responses = list(handle_find(event, archive, ExtendedNegotiation()))
+        responses = find(event, archive)
 
         assert statuses(responses) == [Status.PENDING] * 4 + [Status.FIND_OUT_OF_RESOURCES]
         assert responses[-1][0].ErrorComment == "More than 4 matches; refine the query"
 
     def test_invalid_level_fails(self, archive: Archive) -> None:
         event = FakeEvent(study_identifier(QueryRetrieveLevel="FOO"))
-        responses = list(handle_find(event, archive, ExtendedNegotiation()))
+        responses = find(event, archive)
 
         assert statuses(responses) == [Status.IDENTIFIER_DOES_NOT_MATCH_SOP_CLASS]
         assert responses[0][0].ErrorComment.startswith("Query/Retrieve Level (0008,0052)")
 
     def test_responses_carry_keys(self, archive: Archive) -> None:
         event = FakeEvent(study_identifier(PatientName="FIND^2"))
-        responses = list(handle_find(event, archive, ExtendedNegotiation()))
+        responses = find(event, archive)
 
         identifier = responses[0][1]
         assert statuses(responses) == [Status.PENDING, Status.SUCCESS]
@@ -133,7 +138,39 @@ class TestHandleFind:
         (Path(archive.settings.data_dir) / "index.sqlite").unlink()
         (Path(archive.settings.data_dir) / "index.sqlite").write_bytes(b"")
         event = FakeEvent(study_identifier(PatientName="FIND^*"))
-        responses = list(handle_find(event, archive, ExtendedNegotiation()))
+        responses = find(event, archive)
 
         assert statuses(responses) == [Status.UNABLE_TO_PROCESS]
         assert responses[0][0].ErrorComment == "The index database failed"
+
+
+class TestAccess:
+    def test_without_query_permission_refused(self, archive: Archive) -> None:
+        queries: list[QueryPerformed] = []
+        audited: list[AuditEvent] = []
+        archive.events.subscribe(QueryPerformed, queries.append)
+        archive.events.subscribe(AuditEvent, audited.append)
+        event = FakeEvent(study_identifier(PatientName="FIND^*"))
+
+        responses = find(event, archive, frozenset({Permission.STORE}))
+
+        assert statuses(responses) == [Status.NOT_AUTHORIZED]
+        assert responses[0][0].ErrorComment == "TESTSCU lacks the query permission for C-FIND"
+        assert responses[0][1] is None
+        assert queries == []
+        assert [event.description for event in audited] == [
+            "C-FIND refused: registered node TESTSCU lacks the query permission"
+        ]
+
+    def test_unknown_caller_named_in_audit(self, archive: Archive) -> None:
+        audited: list[AuditEvent] = []
+        archive.events.subscribe(AuditEvent, audited.append)
+        event = FakeEvent(study_identifier(PatientName="FIND^*"))
+        access = granted_access(archive, event.assoc, frozenset(), registered=False)
+
+        responses = list(handle_find(event, archive, ExtendedNegotiation(), access))
+
+        assert statuses(responses) == [Status.NOT_AUTHORIZED]
+        assert audited[0].detail["caller"] == "unknown caller"
+        assert audited[0].source == "127.0.0.1"
+        assert audited[0].actor == "TESTSCU"

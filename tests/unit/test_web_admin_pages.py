@@ -24,6 +24,7 @@ from dicomvault.index.nodes import NodeRegistry
 from dicomvault.index.users import UserStore
 from dicomvault.ingest.manager import TaskManager
 from dicomvault.nodes import RemoteNode
+from dicomvault.permissions import Permission
 from dicomvault.users import Role
 from tests.support.datasets import encode_dataset, make_instance
 from tests.support.network import LOOPBACK, free_port
@@ -133,6 +134,38 @@ class TestService:
         assert api["ae_title"] == "CONSOLE"
         assert api["allowed_calling_ae_titles"] == ["CT01", "MR01"]
 
+    def test_unknown_callers_changed(self, admin: tuple[httpx.Client, str]) -> None:
+        client, csrf = admin
+        form = {
+            "csrf_token": csrf,
+            "ae_title": "DICOMVAULT",
+            "host": "127.0.0.1",
+            "port": "11112",
+            "unknown_callers": "reject",
+        }
+
+        response = client.post("/console/admin/service", data=form, headers=HTMX)
+
+        assert response.status_code == 200
+        assert '<dd id="service-unknown-callers">reject</dd>' in response.text
+        assert client.get("/api/dimse").json()["unknown_callers"] == "reject"
+
+    def test_invalid_unknown_callers_shown(self, admin: tuple[httpx.Client, str]) -> None:
+        client, csrf = admin
+        form = {
+            "csrf_token": csrf,
+            "ae_title": "DICOMVAULT",
+            "host": "127.0.0.1",
+            "port": "11112",
+            "unknown_callers": "deny",
+        }
+
+        response = client.post("/console/admin/service", data=form)
+
+        assert response.status_code == 422
+        assert "&#39;dimse.unknown_callers&#39; must be accept, reject, echo" in response.text
+        assert 'value="deny"' in response.text
+
     def test_invalid_port_shown(self, admin: tuple[httpx.Client, str]) -> None:
         client, csrf = admin
         form = {"csrf_token": csrf, "ae_title": "A", "host": "127.0.0.1", "port": "99999"}
@@ -157,6 +190,82 @@ class TestNodes:
         assert 'data-ae-title="PEER"' in added.text
         assert "Removed PEER." in removed.text
         assert NodeRegistry(migrated_engine).list() == []
+
+    def test_add_with_access(
+        self, admin: tuple[httpx.Client, str], migrated_engine: Engine
+    ) -> None:
+        client, csrf = admin
+        form = {
+            "csrf_token": csrf,
+            "ae_title": "CT01",
+            "host": LOOPBACK,
+            "port": "104",
+            "permissions": ["store"],
+            "source_addresses": "10.0.0.5, 10.0.1.0/24",
+            "tls_client_subject": "CN=ct01.example.org",
+        }
+
+        response = client.post("/console/admin/nodes", data=form, headers=HTMX)
+
+        assert response.status_code == 200
+        assert "from 10.0.0.5, 10.0.1.0/24" in response.text
+        assert "certificate CN=ct01.example.org" in response.text
+        node = NodeRegistry(migrated_engine).get("CT01")
+        assert node is not None
+        assert node.permissions == frozenset({Permission.STORE})
+        assert node.source_addresses == ("10.0.0.5", "10.0.1.0/24")
+
+    def test_change_permissions(
+        self, admin: tuple[httpx.Client, str], migrated_engine: Engine
+    ) -> None:
+        client, csrf = admin
+        registry = NodeRegistry(migrated_engine)
+        registry.add(RemoteNode("CT01", LOOPBACK, 104, "scanner", source_addresses=("10.0.0.5",)))
+        form = {"csrf_token": csrf, "permissions": ["query", "retrieve"]}
+
+        response = client.post("/console/admin/nodes/CT01/permissions", data=form, headers=HTMX)
+
+        assert response.status_code == 200
+        assert "Permissions of CT01: query,retrieve." in response.text
+        node = registry.get("CT01")
+        assert node == RemoteNode(
+            "CT01",
+            LOOPBACK,
+            104,
+            "scanner",
+            permissions=frozenset({Permission.QUERY, Permission.RETRIEVE}),
+            source_addresses=("10.0.0.5",),
+        )
+
+    def test_remove_every_permission(
+        self, admin: tuple[httpx.Client, str], migrated_engine: Engine
+    ) -> None:
+        client, csrf = admin
+        registry = NodeRegistry(migrated_engine)
+        registry.add(RemoteNode("CT01", LOOPBACK, 104))
+
+        response = client.post(
+            "/console/admin/nodes/CT01/permissions", data={"csrf_token": csrf}, headers=HTMX
+        )
+
+        assert "Permissions of CT01: none." in response.text
+        node = registry.get("CT01")
+        assert node is not None
+        assert node.permissions == frozenset()
+
+    def test_invalid_permission_shown(
+        self, admin: tuple[httpx.Client, str], migrated_engine: Engine
+    ) -> None:
+        client, csrf = admin
+        NodeRegistry(migrated_engine).add(RemoteNode("CT01", LOOPBACK, 104))
+        form = {"csrf_token": csrf, "permissions": ["delete"]}
+
+        response = client.post("/console/admin/nodes/CT01/permissions", data=form)
+
+        assert response.status_code == 422
+        assert "Invalid permissions of CT01: &#39;permissions&#39; must contain only" in (
+            response.text
+        )
 
     def test_invalid_node_shown(self, admin: tuple[httpx.Client, str]) -> None:
         client, csrf = admin

@@ -27,6 +27,7 @@ class TestRead:
             "host": "127.0.0.1",
             "port": 11112,
             "allowed_calling_ae_titles": [],
+            "unknown_callers": "accept",
             "running": False,
             "open_associations": None,
             "sources": {
@@ -34,6 +35,7 @@ class TestRead:
                 "host": "default",
                 "port": "default",
                 "allowed_calling_ae_titles": "default",
+                "unknown_callers": "default",
             },
         }
 
@@ -67,6 +69,7 @@ class TestChange:
             "host": "127.0.0.1",
             "port": 4243,
             "allowed_calling_ae_titles": [],
+            "unknown_callers": "reject",
         }
 
         response = client.put("/api/dimse", json=body)
@@ -75,6 +78,14 @@ class TestChange:
         assert SavedSettings(migrated_engine).load() == {
             f"dimse.{key}": value for key, value in body.items()
         }
+
+    def test_patch_unknown_callers(self, client: httpx.Client, migrated_engine: Engine) -> None:
+        response = client.patch("/api/dimse", json={"unknown_callers": ["query", "store"]})
+
+        assert response.status_code == 200, response.text
+        assert response.json()["unknown_callers"] == "store,query"
+        assert response.json()["sources"]["unknown_callers"] == "index database"
+        assert SavedSettings(migrated_engine).load() == {"dimse.unknown_callers": "store,query"}
 
     def test_reset(self, client: httpx.Client, migrated_engine: Engine) -> None:
         client.patch("/api/dimse", json={"ae_title": "ARCHIVE2", "port": 4242})
@@ -113,8 +124,21 @@ class TestInvalid:
                 "'dimse.allowed_calling_ae_titles' must be 1 to 16 printable ASCII characters "
                 "without backslash, got ''",
             ),
+            (
+                {"unknown_callers": "deny"},
+                "'dimse.unknown_callers' must be accept, reject, echo or permissions separated "
+                "by commas (store, query, retrieve), got 'deny'",
+            ),
         ],
-        ids=["backslash", "too-long", "port-high", "port-zero", "host-name", "empty-title"],
+        ids=[
+            "backslash",
+            "too-long",
+            "port-high",
+            "port-zero",
+            "host-name",
+            "empty-title",
+            "unknown-callers",
+        ],
     )
     def test_rejected_with_message(
         self, client: httpx.Client, migrated_engine: Engine, body: dict[str, object], message: str
@@ -142,6 +166,7 @@ class TestInvalid:
 
         assert response.status_code == 422
         assert response.json()["detail"] == (
-            "PUT needs every setting; missing: host, port, allowed_calling_ae_titles. "
+            "PUT needs every setting; missing: host, port, allowed_calling_ae_titles, "
+            "unknown_callers. "
             "Use PATCH to change only some"
         )

@@ -8,9 +8,16 @@ from sqlalchemy import Engine
 
 from dicomvault.index.nodes import NodeRegistry
 from dicomvault.nodes import RemoteNode
+from dicomvault.permissions import Permission
 from tests.support.network import LOOPBACK, free_port
 
 PEER = {"ae_title": "PEER", "host": LOOPBACK, "port": 11113, "description": "test", "tls": False}
+# What the API adds to a node registered without access fields.
+DEFAULT_ACCESS = {
+    "permissions": ["store", "query", "retrieve"],
+    "source_addresses": [],
+    "tls_client_subject": "",
+}
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +34,8 @@ class TestNodes:
         listed = client.get("/api/nodes")
 
         assert added.status_code == 201, added.text
-        assert added.json() == PEER
-        assert listed.json() == [PEER]
+        assert added.json() == {**PEER, **DEFAULT_ACCESS}
+        assert listed.json() == [{**PEER, **DEFAULT_ACCESS}]
         assert NodeRegistry(migrated_engine).get("PEER") == RemoteNode(
             "PEER", LOOPBACK, 11113, "test", False
         )
@@ -39,7 +46,7 @@ class TestNodes:
         response = client.get("/api/nodes/PEER")
 
         assert response.status_code == 200
-        assert response.json() == PEER
+        assert response.json() == {**PEER, **DEFAULT_ACCESS}
 
     def test_change(self, client: httpx.Client) -> None:
         client.post("/api/nodes", json=PEER)
@@ -55,7 +62,40 @@ class TestNodes:
             "port": 104,
             "description": "moved",
             "tls": False,
+            **DEFAULT_ACCESS,
         }
+
+    def test_access_set_and_read(self, client: httpx.Client, migrated_engine: Engine) -> None:
+        access = {
+            "permissions": ["query", "store"],
+            "source_addresses": ["10.0.0.5", "10.0.1.9/24"],
+            "tls_client_subject": "cn=ct01, O=Hospital",
+        }
+
+        added = client.post("/api/nodes", json={**PEER, **access})
+
+        assert added.status_code == 201, added.text
+        assert added.json() == {
+            **PEER,
+            "permissions": ["store", "query"],
+            "source_addresses": ["10.0.0.5", "10.0.1.0/24"],
+            "tls_client_subject": "CN=ct01,O=Hospital",
+        }
+        node = NodeRegistry(migrated_engine).get("PEER")
+        assert node is not None
+        assert node.permissions == frozenset({Permission.STORE, Permission.QUERY})
+
+    def test_change_permissions(self, client: httpx.Client, migrated_engine: Engine) -> None:
+        client.post("/api/nodes", json=PEER)
+        fields = {key: value for key, value in PEER.items() if key != "ae_title"}
+
+        response = client.put("/api/nodes/PEER", json={**fields, "permissions": []})
+
+        assert response.status_code == 200, response.text
+        assert response.json()["permissions"] == []
+        node = NodeRegistry(migrated_engine).get("PEER")
+        assert node is not None
+        assert node.permissions == frozenset()
 
     def test_remove(self, client: httpx.Client) -> None:
         client.post("/api/nodes", json=PEER)
@@ -113,8 +153,18 @@ class TestInvalid:
                 {"host": "bad host!"},
                 "Invalid node: 'host' must be a host name or IP address, got 'bad host!'",
             ),
+            (
+                {"source_addresses": ["pacs.example.org"]},
+                "Invalid node: 'source_addresses' must contain IP addresses or networks such "
+                "as 10.0.0.5 or 10.0.0.0/24, got 'pacs.example.org'",
+            ),
+            (
+                {"tls_client_subject": "ct01"},
+                "Invalid node: 'tls_client_subject' must be a distinguished name in RFC 4514 "
+                "form such as 'CN=ct01.example.org,O=Hospital', got 'ct01'",
+            ),
         ],
-        ids=["ae-title", "port", "host"],
+        ids=["ae-title", "port", "host", "source-address", "subject"],
     )
     def test_rejected_with_message(
         self, client: httpx.Client, change: dict[str, object], message: str
@@ -123,6 +173,13 @@ class TestInvalid:
 
         assert response.status_code == 422
         assert response.json()["detail"] == message
+        assert client.get("/api/nodes").json() == []
+
+    def test_unknown_permission(self, client: httpx.Client) -> None:
+        response = client.post("/api/nodes", json={**PEER, "permissions": ["echo"]})
+
+        assert response.status_code == 422
+        assert response.json()["detail"][0]["loc"] == ["body", "permissions", 0]
         assert client.get("/api/nodes").json() == []
 
     def test_missing_port(self, client: httpx.Client) -> None:

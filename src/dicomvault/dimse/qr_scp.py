@@ -17,9 +17,11 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dicomvault.archive import Archive, IndexUnavailableError
 from dicomvault.dicom.charset import charset_terms
 from dicomvault.dicom.matching import MatchOptions, QueryError, parse_identifier
+from dicomvault.dimse.access_control import AccessControl
 from dicomvault.dimse.identifiers import build_identifier
 from dicomvault.dimse.status import Status, status_dataset
 from dicomvault.events import QueryPerformed
+from dicomvault.permissions import Permission
 
 LOGGER = logging.getLogger(__name__)
 
@@ -71,12 +73,13 @@ def handle_find(
     event: Any,
     archive: Archive,
     negotiation: ExtendedNegotiation,
+    access: AccessControl,
 ) -> Iterator[tuple[Dataset | int, Dataset | None]]:
     """Handle a C-FIND request (bound to ``evt.EVT_C_FIND``).
 
     Notes
     -----
-    Statuses returned (PS3.4 C.4.1.1.4):
+    Statuses returned (PS3.4 C.4.1.1.4, and PS3.7 C.5 for 0x0124):
 
     - 0xFF00 Pending: one per match, with the response Identifier.
     - 0x0000 Success: all matches sent.
@@ -86,7 +89,14 @@ def handle_find(
     - 0xA700 Failure: more than ``query.max_matches`` matches; the first
       ones were sent and the Error Comment states that the result is incomplete.
     - 0xC000 Failure: the index database failed.
+    - 0x0124 Refused: Not authorized: the calling AE title lacks the query
+      permission; the identifier is not read.
     """
+    refusal = access.check_permission(event.assoc, Permission.QUERY, "C-FIND")
+    if refusal is not None:
+        yield status_dataset(Status.NOT_AUTHORIZED, refusal), None
+        return
+
     settings = archive.settings
     calling_ae = event.assoc.requestor.ae_title
     model = INFORMATION_MODELS.get(str(event.request.AffectedSOPClassUID), "STUDY")

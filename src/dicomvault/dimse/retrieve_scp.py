@@ -47,12 +47,14 @@ from dicomvault.archive import Archive, IndexUnavailableError
 from dicomvault.audit import ActorKind, AuditAction, AuditEvent, AuditEventType, AuditOutcome
 from dicomvault.dicom.attributes import UNIQUE_KEYS, Level
 from dicomvault.dicom.matching import MatchKind, Query, QueryError, parse_identifier
+from dicomvault.dimse.access_control import AccessControl
 from dicomvault.dimse.status import Status, shorten_comment
 from dicomvault.dimse.store_sender import Originator, SendError, StoreSender
 from dicomvault.dimse.tcp import disable_nagle
 from dicomvault.dimse.tls import tls_args_for
 from dicomvault.index.nodes import NodeRegistry
 from dicomvault.nodes import RemoteNode
+from dicomvault.permissions import Permission
 from dicomvault.tls import TLSFileError
 from dicomvault.transcode import (
     DECODING_PLUGINS,
@@ -83,9 +85,10 @@ MAX_PRESENTATION_CONTEXTS = 128  # PS3.8 9.3.2.2: odd context IDs 1 to 255
 
 
 class RetrieveAE(AE):
-    """An AE with a reference to the archive, which the retrieve service uses."""
+    """An AE with references to the archive and its access control, for the retrieve service."""
 
     archive: Archive
+    access: AccessControl
 
 
 @dataclasses.dataclass
@@ -155,6 +158,7 @@ class _Retrieval:
         self.context = context
         self.is_move = is_move
         self.archive: Archive = service.ae.archive  # type: ignore[attr-defined]
+        self.access: AccessControl = service.ae.access  # type: ignore[attr-defined]
         self.calling_ae = service.assoc.requestor.ae_title
         self.operation = "C-MOVE" if is_move else "C-GET"
 
@@ -197,7 +201,18 @@ class _Retrieval:
     # --- the operation ----------------------------------------------------------------
 
     def run(self) -> None:
-        """Resolve the identifier, run the sub-operations and send the final response."""
+        """Check the permission, resolve the identifier, run the sub-operations, respond.
+
+        A caller without the retrieve permission gets 0x0124 (Refused: Not
+        authorized, PS3.7 C.5) with an Error Comment and no sub-operation.
+        """
+        refusal = self.access.check_permission(
+            self.service.assoc, Permission.RETRIEVE, self.operation
+        )
+        if refusal is not None:
+            self.respond(Status.NOT_AUTHORIZED, comment=refusal)
+            return
+
         try:
             instances = self.select_instances()
         except QueryError as exc:

@@ -23,6 +23,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from dicomvault.archive import Archive
 from dicomvault.audit import ActorKind, AuditAction, AuditEvent, AuditEventType, AuditOutcome
 from dicomvault.config import DimseSettings
+from dicomvault.dimse.access_control import AccessControl
 from dicomvault.dimse.direct_send import send_directly
 from dicomvault.dimse.qr_scp import FIND_SOP_CLASSES, ExtendedNegotiation, handle_find
 from dicomvault.dimse.retrieve_scp import (
@@ -33,6 +34,7 @@ from dicomvault.dimse.retrieve_scp import (
 from dicomvault.dimse.storage_scp import handle_store
 from dicomvault.dimse.tcp import disable_nagle, read_promptly
 from dicomvault.dimse.tls import complete_handshake
+from dicomvault.permissions import format_permissions, unknown_caller_permissions
 
 LOGGER = logging.getLogger(__name__)
 
@@ -102,6 +104,7 @@ class DimseServer:
         self.settings = archive.settings.dimse
         self.tls_context = tls_context
         self.negotiation = ExtendedNegotiation()
+        self.access = AccessControl(archive)
         self.ae = self._build_ae()
         self._server: Any = None  # the plain port's listener
         self._tls_server: Any = None
@@ -114,6 +117,7 @@ class DimseServer:
         share_uids_when_copied()
         ae = RetrieveAE(ae_title=self.settings.ae_title)
         ae.archive = self.archive
+        ae.access = self.access
         ae.maximum_associations = self.settings.max_associations
         ae.maximum_pdu_size = self.settings.max_pdu_size
         ae.acse_timeout = self.settings.acse_timeout
@@ -136,18 +140,33 @@ class DimseServer:
         """Return the pynetdicom event handlers of the SCPs and the association log."""
         return [
             (evt.EVT_C_ECHO, _handle_echo),
-            (evt.EVT_C_STORE, handle_store, [self.archive]),
-            (evt.EVT_C_FIND, handle_find, [self.archive, self.negotiation]),
+            (evt.EVT_C_STORE, handle_store, [self.archive, self.access]),
+            (evt.EVT_C_FIND, handle_find, [self.archive, self.negotiation, self.access]),
             (evt.EVT_SOP_EXTENDED, self.negotiation.handle),
             (evt.EVT_CONN_OPEN, functools.partial(_prepare_connection, self.settings.acse_timeout)),
-            (evt.EVT_ACCEPTED, _on_accepted),
+            (evt.EVT_REQUESTED, self.access.on_requested),
+            (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, _log_released),
             (evt.EVT_ABORTED, _log_aborted),
         ]
 
+    def _on_accepted(self, event: Any) -> None:
+        transport = getattr(event.assoc.dul.socket, "socket", None)
+        over_tls = " over TLS" if isinstance(transport, ssl.SSLSocket) else ""
+        LOGGER.info(
+            "Association accepted from %s%s (%s)",
+            _peer(event.assoc),
+            over_tls,
+            self.access.describe(event.assoc),
+        )
+        # Responses go straight to the socket, not through the DUL thread's queue,
+        # which it checks once a millisecond.
+        send_directly(event.assoc)
+
     def _on_rejected(self, event: Any) -> None:
-        LOGGER.warning("Association rejected from %s", _peer(event.assoc))
+        reason = self.access.rejection_reason(event.assoc)
+        LOGGER.warning("Association rejected from %s: %s", _peer(event.assoc), reason)
         requestor = event.assoc.requestor
         self.archive.events.publish(
             AuditEvent(
@@ -156,9 +175,9 @@ class DimseServer:
                 AuditOutcome.MINOR_FAILURE,
                 actor=requestor.ae_title or "unknown",
                 actor_kind=ActorKind.NODE,
-                description="Association rejected",
+                description=f"Association rejected: {reason}",
                 source=str(requestor.address),
-                detail={"called_ae_title": event.assoc.acceptor.ae_title},
+                detail={"called_ae_title": event.assoc.acceptor.ae_title, "reason": reason},
             )
         )
 
@@ -184,6 +203,11 @@ class DimseServer:
                     server.shutdown()
                 self._server = self._tls_server = None
                 raise
+        LOGGER.info(
+            "Calling AE titles that are not registered nodes: %s (dimse.unknown_callers = %s)",
+            describe_unknown_callers(self.settings.unknown_callers),
+            self.settings.unknown_callers,
+        )
 
     @property
     def is_running(self) -> bool:
@@ -200,6 +224,9 @@ class DimseServer:
         """Use ``settings`` for new associations; open associations are not changed.
 
         The AE title and the allowed calling AE titles take effect at once.
+        ``unknown_callers`` is read from ``archive.settings`` at each
+        association request, so it applies once the caller stores the new
+        settings there.
         When the host or port differs, the server listens on the new address
         first, then stops accepting on the old one. The associations in
         flight there may finish, for up to ``settings.shutdown_timeout``
@@ -247,11 +274,13 @@ class DimseServer:
                 server.ae_title = settings.ae_title
             self.settings = settings
         LOGGER.info(
-            "DIMSE service settings changed: AE title %s on %s:%d, allowed calling AE titles: %s",
+            "DIMSE service settings changed: AE title %s on %s:%d, allowed calling AE titles: "
+            "%s, unknown callers: %s",
             settings.ae_title,
             settings.host,
             settings.port,
             ", ".join(settings.allowed_calling_ae_titles) or "any",
+            describe_unknown_callers(settings.unknown_callers),
         )
 
     def stop(self, timeout: float | None = None) -> None:
@@ -303,6 +332,16 @@ class DimseServer:
         with self._lock:
             if server in self._draining:
                 self._draining.remove(server)
+
+
+def describe_unknown_callers(policy: str) -> str:
+    """Return what ``dimse.unknown_callers`` lets unknown callers do, for logs."""
+    permissions = unknown_caller_permissions(policy)
+    if permissions is None:
+        return "rejected at association"
+    if not permissions:
+        return "accepted for C-ECHO only"
+    return f"accepted with permissions {format_permissions(permissions)}"
 
 
 def share_uids_when_copied() -> None:
@@ -376,15 +415,6 @@ def _peer(assoc: Any) -> str:
 def _handle_echo(event: Any) -> int:
     LOGGER.debug("C-ECHO from %s", _peer(event.assoc))
     return 0x0000
-
-
-def _on_accepted(event: Any) -> None:
-    transport = getattr(event.assoc.dul.socket, "socket", None)
-    over_tls = " over TLS" if isinstance(transport, ssl.SSLSocket) else ""
-    LOGGER.info("Association accepted from %s%s", _peer(event.assoc), over_tls)
-    # Responses go straight to the socket, not through the DUL thread's queue,
-    # which it checks once a millisecond.
-    send_directly(event.assoc)
 
 
 def _log_released(event: Any) -> None:

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 LOGGER = logging.getLogger(__name__)
 
 # Keys of [dimse] that can be changed while the server runs.
-CHANGEABLE_KEYS = ("ae_title", "host", "port", "allowed_calling_ae_titles")
+CHANGEABLE_KEYS = ("ae_title", "host", "port", "allowed_calling_ae_titles", "unknown_callers")
 
 
 class ListenError(Exception):

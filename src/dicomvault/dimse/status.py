@@ -18,6 +18,7 @@ class Status(enum.IntEnum):
     # General failures (PS3.7 C)
     PROCESSING_FAILURE = 0x0110
     DUPLICATE_SOP_INSTANCE = 0x0111
+    NOT_AUTHORIZED = 0x0124  # Refused: Not authorized
     # C-STORE (PS3.4 B.2.3)
     OUT_OF_RESOURCES = 0xA700
     DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900

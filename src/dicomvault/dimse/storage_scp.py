@@ -17,7 +17,9 @@ from dicomvault.archive import (
     StorageFullError,
 )
 from dicomvault.dicom.header import MissingAttributeError
+from dicomvault.dimse.access_control import AccessControl
 from dicomvault.dimse.status import Status, status_dataset
+from dicomvault.permissions import Permission
 
 LOGGER = logging.getLogger(__name__)
 
@@ -33,7 +35,7 @@ STORE_FAILURES: tuple[tuple[type[Exception], Status], ...] = (
 )
 
 
-def handle_store(event: Any, archive: Archive) -> Dataset:
+def handle_store(event: Any, archive: Archive, access: AccessControl) -> Dataset:
     """Handle a C-STORE request (bound to ``evt.EVT_C_STORE``).
 
     Notes
@@ -49,9 +51,15 @@ def handle_store(event: Any, archive: Archive) -> Dataset:
     - 0x0111 Failure: the instance exists and the duplicate policy is reject.
     - 0xA700 Failure: no space left in storage.
     - 0x0110 Failure: storage or index error.
+    - 0x0124 Refused: Not authorized (PS3.7 C.5): the calling AE title lacks
+      the store permission; the received data set is neither parsed nor stored.
 
     Every failure carries an Error Comment and leaves nothing stored.
     """
+    refusal = access.check_permission(event.assoc, Permission.STORE, "C-STORE")
+    if refusal is not None:
+        return status_dataset(Status.NOT_AUTHORIZED, refusal)
+
     request = event.request
     calling_ae = event.assoc.requestor.ae_title
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")

@@ -15,6 +15,8 @@ import socket
 import ssl
 from typing import Any
 
+from cryptography import x509
+
 from dicomvault.config import DimseSettings
 from dicomvault.nodes import RemoteNode
 from dicomvault.tls import PemFile, client_context, describe_peer_certificate, server_context
@@ -130,6 +132,22 @@ def complete_handshake(assoc: Any, timeout: float) -> bool:
         describe_peer_certificate(sock),
     )
     return True
+
+
+def peer_certificate_subject(assoc: Any) -> x509.Name | None:
+    """Return the subject of the client certificate of a TLS association, or None.
+
+    None also for a plain TCP association and for a TLS client that sent no
+    certificate. A certificate is only present when it verified against
+    ``dimse.tls_ca_file`` during the handshake.
+    """
+    sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
+    if not isinstance(sock, ssl.SSLSocket):
+        return None
+    der = sock.getpeercert(binary_form=True)
+    if not der:
+        return None
+    return x509.load_der_x509_certificate(der).subject
 
 
 def _handshake_failure(exc: OSError) -> str:

@@ -11,6 +11,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dicomvault.index.schema import nodes
 from dicomvault.nodes import RemoteNode
+from dicomvault.permissions import Permission
 
 LOGGER = logging.getLogger(__name__)
 
@@ -46,6 +47,11 @@ class NodeRegistry:
             "tls_ca_file": node.tls_ca_file,
             "tls_cert_file": node.tls_cert_file,
             "tls_key_file": node.tls_key_file,
+            "allow_store": Permission.STORE in node.permissions,
+            "allow_query": Permission.QUERY in node.permissions,
+            "allow_retrieve": Permission.RETRIEVE in node.permissions,
+            "source_addresses": ",".join(node.source_addresses),
+            "tls_client_subject": node.tls_client_subject,
             "updated_at": datetime.datetime.now(datetime.UTC),
         }
         with (
@@ -64,7 +70,9 @@ class NodeRegistry:
                     raise NodeExistsError(node.ae_title) from None
             else:
                 connection.execute(nodes.update().where(nodes.c.pk == existing.pk).values(**row))
-        LOGGER.info("Registered node %s%s", node.describe(), node.describe_tls())
+        LOGGER.info(
+            "Registered node %s%s; %s", node.describe(), node.describe_tls(), node.describe_access()
+        )
 
     def add_all(self, configured: Iterable[RemoteNode]) -> None:
         """Register or update each node of the configuration file."""
@@ -104,6 +112,12 @@ class NodeRegistry:
 
 
 def _node(row: object) -> RemoteNode:
+    allowed = {
+        Permission.STORE: row.allow_store,  # type: ignore[attr-defined]
+        Permission.QUERY: row.allow_query,  # type: ignore[attr-defined]
+        Permission.RETRIEVE: row.allow_retrieve,  # type: ignore[attr-defined]
+    }
+    addresses = row.source_addresses  # type: ignore[attr-defined]
     return RemoteNode(
         ae_title=row.ae_title,  # type: ignore[attr-defined]
         host=row.host,  # type: ignore[attr-defined]
@@ -113,4 +127,7 @@ def _node(row: object) -> RemoteNode:
         tls_ca_file=row.tls_ca_file,  # type: ignore[attr-defined]
         tls_cert_file=row.tls_cert_file,  # type: ignore[attr-defined]
         tls_key_file=row.tls_key_file,  # type: ignore[attr-defined]
+        permissions=frozenset(permission for permission, on in allowed.items() if on),
+        source_addresses=tuple(item for item in addresses.split(",") if item),
+        tls_client_subject=row.tls_client_subject,  # type: ignore[attr-defined]
     )

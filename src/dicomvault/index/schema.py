@@ -126,6 +126,14 @@ nodes = Table(
     Column("tls_ca_file", Text, nullable=False, default=""),
     Column("tls_cert_file", Text, nullable=False, default=""),
     Column("tls_key_file", Text, nullable=False, default=""),
+    # What the node may do when it calls the archive with its AE title.
+    Column("allow_store", Boolean, nullable=False, default=True),
+    Column("allow_query", Boolean, nullable=False, default=True),
+    Column("allow_retrieve", Boolean, nullable=False, default=True),
+    # IP addresses and networks the node must call from, separated by commas; empty: any.
+    Column("source_addresses", Text, nullable=False, default=""),
+    # RFC 4514 name the subject of its TLS client certificate must contain; empty: unchecked.
+    Column("tls_client_subject", Text, nullable=False, default=""),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 

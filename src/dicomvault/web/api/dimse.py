@@ -23,6 +23,10 @@ class DimseServiceInfo(BaseModel):
     host: str = Field(description="IP address the service listens on.")
     port: int
     allowed_calling_ae_titles: list[str] = Field(description="Empty: any calling AE title.")
+    unknown_callers: str = Field(
+        description="Policy for calling AE titles that are not registered nodes: accept, "
+        "reject, echo, or permissions separated by commas (store, query, retrieve)."
+    )
     running: bool = Field(description="False when this server process runs no DIMSE service.")
     open_associations: int | None = Field(description="Established associations; null if unknown.")
     sources: dict[str, str] = Field(
@@ -40,6 +44,7 @@ class DimseSettingsChange(BaseModel):
     host: str | None = None
     port: int | None = None
     allowed_calling_ae_titles: list[str] | None = None
+    unknown_callers: str | list[str] | None = None
 
 
 def dimse_service(request: Request) -> DimseService:
@@ -55,6 +60,7 @@ def _info(current: DimseStatus) -> DimseServiceInfo:
         host=settings.host,
         port=settings.port,
         allowed_calling_ae_titles=list(settings.allowed_calling_ae_titles),
+        unknown_callers=settings.unknown_callers,
         running=current.running,
         open_associations=current.open_associations,
         sources=current.sources,
@@ -86,7 +92,7 @@ def _change(request: Request, changes: dict[str, Any], user_name: str) -> DimseS
 
 @router.get("", response_model=DimseServiceInfo)
 def get_dimse_service(request: Request, admin: AdminUser) -> DimseServiceInfo:
-    """Return the DIMSE service's AE title, address, allowed calling AE titles and state."""
+    """Return the DIMSE service's AE title, address, calling AE title rules and state."""
     return _info(dimse_service(request).status())
 
 
@@ -96,8 +102,8 @@ def change_dimse_service(
 ) -> DimseServiceInfo:
     """Change some settings of the DIMSE service; they apply to new associations at once.
 
-    The AE title and the allowed calling AE titles apply to the next
-    association. A new host or port moves the listener: the service listens
+    The AE title, the allowed calling AE titles and the unknown callers
+    policy apply to the next association. A new host or port moves the listener: the service listens
     on the new address, stops accepting on the old one, and lets the
     associations in flight there finish. The values are saved in the index
     database and take precedence over the configuration at the next start.

@@ -12,6 +12,7 @@ from dicomvault.audit import AuditAction, AuditEventType
 from dicomvault.dimse.echo_scu import echo
 from dicomvault.index.nodes import NodeExistsError, NodeNotFoundError, NodeRegistry
 from dicomvault.nodes import RemoteNode, make_node
+from dicomvault.permissions import Permission
 from dicomvault.web.audit_events import publish_audit
 from dicomvault.web.identity import AdminUser
 
@@ -22,14 +23,32 @@ MAX_ECHO_TIMEOUT = 60.0
 
 
 class NodeFields(BaseModel):
-    """Address and options of a remote node."""
+    """Address, options and access of a remote node."""
 
     model_config = ConfigDict(extra="forbid")
 
     host: str = Field(description="Host name or IP address.")
     port: int = Field(description="TCP port of the node's DIMSE service, 1 to 65535.")
     description: str = Field("", max_length=1000)
-    tls: bool = Field(False, description="Reserved: TLS is not used for connections yet.")
+    tls: bool = Field(
+        False,
+        description="Associations with the node use DICOM over TLS. This API sets no TLS "
+        "files, and a PUT clears those set with 'dicomvault node add' or the configuration file.",
+    )
+    permissions: list[Permission] = Field(
+        default_factory=lambda: list(Permission),
+        description="Services the node may use when it calls: store (C-STORE), query "
+        "(C-FIND), retrieve (C-MOVE, C-GET). C-ECHO is always allowed. Default: all.",
+    )
+    source_addresses: list[str] = Field(
+        default_factory=list,
+        description="IP addresses or networks (CIDR) the node must call from; empty: any.",
+    )
+    tls_client_subject: str = Field(
+        "",
+        description="RFC 4514 name, such as CN=ct01.example.org, that the subject of the "
+        "node's TLS client certificate must contain; empty: not checked.",
+    )
 
 
 class NodeEntry(NodeFields):
@@ -59,12 +78,24 @@ def _entry(node: RemoteNode) -> NodeEntry:
         port=node.port,
         description=node.description,
         tls=node.tls,
+        permissions=[permission for permission in Permission if permission in node.permissions],
+        source_addresses=list(node.source_addresses),
+        tls_client_subject=node.tls_client_subject,
     )
 
 
 def _validated(ae_title: str, fields: NodeFields) -> RemoteNode:
     try:
-        return make_node(ae_title, fields.host, fields.port, fields.description, fields.tls)
+        return make_node(
+            ae_title,
+            fields.host,
+            fields.port,
+            fields.description,
+            fields.tls,
+            permissions=[permission.value for permission in fields.permissions],
+            source_addresses=fields.source_addresses,
+            tls_client_subject=fields.tls_client_subject,
+        )
     except ValueError as exc:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"Invalid node: {exc}") from None
 
@@ -102,7 +133,12 @@ def add_node(body: NodeEntry, request: Request, admin: AdminUser) -> NodeEntry:
             status.HTTP_409_CONFLICT,
             f"A node with AE title {node.ae_title!r} is registered; change it with PUT",
         ) from None
-    _audit_node(request, admin.name, AuditAction.CREATE, f"Added node {node.describe()}")
+    _audit_node(
+        request,
+        admin.name,
+        AuditAction.CREATE,
+        f"Added node {node.describe()}; {node.describe_access()}",
+    )
     return _entry(node)
 
 
@@ -117,7 +153,11 @@ def get_node(ae_title: str, request: Request, admin: AdminUser) -> NodeEntry:
 
 @router.put("/{ae_title}", response_model=NodeEntry)
 def change_node(ae_title: str, body: NodeFields, request: Request, admin: AdminUser) -> NodeEntry:
-    """Change the address and options of a registered node.
+    """Change the address, options and access of a registered node.
+
+    The body replaces the whole entry: a field left out gets its default,
+    so leaving out ``permissions`` grants every permission. The change
+    applies to the node's next association.
 
     Notes
     -----
@@ -129,7 +169,12 @@ def change_node(ae_title: str, body: NodeFields, request: Request, admin: AdminU
         raise _not_found(ae_title)
     node = _validated(ae_title, body)
     registry.add(node, replace=True)
-    _audit_node(request, admin.name, AuditAction.UPDATE, f"Changed node {node.describe()}")
+    _audit_node(
+        request,
+        admin.name,
+        AuditAction.UPDATE,
+        f"Changed node {node.describe()}; {node.describe_access()}",
+    )
     return _entry(node)
 
 

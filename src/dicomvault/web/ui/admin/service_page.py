@@ -49,21 +49,27 @@ def change_service(
     host: Annotated[str, Form()],
     port: Annotated[str, Form()],
     allowed_calling_ae_titles: Annotated[str, Form()] = "",
+    unknown_callers: Annotated[str | None, Form()] = None,
 ) -> HTMLResponse:
     """Apply and save the settings of the form; show the outcome in the panel.
 
     The allowed calling AE titles are one text field, separated by commas,
-    as in the DICOMVAULT_DIMSE_ALLOWED_CALLING_AE_TITLES variable.
+    as in the DICOMVAULT_DIMSE_ALLOWED_CALLING_AE_TITLES variable. A form
+    without ``unknown_callers`` leaves that setting unchanged.
     """
-    form = {
+    changes = {
         "ae_title": ae_title,
         "host": host,
         "port": port,
         "allowed_calling_ae_titles": allowed_calling_ae_titles,
     }
+    if unknown_callers is not None:
+        changes["unknown_callers"] = unknown_callers
     service: DimseService = request.app.state.dimse
+    # The form shown again after an error keeps what was typed.
+    form = {"unknown_callers": service.status().settings.unknown_callers, **changes}
     try:
-        service.change(form, session.user.name)
+        service.change(changes, session.user.name)
     except ValueError as exc:
         return _render(
             request, session, status.HTTP_422_UNPROCESSABLE_CONTENT, form=form, error=str(exc)
@@ -87,7 +93,7 @@ def change_service(
         AuditAction.UPDATE,
         session.user.name,
         "Changed the DIMSE service settings",
-        detail={"changes": form},
+        detail={"changes": changes},
     )
     return _render(request, session, message="Saved; new associations use these settings.")
 
