@@ -6,6 +6,7 @@ Tests taking the ``index_url`` fixture run on SQLite and on PostgreSQL.
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -224,6 +225,28 @@ class TestMigrate:
         migrate(index_engine)
         migrate(index_engine)
         assert set(inspect(index_engine).get_table_names()) >= INDEX_TABLES
+
+    def test_two_servers_migrate_new_database_at_once(self, index_url: str) -> None:
+        engines = [create_index_engine(index_url) for _ in range(2)]
+        errors: list[Exception] = []
+
+        def run(engine: Engine) -> None:
+            try:
+                migrate(engine)
+            except Exception as exc:  # collected for the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=run, args=(engine,)) for engine in engines]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        try:
+            assert errors == []
+            assert schema_revision(engines[0]) == newest_revision()
+        finally:
+            for engine in engines:
+                engine.dispose()
 
     def test_keeps_rows(self, migrated_engine: Engine) -> None:
         IndexWriter(migrated_engine).add_instance(stored_instance(make_instance()))

@@ -30,6 +30,8 @@ SQLITE_CACHE_KIB = 16_384
 # With SQLite's default of 1000 pages, every other commit of a 500-file
 # indexing chunk copied the log into the database, and waited for the disk.
 BULK_WRITER_CHECKPOINT_PAGES = 10_000
+# Key of the PostgreSQL advisory lock held while the schema is migrated.
+MIGRATION_LOCK_ID = 0x64766D67  # "dvmg"
 
 
 class DatabaseError(RuntimeError):
@@ -173,6 +175,11 @@ def migrate(engine: Engine) -> None:
             engine.connect().execution_options(write=True) as connection,
             connection.begin(),
         ):
+            if engine.dialect.name == "postgresql":
+                # Servers starting together on a new database take turns:
+                # without it, the second failed creating a table that the
+                # first had just created. Released at the commit.
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK_ID})")
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except OperationalError as exc:
