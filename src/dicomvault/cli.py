@@ -254,15 +254,16 @@ def run_server(configured: Settings) -> int:
     except OSError as exc:
         LOGGER.error("Cannot use data directory %s: %s", data_dir, exc.strerror or exc)
         return 1
-    # Encryption settings cannot be saved through the HTTP API, so the
-    # configured keys apply, checked before any port opens.
+    # Storage and encryption settings cannot be saved through the HTTP API,
+    # so the configured bucket and keys apply, checked before any port opens.
     try:
         storage = open_storage(configured, serving=True)
     except StorageSetupError as exc:
         LOGGER.error("%s", exc)
         lock.close()
         return 1
-    # Safe only because the lock guarantees no other process writes here.
+    # Safe only because the lock guarantees no other process writes here. S3
+    # storage, which other servers may share, aborts only day-old uploads.
     storage.remove_temporary_files()
 
     try:

@@ -13,6 +13,7 @@ import ipaddress
 import os
 import re
 import tomllib
+import urllib.parse
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,92 @@ def _parse_secret_list(value: Any) -> list[str]:
     raise ValueError("must be a comma-separated list of keys")
 
 
+# An S3 bucket name (AWS rules, also accepted by S3-compatible servers): 3 to 63
+# lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit.
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+SERVER_SIDE_ENCRYPTION_CHOICES = ("", "AES256", "aws:kms", "aws:kms:dsse")
+_S3_PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*/?$")
+
+
+def _parse_bucket(value: Any) -> str:
+    text = str(value).strip()
+    if text and not _BUCKET_RE.match(text):
+        raise ValueError(
+            "must be empty or an S3 bucket name of 3 to 63 lowercase letters, digits, dots "
+            f"and hyphens, such as dicomvault-archive, got {value!r}"
+        )
+    return text
+
+
+def _parse_s3_prefix(value: Any) -> str:
+    """Return the prefix with one trailing '/', or empty."""
+    text = str(value).strip()
+    if not text:
+        return ""
+    parts = text.rstrip("/").split("/")
+    if not _S3_PREFIX_RE.match(text) or any(part in (".", "..") for part in parts):
+        raise ValueError(
+            "must be empty or a relative path of letters, digits and !_.*'()- separated "
+            f"by '/', such as archive/dicom, got {value!r}"
+        )
+    return text.rstrip("/") + "/"
+
+
+def _parse_endpoint_url(value: Any) -> str:
+    text = str(value).strip().rstrip("/")
+    if not text:
+        return ""
+    if "@" in text:
+        # Not quoted: the part before '@' may be a secret.
+        raise ValueError(
+            "must not contain a user name or password; the AWS credentials come from the "
+            "AWS environment variables, profiles or instance role"
+        )
+    parts = urllib.parse.urlsplit(text)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.query
+        or parts.fragment
+        or any(character.isspace() for character in text)
+    ):
+        raise ValueError(
+            "must be empty (AWS) or an http or https URL such as http://127.0.0.1:9000, "
+            f"got {value!r}"
+        )
+    try:
+        parts.port  # noqa: B018 - raises for a port that is not a number from 0 to 65535
+    except ValueError:
+        raise ValueError(f"must have a port from 1 to 65535, got {value!r}") from None
+    if parts.port == 0:
+        raise ValueError(f"must have a port from 1 to 65535, got {value!r}")
+    return text
+
+
+def _parse_region(value: Any) -> str:
+    text = str(value).strip()
+    if text and not re.match(r"^[a-z0-9-]{1,64}$", text):
+        raise ValueError(f"must be empty or a region name such as eu-central-1, got {value!r}")
+    return text
+
+
+def _parse_server_side_encryption(value: Any) -> str:
+    """Return the value S3 expects (AES256, aws:kms or aws:kms:dsse), or empty."""
+    text = str(value).strip()
+    for choice in SERVER_SIDE_ENCRYPTION_CHOICES:
+        if text.lower() == choice.lower():
+            return choice
+    raise ValueError(
+        f"must be empty or one of {', '.join(SERVER_SIDE_ENCRYPTION_CHOICES[1:])}, got {value!r}"
+    )
+
+
+def _parse_kms_key_id(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a KMS key id, alias or ARN as a string, got {value!r}")
+    return value.strip()
+
+
 def _parse_log_level(value: Any) -> str:
     text = str(value).strip().upper()
     if text not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -374,6 +461,95 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         _parse_choice("replace", "reject"),
         "replace",
         "what a C-STORE of an existing SOP Instance UID does: replace or reject",
+    ),
+    SettingDefinition(
+        "storage",
+        "backend",
+        _parse_choice("filesystem", "s3"),
+        "filesystem",
+        "where stored files go: filesystem (DATA_DIR/storage) or s3 (the bucket of "
+        "storage.s3_bucket); credentials come from the AWS environment variables, "
+        "profiles or instance role, never from this file",
+    ),
+    SettingDefinition(
+        "storage",
+        "s3_bucket",
+        _parse_bucket,
+        "",
+        "name of the S3 bucket of stored files; required with storage.backend = s3",
+    ),
+    SettingDefinition(
+        "storage",
+        "s3_prefix",
+        _parse_s3_prefix,
+        "",
+        "folder in the bucket under which objects are stored, such as archive/; "
+        "empty stores at the top of the bucket",
+    ),
+    SettingDefinition(
+        "storage",
+        "s3_endpoint_url",
+        _parse_endpoint_url,
+        "",
+        "URL of an S3-compatible server, such as http://127.0.0.1:9000; empty uses "
+        "AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL if set, else AWS",
+    ),
+    SettingDefinition(
+        "storage",
+        "s3_region",
+        _parse_region,
+        "",
+        "region of the bucket, such as eu-central-1; empty uses AWS_REGION, "
+        "AWS_DEFAULT_REGION or the profile's region",
+    ),
+    SettingDefinition(
+        "storage",
+        "s3_addressing_style",
+        _parse_choice("auto", "path", "virtual"),
+        "auto",
+        "how requests name the bucket: auto (path style with storage.s3_endpoint_url, "
+        "virtual-hosted on AWS), path (https://host/bucket/key) or virtual "
+        "(https://bucket.host/key)",
+    ),
+    SettingDefinition(
+        "storage",
+        "s3_server_side_encryption",
+        _parse_server_side_encryption,
+        "",
+        "server-side encryption requested for each object: AES256, aws:kms or "
+        "aws:kms:dsse; empty leaves it to the bucket's default",
+    ),
+    SettingDefinition(
+        "storage",
+        "s3_kms_key_id",
+        _parse_kms_key_id,
+        "",
+        "KMS key id, alias or ARN for storage.s3_server_side_encryption = aws:kms or "
+        "aws:kms:dsse; empty uses the account's AWS managed key",
+    ),
+    SettingDefinition(
+        "storage",
+        "s3_part_size",
+        _parse_int_range(5 * 1024**2, 5 * 1024**3),
+        16 * 1024**2,
+        "bytes per part of a multipart upload; files larger than this are uploaded in "
+        "parts, and each upload holds one part in memory",
+    ),
+    SettingDefinition(
+        "storage",
+        "s3_max_attempts",
+        _parse_int_range(1, 20),
+        5,
+        "attempts of one S3 request, the first included, before it fails; throttling, "
+        "server errors and connection errors are retried with exponential backoff",
+    ),
+    SettingDefinition(
+        "storage",
+        "s3_retry_mode",
+        _parse_choice("standard", "adaptive"),
+        "standard",
+        "retry mode of the AWS SDK: standard, or adaptive, which also slows down the "
+        "request rate while S3 throttles",
     ),
     SettingDefinition(
         "index",
@@ -577,6 +753,12 @@ SETTINGS: tuple[SettingDefinition, ...] = (
 )
 
 _BY_NAME = {definition.name: definition for definition in SETTINGS}
+# Settings that choose the storage, which is opened before saved settings are read.
+STORAGE_OPENING_SETTINGS = frozenset(
+    definition.name
+    for definition in SETTINGS
+    if definition.name == "storage.backend" or definition.name.startswith("storage.s3_")
+)
 # Settings naming files; a relative path in the configuration file is relative to the file.
 TLS_FILE_SETTINGS = (
     "dimse.tls_cert_file",
@@ -611,10 +793,21 @@ class DimseSettings:
 
 @dataclasses.dataclass(frozen=True)
 class StorageSettings:
-    """Settings of the file storage."""
+    """Settings of the storage of files: the data directory, and the S3 bucket if used."""
 
     data_dir: str
     duplicate_policy: str
+    backend: str
+    s3_bucket: str
+    s3_prefix: str
+    s3_endpoint_url: str
+    s3_region: str
+    s3_addressing_style: str
+    s3_server_side_encryption: str
+    s3_kms_key_id: str
+    s3_part_size: int
+    s3_max_attempts: int
+    s3_retry_mode: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -823,8 +1016,8 @@ def apply_saved_settings(settings: Settings, saved: Mapping[str, Any]) -> Settin
         except ValueError as exc:
             raise ConfigError(f"Invalid setting saved in the {SAVED_SOURCE}: {exc}") from None
         section, key = name.split(".", 1)
-        if section == "encryption":
-            # Storage is opened with the configured keys before saved settings are read.
+        if section == "encryption" or name in STORAGE_OPENING_SETTINGS:
+            # Storage is opened, with the configured keys, before saved settings are read.
             raise ConfigError(
                 f"Invalid setting saved in the {SAVED_SOURCE}: '{name}' can only be set in "
                 "the configuration file or the environment"
@@ -894,6 +1087,7 @@ def _check_combinations(values: Mapping[str, Any], sources: Mapping[str, str]) -
             'could read and store images; set http.dicomweb_access = "users"'
         )
     _check_encryption(values, where)
+    _check_storage(values, where)
     if bool(values["http.tls_cert_file"]) != bool(values["http.tls_key_file"]):
         raise ConfigError(
             "Invalid settings: HTTPS needs both 'http.tls_cert_file' and 'http.tls_key_file', "
@@ -931,6 +1125,32 @@ def _check_encryption(values: Mapping[str, Any], where: Callable[[str], str]) ->
                 "so stored files would not be encrypted; set encryption.enabled = true, or "
                 "remove the key setting"
             )
+
+
+def _check_storage(values: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    if "storage.backend" not in values:
+        return  # saved settings, which never contain storage back-end settings
+    if values["storage.backend"] == "s3":
+        if not values["storage.s3_bucket"]:
+            raise ConfigError(
+                f"Invalid settings: {where('storage.backend')} is s3, so 'storage.s3_bucket' "
+                "is required; set it to the name of an existing bucket"
+            )
+    else:
+        for definition in SETTINGS:
+            name = definition.name
+            if name.startswith("storage.s3_") and values[name] != definition.default:
+                raise ConfigError(
+                    f"Invalid settings: {where(name)} is set but 'storage.backend' is "
+                    f"{values['storage.backend']}, so files would not go to S3; set "
+                    'storage.backend = "s3", or remove the setting'
+                )
+    kms_key_id = values["storage.s3_kms_key_id"]
+    if kms_key_id and not values["storage.s3_server_side_encryption"].startswith("aws:kms"):
+        raise ConfigError(
+            f"Invalid settings: {where('storage.s3_kms_key_id')} is set, so "
+            "'storage.s3_server_side_encryption' must be aws:kms or aws:kms:dsse"
+        )
 
 
 def _reject_unknown_variables(env: Mapping[str, str]) -> None:

@@ -55,6 +55,17 @@ def _settings(config: Path | None, data_dir: str | None) -> Settings:
         raise _fail(str(exc)) from None
 
 
+def _require_filesystem(settings: Settings, command: str) -> None:
+    # NOTE: rotation rewrites key slots in place, which S3 objects do not
+    # allow; over S3 it would have to upload every object again.
+    if settings.storage.backend != "filesystem":
+        raise _fail(
+            f"'dicomvault keys {command}' works on filesystem storage only, and "
+            f"storage.backend is {settings.storage.backend}; S3 storage is not supported yet",
+            code=1,
+        )
+
+
 @keys_app.command("generate")
 def keys_generate(
     path: Annotated[Path, typer.Argument(help="New key file to write; must not exist.")],
@@ -91,6 +102,7 @@ def keys_rotate(
     """
     settings = _settings(config, data_dir)
     configure_logging("DEBUG" if verbose else "WARNING", settings.logging.format)
+    _require_filesystem(settings, "rotate")
     if not settings.encryption.enabled:
         raise _fail(
             "Encryption is off; set encryption.enabled = true and the new master key in "
@@ -194,6 +206,7 @@ def keys_status(config: ConfigOption = None, data_dir: DataDirOption = None) -> 
     Reads only file headers; it needs no key and decrypts nothing.
     """
     settings = _settings(config, data_dir)
+    _require_filesystem(settings, "status")
     root = settings.data_dir / STORAGE_FOLDER
     if not root.is_dir():
         raise _fail(f"No storage folder {root}; check --data-dir", code=1)

@@ -788,3 +788,99 @@ class TestEncryptionSettings:
 
         with pytest.raises(ConfigError, match=r"'encryption\.enabled' can only be set in"):
             apply_saved_settings(settings, {"encryption.enabled": False})
+
+
+class TestStorageBackendSettings:
+    def test_filesystem_by_default(self) -> None:
+        settings = load_settings(environ={})
+
+        assert settings.storage.backend == "filesystem"
+        assert settings.storage.s3_bucket == ""
+        assert settings.storage.s3_part_size == 16 * 1024 * 1024
+        assert settings.storage.s3_max_attempts == 5
+        assert settings.storage.s3_retry_mode == "standard"
+
+    def test_s3_from_environment(self) -> None:
+        environ = {
+            "DICOMVAULT_STORAGE_BACKEND": "S3",
+            "DICOMVAULT_STORAGE_S3_BUCKET": "dicomvault-archive",
+            "DICOMVAULT_STORAGE_S3_PREFIX": "site-a/dicom",
+            "DICOMVAULT_STORAGE_S3_ENDPOINT_URL": "http://127.0.0.1:9000/",
+            "DICOMVAULT_STORAGE_S3_SERVER_SIDE_ENCRYPTION": "aes256",
+        }
+
+        storage = load_settings(environ=environ).storage
+
+        assert storage.backend == "s3"
+        assert storage.s3_bucket == "dicomvault-archive"
+        assert storage.s3_prefix == "site-a/dicom/"
+        assert storage.s3_endpoint_url == "http://127.0.0.1:9000"
+        assert storage.s3_server_side_encryption == "AES256"
+
+    def test_s3_needs_bucket(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, '[storage]\nbackend = "s3"\n')
+
+        with pytest.raises(ConfigError) as raised:
+            load_settings(path, environ={})
+
+        assert str(raised.value) == (
+            f"Invalid settings: 'storage.backend' (file {path}) is s3, so 'storage.s3_bucket' "
+            "is required; set it to the name of an existing bucket"
+        )
+
+    def test_s3_setting_without_s3_backend(self) -> None:
+        with pytest.raises(ConfigError) as raised:
+            load_settings(environ={"DICOMVAULT_STORAGE_S3_BUCKET": "archive"})
+
+        assert str(raised.value) == (
+            "Invalid settings: 'storage.s3_bucket' (DICOMVAULT_STORAGE_S3_BUCKET) is set but "
+            "'storage.backend' is filesystem, so files would not go to S3; set "
+            'storage.backend = "s3", or remove the setting'
+        )
+
+    def test_kms_key_needs_kms_encryption(self) -> None:
+        environ = {
+            "DICOMVAULT_STORAGE_BACKEND": "s3",
+            "DICOMVAULT_STORAGE_S3_BUCKET": "archive",
+            "DICOMVAULT_STORAGE_S3_KMS_KEY_ID": "alias/archive",
+        }
+
+        with pytest.raises(ConfigError, match="must be aws:kms or aws:kms:dsse"):
+            load_settings(environ=environ)
+
+    @pytest.mark.parametrize(
+        ("name", "value", "message"),
+        [
+            ("S3_BUCKET", "Archive_1", "must be empty or an S3 bucket name"),
+            ("S3_PREFIX", "/absolute", "must be empty or a relative path"),
+            ("S3_PREFIX", "a/../b", "must be empty or a relative path"),
+            ("S3_ENDPOINT_URL", "127.0.0.1:9000", "must be empty (AWS) or an http or https URL"),
+            ("S3_ENDPOINT_URL", "http://host/?x=1", "must be empty (AWS) or an http or https URL"),
+            ("S3_ENDPOINT_URL", "http://key:secret@host", "must not contain a user name or"),
+            ("S3_ENDPOINT_URL", "http://host:99999", "must have a port from 1 to 65535"),
+            ("S3_REGION", "EU Central", "must be empty or a region name"),
+            ("S3_SERVER_SIDE_ENCRYPTION", "SSE-C", "must be empty or one of AES256, aws:kms"),
+            ("S3_PART_SIZE", "1024", "must be an integer from 5242880 to 5368709120"),
+            ("S3_RETRY_MODE", "legacy", "must be one of standard, adaptive"),
+        ],
+        ids=lambda value: value if isinstance(value, str) and len(value) < 30 else None,
+    )
+    def test_invalid_value(self, name: str, value: str, message: str) -> None:
+        environ = {
+            "DICOMVAULT_STORAGE_BACKEND": "s3",
+            "DICOMVAULT_STORAGE_S3_BUCKET": "archive",
+            f"DICOMVAULT_STORAGE_{name}": value,
+        }
+
+        with pytest.raises(ConfigError) as raised:
+            load_settings(environ=environ)
+
+        assert str(raised.value).startswith(f"Invalid setting DICOMVAULT_STORAGE_{name}: ")
+        assert message in str(raised.value)
+        assert "secret" not in str(raised.value)
+
+    def test_saved_storage_setting_rejected(self) -> None:
+        settings = load_settings(environ={})
+
+        with pytest.raises(ConfigError, match=r"'storage\.backend' can only be set in"):
+            apply_saved_settings(settings, {"storage.backend": "s3"})

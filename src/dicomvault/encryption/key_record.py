@@ -1,6 +1,7 @@
 """The key record: which master keys the stored objects may need, kept beside them.
 
-The record is the JSON file ``.encryption.json`` in the storage folder. For
+The record is the JSON file ``.encryption.json`` in the storage folder, or
+the object of that name under the prefix in S3 storage. For
 each master key that may have wrapped a stored data key, it contains a check:
 a random data key wrapped under that key. Start-up unwraps every check, so a
 missing or wrong key stops the server before it serves anything. It also
@@ -67,41 +68,59 @@ class KeyRecord:
         """
         path = cls.path(root)
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
+            data = path.read_bytes()
         except FileNotFoundError:
             return None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except OSError as exc:
             raise KeyRecordError(f"Cannot read the key record {path}: {exc}") from None
+        return cls.parse(data, str(path))
+
+    @classmethod
+    def parse(cls, data: bytes, where: str) -> KeyRecord:
+        """Return the record encoded in ``data``, read from ``where`` (for messages).
+
+        Raises
+        ------
+        KeyRecordError
+            If ``data`` is not a record of this version.
+        """
+        try:
+            document = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise KeyRecordError(f"Cannot read the key record {where}: {exc}") from None
         if not isinstance(document, dict) or document.get("version") != RECORD_VERSION:
             raise KeyRecordError(
-                f"The key record {path} is not a version {RECORD_VERSION} key record; "
+                f"The key record {where} is not a version {RECORD_VERSION} key record; "
                 "restore it from a backup"
             )
         checks = document.get("key_checks")
         if not isinstance(checks, dict) or not all(
             isinstance(k, str) and isinstance(v, str) for k, v in checks.items()
         ):
-            raise KeyRecordError(f"The key record {path} has no valid 'key_checks' object")
+            raise KeyRecordError(f"The key record {where} has no valid 'key_checks' object")
         return cls(
             dict(checks),
             str(document.get("current_key_id") or ""),
             bool(document.get("plaintext_objects", False)),
         )
 
-    def save(self, root: Path) -> None:
-        """Write the record atomically: to a temporary file that replaces the old one."""
-        path = self.path(root)
+    def encode(self) -> bytes:
+        """Return the record as indented JSON text in UTF-8."""
         document = {
             "version": RECORD_VERSION,
             "current_key_id": self.current_key_id,
             "plaintext_objects": self.plaintext_objects,
             "key_checks": dict(sorted(self.key_checks.items())),
         }
+        return (json.dumps(document, indent=2) + "\n").encode("utf-8")
+
+    def save(self, root: Path) -> None:
+        """Write the record atomically: to a temporary file that replaces the old one."""
+        path = self.path(root)
         temporary = root / f".encryption-{uuid.uuid4().hex}.part"
         try:
-            with temporary.open("w", encoding="utf-8") as file:
-                json.dump(document, file, indent=2)
-                file.write("\n")
+            with temporary.open("wb") as file:
+                file.write(self.encode())
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(temporary, path)
@@ -114,8 +133,11 @@ class KeyRecord:
         check = provider.wrap(AESGCM.generate_key(bit_length=KEY_BYTES * 8))
         self.key_checks[provider.current_key_id] = base64.b64encode(check).decode("ascii")
 
-    def verify(self, provider: KeyProvider, root: Path) -> None:
+    def verify(self, provider: KeyProvider, location: str, record_location: str) -> None:
         """Check that the provider has every key of the record, and that each is the right key.
+
+        ``location`` is the storage folder or bucket, and ``record_location``
+        the record's file or object, both for messages.
 
         Raises
         ------
@@ -126,7 +148,7 @@ class KeyRecord:
         missing = [key_id for key_id in self.key_checks if key_id not in provider.key_ids]
         if missing:
             raise KeyRecordError(
-                f"The stored files in {root} need master key {', '.join(missing)}, and the "
+                f"The stored files in {location} need master key {', '.join(missing)}, and the "
                 f"configured keys are {', '.join(provider.key_ids)}. Set encryption.key_file "
                 "(or DICOMVAULT_ENCRYPTION_KEY) to the archive's key; while keys are being "
                 "rotated, list the earlier key in encryption.previous_key_files"
@@ -137,6 +159,6 @@ class KeyRecord:
             except (UnknownKeyError, UnwrapError, binascii.Error) as exc:
                 raise KeyRecordError(
                     f"The configured master key {key_id} does not open its check in the key "
-                    f"record {self.path(root)} ({exc}); configure the key the archive was "
+                    f"record {record_location} ({exc}); configure the key the archive was "
                     "encrypted with"
                 ) from None

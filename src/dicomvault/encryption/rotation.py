@@ -90,6 +90,8 @@ def rotate_object(storage: EncryptedStorage, key: str) -> Outcome:
         If the file cannot be read or written.
     """
     provider = storage.provider
+    if not isinstance(storage.inner, FilesystemStorage):
+        raise TypeError(f"Key rotation needs filesystem storage, not {storage.inner.location}")
     path = storage.inner.path_for(key)
     with path.open("r+b", buffering=0) as file:
         if not is_sealed(file.read(len(MAGIC))):

@@ -41,6 +41,7 @@ from dicomvault.storage.in_place import in_place_key
 
 if TYPE_CHECKING:
     from dicomvault.storage.encrypted import EncryptedStorage
+    from dicomvault.storage.s3 import S3Storage
 
 LOGGER = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class IngestContext:
 
     settings: Settings
     engine: Engine
-    storage: FilesystemStorage | EncryptedStorage
+    storage: FilesystemStorage | S3Storage | EncryptedStorage
     pool: ReaderPool
 
     def __post_init__(self) -> None:
@@ -128,9 +129,13 @@ class FolderIndexer:
         self.on_progress = on_progress
         self.watching = watching
         encryption = context.settings.encryption
+        storage = context.settings.storage
         self.options = ChunkOptions(
             ReadOptions(
-                mode, str(context.storage.root), encryption if encryption.enabled else None
+                mode,
+                context.storage.location,
+                encryption if encryption.enabled else None,
+                storage if storage.backend == "s3" else None,
             ),
             context.engine.url.render_as_string(hide_password=False),
             task_id,

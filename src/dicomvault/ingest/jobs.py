@@ -11,7 +11,7 @@ import dataclasses
 import enum
 from typing import NamedTuple
 
-from dicomvault.config import EncryptionSettings
+from dicomvault.config import EncryptionSettings, StorageSettings
 
 
 class Mode(enum.StrEnum):
@@ -35,8 +35,11 @@ class FileJob(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class ReadOptions:
-    """Options of the workers: the mode, and the storage folder for imports.
+    """Options of the workers: the mode, and the storage that imports go to.
 
+    Imported copies go to the folder ``storage_root``, or to the bucket of
+    ``s3`` when that is set (``storage_root`` is then unused). The settings
+    hold no credentials: each worker finds them where the archive does.
     ``encryption`` is set when imported copies are encrypted. Each worker
     then reads the master key from the same key file or variable as the
     archive.
@@ -45,6 +48,7 @@ class ReadOptions:
     mode: Mode
     storage_root: str
     encryption: EncryptionSettings | None = None
+    s3: StorageSettings | None = None
 
 
 @dataclasses.dataclass(frozen=True)

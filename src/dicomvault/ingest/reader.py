@@ -13,6 +13,7 @@ import json
 import os
 from typing import TYPE_CHECKING
 
+from dicomvault.config import StorageSettings
 from dicomvault.dicom.encoded_json import EncodedJSON
 from dicomvault.dicom.fast_header import describe_encoded
 from dicomvault.dicom.header import (
@@ -25,12 +26,12 @@ from dicomvault.dicom.header import (
 )
 from dicomvault.dicom.part10 import split_part10
 from dicomvault.ingest.jobs import FileJob, Mode, ReadOptions
-from dicomvault.storage.base import StorageError
+from dicomvault.storage.base import Storage, StorageError
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.in_place import in_place_key
 
 if TYPE_CHECKING:
-    from dicomvault.storage.encrypted import EncryptedStorage
+    from dicomvault.storage.s3 import S3Storage
 
 MEDIA_STORAGE_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
 DICOMDIR_REASON = (
@@ -67,7 +68,7 @@ class ReadResult:
     retry: bool = False
 
 
-_storages: dict[str, FilesystemStorage | EncryptedStorage] = {}
+_storages: dict[tuple[str, StorageSettings | None], Storage] = {}
 
 
 def read_files(jobs: list[FileJob], options: ReadOptions) -> list[ReadResult]:
@@ -156,9 +157,7 @@ def _import(
     # Imported here, so that worker processes start without the index modules.
     from dicomvault.archive import new_storage_key
 
-    storage = _storages.get(options.storage_root)
-    if storage is None:
-        storage = _storages[options.storage_root] = _open_storage(options)
+    storage = import_storage(options)
     meta = encode_file_meta(
         header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid
     )
@@ -171,13 +170,32 @@ def _import(
     return ReadResult(job, Outcome.INSTANCE, header=header, storage_key=key, size=size)
 
 
-def _open_storage(options: ReadOptions) -> FilesystemStorage | EncryptedStorage:
-    """Open the storage imported copies go to; the parent process checked the keys."""
-    # Imported here, so that workers without encryption do not import it.
+def import_storage(options: ReadOptions) -> Storage:
+    """Return the storage imported copies go to, opened once per worker process.
+
+    The parent process checked the bucket and the keys before the workers started.
+    """
+    cache_key = (options.storage_root, options.s3)
+    storage = _storages.get(cache_key)
+    if storage is None:
+        storage = _storages[cache_key] = _open_storage(options)
+    return storage
+
+
+def _open_storage(options: ReadOptions) -> Storage:
+    # Imported here, so that workers import boto3 and the encryption
+    # modules only when they need them.
+    inner: FilesystemStorage | S3Storage
+    if options.s3 is not None:
+        from dicomvault.storage.s3 import S3Storage
+
+        inner = S3Storage(options.s3)
+    else:
+        inner = FilesystemStorage(options.storage_root)
+    if options.encryption is None:
+        return inner
+
     from dicomvault.encryption.keys import load_key_provider
     from dicomvault.storage.encrypted import EncryptedStorage
 
-    storage = FilesystemStorage(options.storage_root)
-    if options.encryption is None:
-        return storage
-    return EncryptedStorage(storage, load_key_provider(options.encryption))
+    return EncryptedStorage(inner, load_key_provider(options.encryption))

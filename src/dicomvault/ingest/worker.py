@@ -18,8 +18,7 @@ from dicomvault.index.files import FileState, IndexedFiles
 from dicomvault.index.tasks import TaskFile, TaskStore
 from dicomvault.index.writer import IndexOutcome, IndexWriter, StoredInstance
 from dicomvault.ingest.jobs import ChunkOptions, ChunkSummary, FileJob, Mode
-from dicomvault.ingest.reader import Outcome, ReadResult, read_files
-from dicomvault.storage.filesystem import FilesystemStorage
+from dicomvault.ingest.reader import Outcome, ReadResult, import_storage, read_files
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,7 +39,6 @@ class _Index:
 
 
 _indexes: dict[str, _Index] = {}
-_storages: dict[str, FilesystemStorage] = {}
 
 
 def index_files(jobs: list[FileJob], options: ChunkOptions) -> ChunkSummary:
@@ -58,13 +56,6 @@ def index_files(jobs: list[FileJob], options: ChunkOptions) -> ChunkSummary:
     if index is None:
         index = _indexes[options.index_url] = _Index(options.index_url)
     return _Chunk(results, options, index).write()
-
-
-def _storage(root: str) -> FilesystemStorage:
-    storage = _storages.get(root)
-    if storage is None:
-        storage = _storages[root] = FilesystemStorage(root)
-    return storage
 
 
 class _Chunk:
@@ -109,7 +100,7 @@ class _Chunk:
         # After the commit: files the new instances replaced, and copies not indexed.
         for outcome in outcomes:
             if outcome is not None and outcome.replaced_storage_key:
-                _storage(self.options.read.storage_root).delete(outcome.replaced_storage_key)
+                import_storage(self.options.read).delete(outcome.replaced_storage_key)
         self._delete_copies(self.duplicates)
 
         summary.indexed = len(self.read) - len(self.duplicates)
@@ -155,6 +146,6 @@ class _Chunk:
 
     def _delete_copies(self, results: list[ReadResult]) -> None:
         if self.options.read.mode is Mode.IMPORT:
-            storage = _storage(self.options.read.storage_root)
+            storage = import_storage(self.options.read)
             for result in results:
                 storage.delete(result.storage_key)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO, Protocol
+
+_KEY_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 
 
 class StorageError(OSError):
@@ -71,3 +74,27 @@ class Storage(Protocol):
     def describe(self) -> str:
         """Return a one-line description for logs, without secrets."""
         ...
+
+    def free_bytes(self) -> int | None:
+        """Return the free space for new objects in bytes; None if the back-end cannot tell."""
+        ...
+
+
+def check_stored_key(key: str) -> None:
+    """Check that ``key`` is a key the archive stores objects under.
+
+    Such keys are relative names of safe characters. Their parts never start
+    with '.', which marks names the back-ends reserve for themselves, such as
+    the temporary folder and the key record of encrypted storage.
+
+    Raises
+    ------
+    ValueError
+        If the key is not such a name.
+    """
+    parts = key.split("/")
+    if not _KEY_RE.fullmatch(key) or any(part.startswith(".") for part in parts):
+        raise ValueError(
+            f"Invalid storage key {key!r}: expected a relative name such as "
+            "'ab/cd/name.dcm' whose parts do not start with '.'"
+        )

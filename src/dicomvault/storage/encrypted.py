@@ -1,11 +1,11 @@
-"""Encrypted storage: objects sealed on put and decrypted on open, over filesystem storage."""
+"""Encrypted storage: objects sealed on put and decrypted on open, over filesystem or S3 storage."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from dicomvault.encryption.keys import KeyProvider
 from dicomvault.encryption.object_format import (
@@ -18,6 +18,9 @@ from dicomvault.encryption.object_format import (
 )
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.in_place import is_in_place_key
+
+if TYPE_CHECKING:
+    from dicomvault.storage.s3 import S3Storage
 
 LOGGER = logging.getLogger(__name__)
 
@@ -34,12 +37,12 @@ class EncryptedStorage:
     ``accept_plaintext`` is True, which the key record keeps until
     ``dicomvault keys rotate`` has encrypted them. After that, a plaintext
     object raises :class:`SealedObjectError`, so that a file placed in the
-    storage folder by other means is never served.
+    storage folder or bucket by other means is never served.
     """
 
     def __init__(
         self,
-        inner: FilesystemStorage,
+        inner: FilesystemStorage | S3Storage,
         provider: KeyProvider,
         accept_plaintext: bool = False,
         segment_size: int = DEFAULT_SEGMENT_SIZE,
@@ -51,8 +54,25 @@ class EncryptedStorage:
 
     @property
     def root(self) -> Path:
-        """The storage folder."""
+        """The storage folder of encrypted filesystem storage.
+
+        Raises
+        ------
+        TypeError
+            If the inner storage is S3 storage, which has no folder.
+        """
+        if not isinstance(self.inner, FilesystemStorage):
+            raise TypeError(f"Storage {self.inner.location} is not a folder")
         return self.inner.root
+
+    @property
+    def location(self) -> str:
+        """The storage folder or bucket, for messages."""
+        return self.inner.location
+
+    def free_bytes(self) -> int | None:
+        """Return the free space of the inner storage; see FilesystemStorage and S3Storage."""
+        return self.inner.free_bytes()
 
     def describe(self) -> str:
         """Return a one-line description for logs, with the key id and no key material."""
@@ -69,7 +89,7 @@ class EncryptedStorage:
         ValueError
             If ``key`` is an in-place key.
         StorageFullError, StorageError
-            As :meth:`FilesystemStorage.put`.
+            As the inner storage's ``put``.
         """
         counter = _SizeCounter(chunks)
         self.inner.put(key, seal_chunks(counter, self.provider, self.segment_size))
@@ -112,7 +132,7 @@ class EncryptedStorage:
         return None
 
     def delete(self, key: str) -> None:
-        """Remove the object of ``key``; see :meth:`FilesystemStorage.delete`."""
+        """Remove the object of ``key``; see the inner storage's ``delete``."""
         self.inner.delete(key)
 
     def exists(self, key: str) -> bool:
@@ -120,7 +140,7 @@ class EncryptedStorage:
         return self.inner.exists(key)
 
     def remove_temporary_files(self, older_than: float = 0.0) -> int:
-        """Delete temporary files of interrupted writes; see FilesystemStorage."""
+        """Delete what interrupted writes left; see the inner storage's method."""
         return self.inner.remove_temporary_files(older_than)
 
 

@@ -5,20 +5,19 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import re
+import shutil
 import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from dicomvault.storage.base import StorageError, StorageFullError
+from dicomvault.storage.base import StorageError, StorageFullError, check_stored_key
 from dicomvault.storage.in_place import in_place_path
 
 LOGGER = logging.getLogger(__name__)
 
 TEMP_DIR_NAME = ".tmp"
-_KEY_RE = re.compile(r"[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*")
 _NO_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 
 
@@ -36,9 +35,21 @@ class FilesystemStorage:
         self.temp_dir = self.root / TEMP_DIR_NAME
         self.temp_dir.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def location(self) -> str:
+        """The storage folder, for messages."""
+        return str(self.root)
+
     def describe(self) -> str:
         """Return a one-line description for logs."""
         return f"filesystem at {self.root}"
+
+    def free_bytes(self) -> int | None:
+        """Return the free space of the file system of the storage folder; None if unknown."""
+        try:
+            return shutil.disk_usage(self.root).free
+        except OSError:
+            return None
 
     def path_for(self, key: str) -> Path:
         """Return the file path of a key.
@@ -55,13 +66,7 @@ class FilesystemStorage:
         referenced = in_place_path(key)
         if referenced is not None:
             return referenced
-        parts = key.split("/")
-        # Names starting with '.' are reserved (such as the temporary folder).
-        if not _KEY_RE.fullmatch(key) or any(part.startswith(".") for part in parts):
-            raise ValueError(
-                f"Invalid storage key {key!r}: expected a relative name such as "
-                "'ab/cd/name.dcm' whose parts do not start with '.'"
-            )
+        check_stored_key(key)
         return self.root / key
 
     def put(self, key: str, chunks: Iterable[bytes]) -> int:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 from fastapi import APIRouter, HTTPException, Request, status
 from pydantic import BaseModel, Field
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,7 +25,9 @@ class Usage(BaseModel):
     in_place_instances: int = Field(description="Files indexed where they are.")
     in_place_bytes: int
     storage_free_bytes: int | None = Field(
-        description="Free space of the file system holding the storage; null if unknown."
+        description=(
+            "Free space of the file system holding the storage; null if unknown, as for S3."
+        )
     )
 
 
@@ -49,10 +49,7 @@ def get_usage(request: Request, admin: AdminUser) -> Usage:
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE, "The index database failed; try again"
         ) from None
-    try:
-        free: int | None = shutil.disk_usage(archive.settings.data_dir).free
-    except OSError:
-        free = None
+    free = archive.storage.free_bytes()
     return Usage(
         patients=usage.patients,
         studies=usage.studies,

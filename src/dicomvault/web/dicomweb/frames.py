@@ -10,19 +10,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
-from pathlib import Path
-from typing import BinaryIO
 
-import numpy as np
 import pydicom
 from fastapi import APIRouter, HTTPException, Request, Response, status
 from pydicom.dataset import Dataset
-from pydicom.encaps import get_frame
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from dicomvault.archive import Archive
-from dicomvault.render import RenderError, read_frame
 from dicomvault.web.dicomweb import multipart_writer as multipart
+from dicomvault.web.dicomweb.frame_reader import read_frames
 from dicomvault.web.dicomweb.media import (
     ANY_SYNTAX,
     IMAGE_MEDIA_SYNTAXES,
@@ -118,68 +114,6 @@ def _media_type_of(syntax: str) -> str:
     return ""
 
 
-def frame_bytes(
-    source: Path | BinaryIO, ds: Dataset, numbers: list[int], choice: FrameChoice
-) -> list[bytes]:
-    """Return the bytes of frames ``numbers`` (1-based) of the instance read as ``ds``.
-
-    ``source`` is the stored file, as a path or a seekable stream, which
-    frames that must be decoded are read from again.
-
-    Raises
-    ------
-    HTTPException
-        406 if the frames must be decoded and cannot be.
-    """
-    syntax = ds.file_meta.TransferSyntaxUID
-    frames = int(ds.get("NumberOfFrames") or 1)
-    if syntax.is_compressed:
-        if choice.as_stored:
-            return [get_frame(ds.PixelData, n - 1, number_of_frames=frames) for n in numbers]
-        return [_decoded_frame(source, n - 1) for n in numbers]
-
-    size = _native_frame_size(ds)
-    data = ds.PixelData
-    selected = [data[(n - 1) * size : n * size] for n in numbers]
-    if not choice.as_stored and not syntax.is_little_endian:
-        selected = [_swap_words(frame, int(ds.BitsAllocated)) for frame in selected]
-    return selected
-
-
-def _native_frame_size(ds: Dataset) -> int:
-    bits = int(ds.BitsAllocated)
-    pixels = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel") or 1)
-    if bits == 1:
-        if pixels % 8:
-            raise HTTPException(
-                status.HTTP_406_NOT_ACCEPTABLE,
-                "Frames of 1-bit pixel data that do not end on a byte boundary are not "
-                "supported; retrieve the whole instance instead",
-            )
-        return pixels // 8
-    return pixels * (bits // 8)
-
-
-def _swap_words(frame: bytes, bits: int) -> bytes:
-    if bits not in (16, 32):
-        return frame
-    word = f">u{bits // 8}"
-    return np.frombuffer(frame, dtype=word).astype(word.replace(">", "<")).tobytes()
-
-
-def _decoded_frame(source: Path | BinaryIO, index: int) -> bytes:
-    try:
-        _, pixels = read_frame(source, index)
-    except RenderError as exc:
-        raise HTTPException(
-            status.HTTP_406_NOT_ACCEPTABLE,
-            f"Frame {index + 1} cannot be decoded ({exc}); request it as stored with "
-            "transfer-syntax=*",
-        ) from None
-    little = pixels.astype(pixels.dtype.newbyteorder("<"), copy=False)
-    return bytes(little.tobytes())
-
-
 def _acceptables(request: Request) -> list[Acceptable]:
     try:
         ranges = parse_accept(request.headers.get("accept"))
@@ -198,14 +132,9 @@ def _multipart_response(parts: list[bytes], choice: FrameChoice) -> Response:
 def _pixel_frames(
     archive: Archive, ref: InstanceRef, numbers: list[int], choice: FrameChoice
 ) -> list[bytes]:
-    """Read the stored file of ``ref`` and return frames ``numbers`` in ``choice``'s form."""
+    """Read frames ``numbers`` of the stored file of ``ref`` in ``choice``'s form."""
     with open_instance(archive, ref) as stream:
-        ds = pydicom.dcmread(stream)
-        if "PixelData" not in ds:
-            raise HTTPException(
-                status.HTTP_404_NOT_FOUND, f"Instance {ref.sop_instance_uid} has no pixel data"
-            )
-        return frame_bytes(stream, ds, numbers, choice)
+        return read_frames(stream, numbers, choice.as_stored, ref.sop_instance_uid)
 
 
 @router.get(

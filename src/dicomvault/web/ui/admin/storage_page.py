@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request, status
@@ -34,10 +33,8 @@ def _archive(request: Request) -> Archive:
 
 
 def _free_space(archive: Archive) -> str:
-    try:
-        return format_bytes(shutil.disk_usage(archive.settings.data_dir).free)
-    except OSError:
-        return "unknown"
+    free = archive.storage.free_bytes()
+    return "unknown" if free is None else format_bytes(free)
 
 
 @router.get("/storage")
