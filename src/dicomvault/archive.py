@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -98,6 +99,14 @@ class RemovalResult:
     kept_in_place: int
 
 
+def rejection_category(exc: Exception) -> str:
+    """Return the fixed word that counts a store failure in metrics, such as "duplicate"."""
+    for error_type, category in _REJECTION_CATEGORIES:
+        if isinstance(exc, error_type):
+            return category
+    return "other"
+
+
 class Archive:
     """Stores instances durably and indexes them; searches the index."""
 
@@ -119,6 +128,7 @@ class Archive:
         sop_instance_uid: str = "",
         source_ae_title: str = "",
         study_instance_uid: str = "",
+        service: str = "",
     ) -> StoreResult:
         """Store an encoded dataset as received and index it.
 
@@ -141,6 +151,9 @@ class Archive:
         study_instance_uid : str, optional
             The study the request stores into, checked against the dataset
             when given, as STOW-RS to /studies/{study} requires.
+        service : str, optional
+            The protocol that delivered the dataset ("C-STORE", "STOW-RS"),
+            passed on in the published event.
 
         Raises
         ------
@@ -165,10 +178,19 @@ class Archive:
                 sop_instance_uid,
                 source_ae_title,
                 study_instance_uid,
+                service,
             )
         except (ArchiveError, InvalidDatasetError, DuplicateInstanceError, StorageError) as exc:
             reason = "duplicate" if isinstance(exc, DuplicateInstanceError) else str(exc)
-            self.events.publish(InstanceRejected(sop_instance_uid, source_ae_title, reason))
+            self.events.publish(
+                InstanceRejected(
+                    sop_instance_uid,
+                    source_ae_title,
+                    reason,
+                    category=rejection_category(exc),
+                    service=service,
+                )
+            )
             raise
 
     def _store(
@@ -179,7 +201,9 @@ class Archive:
         sop_instance_uid: str,
         source_ae_title: str,
         study_instance_uid: str,
+        service: str,
     ) -> StoreResult:
+        started = time.perf_counter()
         ds = read_header(dataset, transfer_syntax_uid)
         header = describe_instance(ds, transfer_syntax_uid)
         warnings = []
@@ -238,6 +262,8 @@ class Archive:
                 size=size,
                 source_ae_title=source_ae_title,
                 replaced=outcome.replaced,
+                service=service,
+                duration=time.perf_counter() - started,
             )
         )
         return StoreResult(
@@ -314,6 +340,18 @@ class Archive:
             return self.searcher.headers(level, pks)
         except SQLAlchemyError as exc:
             raise IndexUnavailableError(f"The index database failed: {exc}") from exc
+
+
+# Store failures by the word that counts them, most specific first.
+_REJECTION_CATEGORIES: tuple[tuple[type[Exception], str], ...] = (
+    (InvalidDatasetError, "invalid_dataset"),
+    (InstanceMismatchError, "uid_mismatch"),
+    (StudyMismatchError, "uid_mismatch"),
+    (DuplicateInstanceError, "duplicate"),
+    (StorageFullError, "storage_full"),
+    (StorageError, "storage_error"),
+    (IndexUnavailableError, "index_error"),
+)
 
 
 def new_storage_key() -> str:

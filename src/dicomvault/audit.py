@@ -228,6 +228,12 @@ class AuditTrail:
             self._queued += 1
         self._queue.put(item)
 
+    @property
+    def queued(self) -> int:
+        """The number of events waiting for the writer thread."""
+        with self._lock:
+            return self._queued
+
     # --- the writer thread -----------------------------------------------------------------
 
     def start(self) -> None:

@@ -54,12 +54,16 @@ from dicomvault.logging_setup import configure_logging
 from dicomvault.nodes import RemoteNode, make_node
 from dicomvault.permissions import format_permissions, parse_permissions
 from dicomvault.recent_logs import install_recent_log_handler
+from dicomvault.shutdown import Listener, StopSignals, drain
 from dicomvault.storage.lock import DataDirInUseError, lock_data_dir
 from dicomvault.storage.setup import StorageSetupError, open_storage
 from dicomvault.users import InvalidUserError, check_user_name, parse_role
 
 if TYPE_CHECKING:
+    from dicomvault.archive import Archive
     from dicomvault.dev_certs import DevCertificates
+    from dicomvault.dimse.server import DimseServer
+    from dicomvault.metrics import ArchiveMetrics
 
 LOGGER = logging.getLogger(__name__)
 
@@ -219,6 +223,7 @@ def run_server(configured: Settings) -> int:
     from dicomvault.archive import Archive
     from dicomvault.dimse.server import DimseServer, ListenError
     from dicomvault.dimse.service import DimseService
+    from dicomvault.readiness import ReadinessChecker
     from dicomvault.tls import TLSFileError
     from dicomvault.web.app import create_app
     from dicomvault.web.server import HttpServer
@@ -226,14 +231,8 @@ def run_server(configured: Settings) -> int:
     recent_logs = install_recent_log_handler(configured.logging.recent_events)
 
     # Handlers go in first, so a stop signal during start-up also ends cleanly.
-    stop = threading.Event()
-
-    def request_stop(signum: int, _frame: FrameType | None) -> None:
-        LOGGER.info("Received %s; stopping", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    signals = StopSignals()
+    signals.install()
 
     # Certificates and keys are checked before anything opens, so that a
     # wrong path stops start-up with one message. TLS settings cannot be
@@ -328,6 +327,13 @@ def run_server(configured: Settings) -> int:
             archive,
             dimse_service=DimseService(archive, configured, saved, server),
             recent_logs=recent_logs,
+            readiness=ReadinessChecker(
+                engine,
+                storage,
+                settings.server.readiness_timeout,
+                draining=signals.stop_requested,
+            ),
+            metrics=_server_metrics(archive, server, manager, audit, signals),
         )
         http = HttpServer(
             app,
@@ -335,6 +341,7 @@ def run_server(configured: Settings) -> int:
             settings.http.port,
             ssl_context=http_tls,
             trusted_proxies=settings.http.trusted_proxies,
+            shutdown_timeout=settings.server.drain_seconds,
         )
         try:
             http.start()
@@ -359,16 +366,34 @@ def run_server(configured: Settings) -> int:
         storage.describe(),
     )
 
-    while not stop.wait(1.0):
+    while not signals.stop_requested.wait(1.0):
         pass
-    if http is not None:
-        http.stop()
-    manager.stop(INGEST_STOP_SECONDS)
-    server.stop()
+    listeners: list[Listener] = [server] if http is None else [server, http]
+    drain(settings.server, signals, listeners, lambda: manager.stop(INGEST_STOP_SECONDS))
     audit.stop()
     engine.dispose()
     lock.close()
     return 0
+
+
+def _server_metrics(
+    archive: Archive,
+    server: DimseServer,
+    manager: TaskManager,
+    audit: AuditTrail,
+    signals: StopSignals,
+) -> ArchiveMetrics:
+    """Create the metrics of this process, fed by its events, queues and log records."""
+    from dicomvault.metrics import ArchiveMetrics, LogCounter, subscribe_metrics
+
+    metrics = ArchiveMetrics()
+    subscribe_metrics(metrics, archive.events)
+    metrics.watch_open_associations(server.open_associations)
+    metrics.watch_ingest_queue(manager.queued_tasks)
+    metrics.watch_audit_queue(lambda: audit.queued)
+    metrics.watch_draining(signals.stop_requested.is_set)
+    logging.getLogger().addHandler(LogCounter(metrics.log_messages))
+    return metrics
 
 
 def _tls_contexts(settings: Settings) -> tuple[ssl.SSLContext | None, ssl.SSLContext | None]:

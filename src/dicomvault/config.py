@@ -446,7 +446,8 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         "shutdown_timeout",
         _parse_float_range(0, 3600),
         30.0,
-        "seconds a stop waits for associations in flight to finish",
+        "seconds that associations on the old address get to finish when dimse.host or "
+        "dimse.port changes while the server runs; a stop uses server.drain_seconds",
     ),
     SettingDefinition(
         "storage",
@@ -693,6 +694,40 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         "http.host is a loopback address) or users (an API token or a console login)",
     ),
     SettingDefinition(
+        "http",
+        "metrics_access",
+        _parse_choice("users", "open"),
+        "users",
+        "who may read the Prometheus metrics at /metrics: users (an API token or a console "
+        "login of any role) or open (anyone who can connect; only allowed while http.host is "
+        "a loopback address)",
+    ),
+    SettingDefinition(
+        "server",
+        "drain_delay",
+        _parse_float_range(0, 3600),
+        0.0,
+        "seconds between a stop signal and closing the DIMSE and HTTP listeners; meanwhile "
+        "/ready answers 503 and everything else is served as before, so that load "
+        "balancers stop sending work here before connections are refused",
+    ),
+    SettingDefinition(
+        "server",
+        "drain_seconds",
+        _parse_float_range(0, 3600),
+        30.0,
+        "seconds that associations and HTTP requests in flight get to finish after a stop "
+        "closed the listeners; the rest are then aborted",
+    ),
+    SettingDefinition(
+        "server",
+        "readiness_timeout",
+        _parse_float_range(0.1, 60),
+        2.0,
+        "seconds /ready waits for its index database and storage checks before it reports "
+        "a check as timed out",
+    ),
+    SettingDefinition(
         "encryption",
         "enabled",
         _parse_bool,
@@ -851,6 +886,16 @@ class HttpSettings:
     tls_cert_file: str
     tls_key_file: str
     trusted_proxies: list[str]
+    metrics_access: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings:
+    """Settings of the server process as a whole: draining at a stop, readiness checks."""
+
+    drain_delay: float
+    drain_seconds: float
+    readiness_timeout: float
 
 
 @dataclasses.dataclass(frozen=True)
@@ -883,6 +928,7 @@ class Settings:
     query: QuerySettings
     ingest: IngestSettings
     http: HttpSettings
+    server: ServerSettings
     logging: LoggingSettings
     encryption: EncryptionSettings
     sources: Mapping[str, str]
@@ -971,6 +1017,7 @@ def load_settings(
         query=section("query", QuerySettings),
         ingest=section("ingest", IngestSettings),
         http=section("http", HttpSettings),
+        server=section("server", ServerSettings),
         logging=section("logging", LoggingSettings),
         encryption=section("encryption", EncryptionSettings),
         sources=sources,
@@ -1079,12 +1126,23 @@ def _check_combinations(values: Mapping[str, Any], sources: Mapping[str, str]) -
     if (
         values["http.port"]
         and values["http.dicomweb_access"] == "open"
-        and not ipaddress.ip_address(values["http.host"]).is_loopback
+        and not _is_loopback(values["http.host"])
     ):
         raise ConfigError(
             f"Invalid settings: {where('http.host')} is {values['http.host']}, not a loopback "
             f"address, and {where('http.dicomweb_access')} is open, so anyone on the network "
             'could read and store images; set http.dicomweb_access = "users"'
+        )
+    if (
+        values["http.port"]
+        and values["http.metrics_access"] == "open"
+        and not _is_loopback(values["http.host"])
+    ):
+        raise ConfigError(
+            f"Invalid settings: {where('http.host')} is {values['http.host']}, not a loopback "
+            f"address, and {where('http.metrics_access')} is open, so anyone on the network "
+            'could read the metrics; set http.metrics_access = "users" and give the scraper '
+            "an API token"
         )
     _check_encryption(values, where)
     _check_storage(values, where)
@@ -1093,6 +1151,11 @@ def _check_combinations(values: Mapping[str, Any], sources: Mapping[str, str]) -
             "Invalid settings: HTTPS needs both 'http.tls_cert_file' and 'http.tls_key_file', "
             "but only one of them is set"
         )
+
+
+def _is_loopback(host: str) -> bool:
+    # _parse_host accepts "localhost" beside IP addresses.
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
 
 def _check_encryption(values: Mapping[str, Any], where: Callable[[str], str]) -> None:

@@ -21,7 +21,12 @@ EventT = TypeVar("EventT")
 
 @dataclasses.dataclass(frozen=True)
 class InstanceStored:
-    """An instance is durable and indexed."""
+    """An instance is durable and indexed.
+
+    ``service`` is the protocol that delivered it ("C-STORE", "STOW-RS"),
+    empty when unknown. ``duration`` is the seconds the archive took to
+    parse, write and index it, without the network transfer.
+    """
 
     sop_instance_uid: str
     sop_class_uid: str
@@ -30,15 +35,24 @@ class InstanceStored:
     size: int
     source_ae_title: str
     replaced: bool
+    service: str = ""
+    duration: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
 class InstanceRejected:
-    """A store request failed; nothing of it was kept."""
+    """A store request failed; nothing of it was kept.
+
+    ``reason`` is the error message for people. ``category`` is one of a
+    few fixed words for counting (see ``Archive.store``), and ``service``
+    is as in :class:`InstanceStored`.
+    """
 
     sop_instance_uid: str
     source_ae_title: str
     reason: str
+    category: str = ""
+    service: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +61,10 @@ class QueryPerformed:
 
     A C-FIND names its calling AE title; a QIDO-RS search names the
     authenticated user and leaves ``source_ae_title`` empty. ``address`` is
-    the client's network address.
+    the client's network address. ``service`` is "C-FIND", "QIDO-RS" or
+    "console", and ``duration`` the seconds from the request to the last
+    match, or 0.0 when not measured. ``failed`` is true when the index
+    database failed during the query.
     """
 
     level: str
@@ -56,6 +73,75 @@ class QueryPerformed:
     source_ae_title: str
     address: str = ""
     user: str = ""
+    service: str = ""
+    duration: float = 0.0
+    failed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class RetrievePerformed:
+    """A C-MOVE or C-GET request finished, successfully or not.
+
+    ``status`` is the Status of the final response, None when an error
+    ended the request before one was sent. The counts are the request's
+    C-STORE sub-operations by outcome. ``size`` is the stored size in bytes
+    of the instances sent with success or a warning. A file converted for
+    the peer may have another size on the wire. ``duration`` is the seconds
+    from the request to the final response.
+    """
+
+    operation: str
+    source_ae_title: str
+    status: int | None
+    completed: int
+    failed: int
+    warning: int
+    size: int
+    duration: float
+
+
+@dataclasses.dataclass(frozen=True)
+class AssociationAccepted:
+    """The DIMSE service accepted an association."""
+
+    source_ae_title: str
+    address: str
+    tls: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class AssociationRejected:
+    """The DIMSE service rejected an association request with A-ASSOCIATE-RJ.
+
+    ``reason`` is the rejection reason in the words of PS3.8 Table 9-21,
+    such as "calling-AE-title-not-recognized" or "local-limit-exceeded".
+    """
+
+    source_ae_title: str
+    address: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class AssociationEnded:
+    """An accepted association ended: released by either side, or aborted.
+
+    ``duration`` is the seconds from its acceptance to its end.
+    """
+
+    source_ae_title: str
+    aborted: bool
+    duration: float
+
+
+@dataclasses.dataclass(frozen=True)
+class FilesIndexed:
+    """An indexing task or watched folder finished a chunk of files."""
+
+    task_id: int
+    indexed: int
+    failed: int
+    ignored: int
 
 
 def log_store_events(bus: EventBus) -> None:

@@ -137,7 +137,11 @@ class TestStore:
     def test_event(self, archive: Archive) -> None:
         events = recorded(archive, InstanceStored)
         ds = make_instance()
-        result = archive.store(encode_dataset(ds), ExplicitVRLittleEndian, source_ae_title="CT01")
+        result = archive.store(
+            encode_dataset(ds), ExplicitVRLittleEndian, source_ae_title="CT01", service="C-STORE"
+        )
+        assert len(events) == 1
+        assert 0 < events[0].duration < 60
         assert events == [
             InstanceStored(
                 sop_instance_uid=ds.SOPInstanceUID,
@@ -147,6 +151,8 @@ class TestStore:
                 size=result.size,
                 source_ae_title="CT01",
                 replaced=False,
+                service="C-STORE",
+                duration=events[0].duration,
             )
         ]
 
@@ -301,7 +307,9 @@ class TestRejectDuplicates:
         events = recorded(rejecting, InstanceRejected)
         with pytest.raises(DuplicateInstanceError):
             store(rejecting, ds, sop_instance_uid=ds.SOPInstanceUID, source_ae_title="CT01")
-        assert events == [InstanceRejected(ds.SOPInstanceUID, "CT01", "duplicate")]
+        assert events == [
+            InstanceRejected(ds.SOPInstanceUID, "CT01", "duplicate", category="duplicate")
+        ]
 
     def test_writer_race_leaves_first_file(
         self, rejecting: Archive, monkeypatch: pytest.MonkeyPatch
@@ -402,6 +410,7 @@ class TestInvalidData:
                 "",
                 "CT01",
                 "The dataset has no SOP Instance UID (0008,0018); the sender must include it",
+                category="invalid_dataset",
             )
         ]
 
@@ -415,3 +424,15 @@ class TestStorageFailure:
         with pytest.raises(StorageFullError):
             store(archive, make_instance())
         assert count_rows(archive.engine, instances) == 0
+
+    def test_full_event_category(self, archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
+        def put(key: str, chunks: object) -> int:
+            raise StorageFullError(f"No space left to store {key}")
+
+        monkeypatch.setattr(archive.storage, "put", put)
+        events = recorded(archive, InstanceRejected)
+        with pytest.raises(StorageFullError):
+            store(archive, make_instance(), service="STOW-RS")
+        assert [(event.category, event.service) for event in events] == [
+            ("storage_full", "STOW-RS")
+        ]

@@ -601,6 +601,61 @@ class TestIngestSettings:
         assert settings.http.port == 0
 
 
+class TestServerSettings:
+    def test_defaults(self) -> None:
+        settings = load_settings(environ={})
+
+        assert settings.server.drain_delay == 0.0
+        assert settings.server.drain_seconds == 30.0
+        assert settings.server.readiness_timeout == 2.0
+        assert settings.http.metrics_access == "users"
+
+    def test_from_environment(self) -> None:
+        settings = load_settings(
+            environ={
+                "DICOMVAULT_SERVER_DRAIN_DELAY": "5",
+                "DICOMVAULT_SERVER_DRAIN_SECONDS": "120",
+            }
+        )
+
+        assert (settings.server.drain_delay, settings.server.drain_seconds) == (5.0, 120.0)
+
+    def test_negative_drain_rejected(self, tmp_path: Path) -> None:
+        config = write_config(tmp_path, "[server]\ndrain_seconds = -1\n")
+
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(config, environ={})
+
+        assert str(excinfo.value) == (
+            f"Invalid setting 'server.drain_seconds' (file {config}): "
+            "must be a number from 0 to 3600, got -1.0"
+        )
+
+    def test_open_metrics_on_network_address_rejected(self) -> None:
+        environ = {
+            "DICOMVAULT_HTTP_HOST": "0.0.0.0",
+            "DICOMVAULT_HTTP_DICOMWEB_ACCESS": "users",
+            "DICOMVAULT_HTTP_METRICS_ACCESS": "open",
+        }
+
+        with pytest.raises(ConfigError) as excinfo:
+            load_settings(environ=environ)
+
+        assert str(excinfo.value) == (
+            "Invalid settings: 'http.host' (DICOMVAULT_HTTP_HOST) is 0.0.0.0, not a loopback "
+            "address, and 'http.metrics_access' (DICOMVAULT_HTTP_METRICS_ACCESS) is open, so "
+            'anyone on the network could read the metrics; set http.metrics_access = "users" '
+            "and give the scraper an API token"
+        )
+
+    def test_open_metrics_on_localhost_allowed(self) -> None:
+        settings = load_settings(
+            environ={"DICOMVAULT_HTTP_HOST": "localhost", "DICOMVAULT_HTTP_METRICS_ACCESS": "open"}
+        )
+
+        assert settings.http.metrics_access == "open"
+
+
 class TestTLSSettings:
     def test_tls_off_by_default(self) -> None:
         settings = load_settings(environ={})

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, func, select
 from dicomvault.archive import Archive
 from dicomvault.config import load_settings
 from dicomvault.dicom.attributes import Level
+from dicomvault.events import EventBus, FilesIndexed
 from dicomvault.index.schema import indexed_files, instances, patients, series, studies
 from dicomvault.index.tasks import TaskCounts, TaskRecord
 from dicomvault.index.writer import IndexWriter, StoredInstance
@@ -152,6 +153,23 @@ class TestInPlace:
                 "The dataset is truncated: Pixel Data declares 8192 bytes but 8130 follow",
             ),
         }
+
+    def test_chunk_events_published(self, context: IngestContext, tmp_path: Path) -> None:
+        folder = tmp_path / "in"
+        write_series(folder, 3)
+        (folder / "notes.txt").write_text("not DICOM")
+        shutil.copy(PYDICOM_TEST_FILES / "dicomdirtests" / "DICOMDIR", folder / "DICOMDIR")
+        context.events = EventBus()
+        published: list[FilesIndexed] = []
+        context.events.subscribe(FilesIndexed, published.append)
+
+        record = run(context, folder)
+
+        assert published
+        assert {event.task_id for event in published} == {record.id}
+        assert sum(event.indexed for event in published) == 3
+        assert sum(event.failed for event in published) == 1
+        assert sum(event.ignored for event in published) == 1
 
     def test_rerun_skips_unchanged(self, context: IngestContext, tmp_path: Path) -> None:
         folder = tmp_path / "in"

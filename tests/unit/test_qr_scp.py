@@ -143,6 +143,30 @@ class TestHandleFind:
         assert statuses(responses) == [Status.UNABLE_TO_PROCESS]
         assert responses[0][0].ErrorComment == "The index database failed"
 
+    def test_query_event(self, archive: Archive) -> None:
+        queries: list[QueryPerformed] = []
+        archive.events.subscribe(QueryPerformed, queries.append)
+        event = FakeEvent(study_identifier(PatientName="FIND^2"))
+
+        find(event, archive)
+
+        assert len(queries) == 1
+        assert queries[0].service == "C-FIND"
+        assert queries[0].matches == 1
+        assert queries[0].duration > 0
+        assert not queries[0].failed
+
+    def test_database_failure_event(self, archive: Archive) -> None:
+        queries: list[QueryPerformed] = []
+        archive.events.subscribe(QueryPerformed, queries.append)
+        archive.engine.dispose()
+        (Path(archive.settings.data_dir) / "index.sqlite").unlink()
+        (Path(archive.settings.data_dir) / "index.sqlite").write_bytes(b"")
+
+        find(FakeEvent(study_identifier(PatientName="FIND^*")), archive)
+
+        assert [(query.service, query.failed) for query in queries] == [("C-FIND", True)]
+
 
 class TestAccess:
     def test_without_query_permission_refused(self, archive: Archive) -> None:

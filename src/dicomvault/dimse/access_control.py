@@ -36,6 +36,18 @@ REJECT_CALLING_AE_TITLE = (0x01, 0x01, 0x03)
 # Rejected-transient, DICOM UL service-user, no reason given: the registry could not be read.
 REJECT_TRANSIENT = (0x02, 0x01, 0x01)
 
+# The reasons of A-ASSOCIATE-RJ by (source, reason/diag.) in the words of PS3.8 Table 9-21.
+REJECT_REASON_NAMES = {
+    (0x01, 0x01): "no-reason-given",
+    (0x01, 0x02): "application-context-name-not-supported",
+    (0x01, 0x03): "calling-AE-title-not-recognized",
+    (0x01, 0x07): "called-AE-title-not-recognized",
+    (0x02, 0x01): "no-reason-given",
+    (0x02, 0x02): "protocol-version-not-supported",
+    (0x03, 0x01): "temporary-congestion",
+    (0x03, 0x02): "local-limit-exceeded",
+}
+
 # Reasons of rejections that pynetdicom makes itself, for the log and the audit trail.
 _PYNETDICOM_REJECTIONS = {
     (0x01, 0x01, 0x03): "the calling AE title is not in dimse.allowed_calling_ae_titles",
@@ -71,7 +83,10 @@ class AccessControl:
         self._grants: weakref.WeakKeyDictionary[Any, _AssociationAccess] = (
             weakref.WeakKeyDictionary()
         )
-        self._rejections: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        # The reason for people, and the A-ASSOCIATE-RJ (result, source, reason/diag.).
+        self._rejections: weakref.WeakKeyDictionary[Any, tuple[str, tuple[int, int, int]]] = (
+            weakref.WeakKeyDictionary()
+        )
         self._lock = threading.Lock()
 
     # --- at association ---------------------------------------------------------------------
@@ -129,20 +144,28 @@ class AccessControl:
     def rejection_reason(self, assoc: Any) -> str:
         """Return why ``assoc`` was rejected, by this class or by pynetdicom."""
         with self._lock:
-            reason = self._rejections.get(assoc)
-        if reason is not None:
-            return reason
-        primitive = getattr(assoc.acceptor, "primitive", None)
-        key = (
-            getattr(primitive, "result", None),
-            getattr(primitive, "result_source", None),
-            getattr(primitive, "diagnostic", None),
-        )
-        return _PYNETDICOM_REJECTIONS.get(key, "no reason recorded")  # type: ignore[arg-type]
+            rejection = self._rejections.get(assoc)
+        if rejection is not None:
+            return rejection[0]
+        return _PYNETDICOM_REJECTIONS.get(_pynetdicom_rejection(assoc), "no reason recorded")
+
+    def rejection_code(self, assoc: Any) -> str:
+        """Return the A-ASSOCIATE-RJ reason of ``assoc`` in the words of PS3.8 Table 9-21.
+
+        For example "calling-AE-title-not-recognized". "unknown" means that
+        no rejection was recorded.
+        """
+        with self._lock:
+            rejection = self._rejections.get(assoc)
+        if rejection is not None:
+            _, source, diagnostic = rejection[1]
+        else:
+            _, source, diagnostic = _pynetdicom_rejection(assoc)
+        return REJECT_REASON_NAMES.get((source, diagnostic), "unknown")
 
     def _reject(self, assoc: Any, reason: str, result_source_reason: tuple[int, int, int]) -> None:
         with self._lock:
-            self._rejections[assoc] = reason
+            self._rejections[assoc] = (reason, result_source_reason)
         # The same steps as pynetdicom's own rejection during negotiation.
         assoc.acse.send_reject(*result_source_reason)
         evt.trigger(assoc, evt.EVT_REJECTED, {})
@@ -211,3 +234,13 @@ class AccessControl:
             )
         )
         return comment
+
+
+def _pynetdicom_rejection(assoc: Any) -> tuple[Any, Any, Any]:
+    """Return the (result, source, reason/diag.) of a rejection pynetdicom sent itself."""
+    primitive = getattr(assoc.acceptor, "primitive", None)
+    return (
+        getattr(primitive, "result", None),
+        getattr(primitive, "result_source", None),
+        getattr(primitive, "diagnostic", None),
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import weakref
 from collections.abc import Iterator
 from typing import Any
@@ -97,6 +98,7 @@ def handle_find(
         yield status_dataset(Status.NOT_AUTHORIZED, refusal), None
         return
 
+    started = time.perf_counter()
     settings = archive.settings
     calling_ae = event.assoc.requestor.ae_title
     model = INFORMATION_MODELS.get(str(event.request.AffectedSOPClassUID), "STUDY")
@@ -128,6 +130,7 @@ def handle_find(
     LOGGER.debug("C-FIND from %s at %s level, keys %s", calling_ae, query.level.name, keys)
     max_matches = settings.query.max_matches
     sent = 0
+    failed = False
     try:
         for result in archive.search(query):
             if event.is_cancelled:
@@ -160,12 +163,23 @@ def handle_find(
             )
             sent += 1
     except IndexUnavailableError as exc:
+        failed = True
         LOGGER.error("C-FIND from %s failed with 0xC000: %s", calling_ae, exc)
         yield status_dataset(Status.UNABLE_TO_PROCESS, "The index database failed"), None
         return
     finally:
-        address = event.assoc.requestor.address
-        archive.events.publish(QueryPerformed(query.level.name, keys, sent, calling_ae, address))
+        archive.events.publish(
+            QueryPerformed(
+                query.level.name,
+                keys,
+                sent,
+                calling_ae,
+                event.assoc.requestor.address,
+                service="C-FIND",
+                duration=time.perf_counter() - started,
+                failed=failed,
+            )
+        )
 
     LOGGER.info("C-FIND from %s at %s level: %d matches", calling_ae, query.level.name, sent)
     yield Status.SUCCESS, None

@@ -52,6 +52,7 @@ from dicomvault.dimse.status import Status, shorten_comment
 from dicomvault.dimse.store_sender import Originator, SendError, StoreSender
 from dicomvault.dimse.tcp import disable_nagle
 from dicomvault.dimse.tls import tls_args_for
+from dicomvault.events import RetrievePerformed
 from dicomvault.index.nodes import NodeRegistry
 from dicomvault.nodes import RemoteNode
 from dicomvault.permissions import Permission
@@ -117,6 +118,7 @@ class InstanceToSend:
     transfer_syntax_uid: str
     storage_key: str
     study_instance_uid: str = ""
+    size: int = 0
 
 
 class RetrieveServiceClass(QueryRetrieveServiceClass):
@@ -161,6 +163,10 @@ class _Retrieval:
         self.access: AccessControl = service.ae.access  # type: ignore[attr-defined]
         self.calling_ae = service.assoc.requestor.ae_title
         self.operation = "C-MOVE" if is_move else "C-GET"
+        # The final response, for the RetrievePerformed event.
+        self.final_status: int | None = None
+        self.final_counts = SubOperationCounts(0)
+        self.sent_size = 0
 
     # --- responses --------------------------------------------------------------------
 
@@ -193,6 +199,10 @@ class _Retrieval:
                 )
                 rsp.Identifier = BytesIO(encoded or b"")
         self.service.dimse.send_msg(rsp, self.context.context_id)
+        if final:
+            self.final_status = status
+            if counts is not None:
+                self.final_counts = counts
         # pynetdicom restarts the network timeout only when a PDU arrives, and
         # a requestor sends nothing while it waits for a long retrieve. Without
         # this, a retrieve longer than network_timeout ends in an A-ABORT.
@@ -205,7 +215,28 @@ class _Retrieval:
 
         A caller without the retrieve permission gets 0x0124 (Refused: Not
         authorized, PS3.7 C.5) with an Error Comment and no sub-operation.
+        A :class:`~dicomvault.events.RetrievePerformed` event follows the
+        final response, also after a failure.
         """
+        started = time.perf_counter()
+        try:
+            self._run()
+        finally:
+            counts = self.final_counts
+            self.archive.events.publish(
+                RetrievePerformed(
+                    operation=self.operation,
+                    source_ae_title=self.calling_ae,
+                    status=self.final_status,
+                    completed=counts.completed,
+                    failed=counts.failed,
+                    warning=counts.warning,
+                    size=self.sent_size,
+                    duration=time.perf_counter() - started,
+                )
+            )
+
+    def _run(self) -> None:
         refusal = self.access.check_permission(
             self.service.assoc, Permission.RETRIEVE, self.operation
         )
@@ -273,6 +304,7 @@ class _Retrieval:
                 transfer_syntax_uid=result.transfer_syntax_uid,
                 storage_key=result.storage_key,
                 study_instance_uid=result.record["StudyInstanceUID"][0],
+                size=result.size,
             )
             for result in self.archive.search(image_query)
         ]
@@ -384,8 +416,10 @@ class _Retrieval:
                 counts.failed_uids.append(item.sop_instance_uid)
             elif status == Status.SUCCESS:
                 counts.completed += 1
+                self.sent_size += item.size
             else:
                 counts.warning += 1
+                self.sent_size += item.size
             now = time.monotonic()
             if counts.remaining and now - last_pending >= PENDING_INTERVAL_SECONDS:
                 self.respond(Status.PENDING, counts, final=False)

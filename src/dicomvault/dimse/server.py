@@ -7,6 +7,7 @@ import logging
 import ssl
 import threading
 import time
+import weakref
 from typing import Any
 
 from pydicom.uid import (
@@ -34,6 +35,7 @@ from dicomvault.dimse.retrieve_scp import (
 from dicomvault.dimse.storage_scp import handle_store
 from dicomvault.dimse.tcp import disable_nagle, read_promptly
 from dicomvault.dimse.tls import complete_handshake
+from dicomvault.events import AssociationAccepted, AssociationEnded, AssociationRejected
 from dicomvault.permissions import format_permissions, unknown_caller_permissions
 
 LOGGER = logging.getLogger(__name__)
@@ -108,9 +110,12 @@ class DimseServer:
         self.ae = self._build_ae()
         self._server: Any = None  # the plain port's listener
         self._tls_server: Any = None
-        # Listeners replaced by apply() whose associations are still finishing.
+        # Listeners replaced by apply() or closed by stop_accepting() whose
+        # associations are still finishing.
         self._draining: list[Any] = []
         self._lock = threading.Lock()
+        # When each open association was accepted (time.monotonic()).
+        self._accepted_at: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
 
     def _build_ae(self) -> AE:
         install_retrieve_service()
@@ -147,8 +152,8 @@ class DimseServer:
             (evt.EVT_REQUESTED, self.access.on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
-            (evt.EVT_RELEASED, _log_released),
-            (evt.EVT_ABORTED, _log_aborted),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_ABORTED, self._on_aborted),
         ]
 
     def _on_accepted(self, event: Any) -> None:
@@ -163,11 +168,51 @@ class DimseServer:
         # Responses go straight to the socket, not through the DUL thread's queue,
         # which it checks once a millisecond.
         send_directly(event.assoc)
+        with self._lock:
+            self._accepted_at[event.assoc] = time.monotonic()
+        requestor = event.assoc.requestor
+        self.archive.events.publish(
+            AssociationAccepted(requestor.ae_title, str(requestor.address), bool(over_tls))
+        )
+
+    def _on_released(self, event: Any) -> None:
+        LOGGER.info("Association released by %s", _peer(event.assoc))
+        self._publish_end(event.assoc, aborted=False)
+
+    def _on_aborted(self, event: Any) -> None:
+        if not event.assoc.requestor.ae_title:
+            # A connection that closed before any A-ASSOCIATE-RQ, such as a port check.
+            LOGGER.debug(
+                "Connection from %s:%s closed before association",
+                event.assoc.requestor.address,
+                event.assoc.requestor.port,
+            )
+            return
+        LOGGER.warning("Association aborted with %s", _peer(event.assoc))
+        self._publish_end(event.assoc, aborted=True)
+
+    def _publish_end(self, assoc: Any, aborted: bool) -> None:
+        with self._lock:
+            accepted_at = self._accepted_at.pop(assoc, None)
+        if accepted_at is None:
+            return  # rejected, or already ended
+        self.archive.events.publish(
+            AssociationEnded(
+                assoc.requestor.ae_title, aborted, duration=time.monotonic() - accepted_at
+            )
+        )
 
     def _on_rejected(self, event: Any) -> None:
         reason = self.access.rejection_reason(event.assoc)
         LOGGER.warning("Association rejected from %s: %s", _peer(event.assoc), reason)
         requestor = event.assoc.requestor
+        self.archive.events.publish(
+            AssociationRejected(
+                requestor.ae_title or "",
+                str(requestor.address),
+                self.access.rejection_code(event.assoc),
+            )
+        )
         self.archive.events.publish(
             AuditEvent(
                 AuditEventType.SECURITY_ALERT,
@@ -283,20 +328,42 @@ class DimseServer:
             describe_unknown_callers(settings.unknown_callers),
         )
 
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop accepting associations, wait for those in flight, then abort the rest."""
+    def stop_accepting(self) -> None:
+        """Close the listeners, so that new connections are refused.
+
+        Open associations go on, and :meth:`stop` then waits for them.
+        """
         with self._lock:
             live = self._live()
             self._server = self._tls_server = None
-            servers = [*self._draining, *live]
-        if not servers:
-            return
+            self._draining.extend(live)
         for server in live:
             server.shutdown()
+            host, port = server.server_address[:2]
+            LOGGER.info("DIMSE service stopped listening on %s:%d", host, port)
+
+    def stop(self, timeout: float | None = None, abort: threading.Event | None = None) -> None:
+        """Stop accepting associations, wait for those in flight, then abort the rest.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds the associations in flight get to finish;
+            ``dimse.shutdown_timeout`` when None.
+        abort : threading.Event, optional
+            When set during the wait, the remaining associations are aborted at once.
+        """
+        self.stop_accepting()
+        with self._lock:
+            servers = list(self._draining)
+        if not servers:
+            return
         deadline = time.monotonic() + (
             self.settings.shutdown_timeout if timeout is None else timeout
         )
-        _finish_associations(servers, deadline, "at shutdown")
+        _finish_associations(servers, deadline, "at shutdown", abort)
+        with self._lock:
+            self._draining.clear()
         LOGGER.info("DIMSE service stopped")
 
     def _live(self) -> list[Any]:
@@ -381,8 +448,14 @@ def _client_certificates(settings: DimseSettings) -> str:
     return "no client certificates requested"
 
 
-def _finish_associations(servers: list[Any], deadline: float, when: str) -> None:
-    """Wait until the servers' associations end or ``deadline`` passes, then abort the rest."""
+def _finish_associations(
+    servers: list[Any], deadline: float, when: str, abort: threading.Event | None = None
+) -> None:
+    """Wait until the servers' associations end, ``deadline`` passes or ``abort`` is set.
+
+    Then abort the associations that remain.
+    """
+    abort = abort or threading.Event()
 
     def established() -> list[Any]:
         return _established(servers)
@@ -394,17 +467,20 @@ def _finish_associations(servers: list[Any], deadline: float, when: str) -> None
             max(0.0, deadline - time.monotonic()),
             len(active),
         )
-    while active and time.monotonic() < deadline:
-        time.sleep(SHUTDOWN_POLL_SECONDS)
+    while active and time.monotonic() < deadline and not abort.is_set():
+        abort.wait(SHUTDOWN_POLL_SECONDS)
         active = established()
     for assoc in active:
         LOGGER.warning("Aborting association with %s %s", _peer(assoc), when)
         assoc.abort()
     # Connections still negotiating (or that never sent an A-ASSOCIATE-RQ,
-    # such as port probes) have no work in flight.
+    # such as port probes) have no work in flight. A probe's thread lingers
+    # for up to dimse.acse_timeout after the peer closed, and a blocking
+    # abort takes at least 0.1 s each (pynetdicom 3.0), so these are not
+    # waited for.
     for server in servers:
         for assoc in server.active_associations:
-            assoc.abort()
+            assoc.abort(block=False)
 
 
 def _peer(assoc: Any) -> str:
@@ -415,19 +491,3 @@ def _peer(assoc: Any) -> str:
 def _handle_echo(event: Any) -> int:
     LOGGER.debug("C-ECHO from %s", _peer(event.assoc))
     return 0x0000
-
-
-def _log_released(event: Any) -> None:
-    LOGGER.info("Association released by %s", _peer(event.assoc))
-
-
-def _log_aborted(event: Any) -> None:
-    if not event.assoc.requestor.ae_title:
-        # A connection that closed before any A-ASSOCIATE-RQ, such as a port check.
-        LOGGER.debug(
-            "Connection from %s:%s closed before association",
-            event.assoc.requestor.address,
-            event.assoc.requestor.port,
-        )
-        return
-    LOGGER.warning("Association aborted with %s", _peer(event.assoc))

@@ -70,6 +70,7 @@ def handle_store(event: Any, archive: Archive, access: AccessControl) -> Dataset
             sop_class_uid=str(request.AffectedSOPClassUID or ""),
             sop_instance_uid=sop_instance_uid,
             source_ae_title=calling_ae,
+            service="C-STORE",
         )
     except Exception as exc:
         return _failure(exc, calling_ae, sop_instance_uid)

@@ -85,6 +85,8 @@ class SearchResult:
         The stored file, for IMAGE level results.
     transfer_syntax_uid : str
         The transfer syntax of the stored file, for IMAGE level results.
+    size : int
+        The size of the stored file in bytes, for IMAGE level results.
     """
 
     level: Level
@@ -93,6 +95,7 @@ class SearchResult:
     pks: dict[Level, int]
     storage_key: str = ""
     transfer_syntax_uid: str = ""
+    size: int = 0
 
 
 class IndexSearch:
@@ -171,6 +174,7 @@ class IndexSearch:
                 from_clause = from_clause.join(instances, instances.c.series_pk == series.c.pk)
                 columns.append(instances.c.storage_key.label("_storage_key"))
                 columns.append(instances.c.transfer_syntax_uid.label("_transfer_syntax_uid"))
+                columns.append(instances.c.size.label("_size"))
         return select(*columns).select_from(from_clause)
 
     @staticmethod
@@ -182,7 +186,13 @@ class IndexSearch:
                 record[attribute.keyword] = _split_values(value, attribute.vr)
         pks = {lvl: row[label] for lvl, label in _PK_LABELS.items() if label in row}
         return SearchResult(
-            level, record, {}, pks, row.get("_storage_key", ""), row.get("_transfer_syntax_uid", "")
+            level,
+            record,
+            {},
+            pks,
+            row.get("_storage_key", ""),
+            row.get("_transfer_syntax_uid", ""),
+            row.get("_size", 0),
         )
 
     def _add_computed(

@@ -22,6 +22,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomvault.config import Settings
+from dicomvault.events import EventBus, FilesIndexed
 from dicomvault.index.files import IndexedFiles
 from dicomvault.index.hierarchy import prune_empty_parents
 from dicomvault.index.schema import instances
@@ -69,13 +70,15 @@ class IngestContext:
 
     The workers open their own connections to the index at
     ``engine``'s URL, so the index must be a database file or server, not
-    an in-memory SQLite database.
+    an in-memory SQLite database. ``events``, when given, receives a
+    :class:`~dicomvault.events.FilesIndexed` event per chunk of files.
     """
 
     settings: Settings
     engine: Engine
     storage: FilesystemStorage | S3Storage | EncryptedStorage
     pool: ReaderPool
+    events: EventBus | None = None
 
     def __post_init__(self) -> None:
         self.files = IndexedFiles(self.engine)
@@ -274,6 +277,10 @@ class FolderIndexer:
         self.counts.indexed += summary.indexed
         self.counts.failed += summary.failed
         self.counts.ignored += summary.ignored
+        if self.context.events is not None:
+            self.context.events.publish(
+                FilesIndexed(self.task_id, summary.indexed, summary.failed, summary.ignored)
+            )
 
     # --- files still being written ----------------------------------------------------------
 

@@ -95,6 +95,10 @@ class TaskManager:
                 watcher.cancel.set()
         return record
 
+    def queued_tasks(self) -> int:
+        """Count the tasks waiting to run; a task cancelled while it waits counts until skipped."""
+        return self._queue.qsize()
+
     def watch(self, folders: Sequence[Path]) -> None:
         """Start watching each folder, in place, in a thread of its own."""
         for folder in folders:

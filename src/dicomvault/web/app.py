@@ -14,7 +14,10 @@ from dicomvault.dimse.service import DimseService
 from dicomvault.index.saved_settings import SavedSettings
 from dicomvault.index.users import UserStore
 from dicomvault.ingest.manager import TaskManager
+from dicomvault.metrics import ArchiveMetrics, HttpMetricsMiddleware, subscribe_metrics
+from dicomvault.readiness import ReadinessChecker
 from dicomvault.recent_logs import RecentLogHandler
+from dicomvault.web import health
 from dicomvault.web.api import (
     account,
     archives,
@@ -39,11 +42,6 @@ LOGGER = logging.getLogger(__name__)
 CORS_EXPOSED_HEADERS = ["Content-Type", "Content-Length", "Content-Location", "Location", "Warning"]
 
 
-def health() -> dict[str, str]:
-    """Report that the server is running (for load balancers; no login needed)."""
-    return {"status": "ok"}
-
-
 def create_app(
     manager: TaskManager,
     archive: Archive,
@@ -51,6 +49,8 @@ def create_app(
     *,
     dimse_service: DimseService | None = None,
     recent_logs: RecentLogHandler | None = None,
+    readiness: ReadinessChecker | None = None,
+    metrics: ArchiveMetrics | None = None,
 ) -> FastAPI:
     """Return the application serving the REST API, DICOMweb and the console, with docs at /docs.
 
@@ -61,12 +61,17 @@ def create_app(
     ``dimse_service`` controls the running DIMSE service; without one,
     changes to its settings are only saved for the next start.
     ``recent_logs`` serves GET /api/logs; without it that route answers 503.
+    ``readiness`` answers /ready; without it, a checker of the archive's
+    index database and storage is made. ``metrics`` are served at
+    /metrics and fed by a middleware for every HTTP request; without them,
+    new metrics are made and subscribed to ``archive.events``.
 
     The admin API (/api) and the console require a login (the console a
-    session, the API a session or an API token); /health does
-    not. With ``http.dicomweb_access = "open"`` (the default), anyone who
-    can connect may read and store every instance over DICOMweb; the
-    settings allow that only while ``http.host`` is a loopback address.
+    session, the API a session or an API token); /health and /ready do
+    not, and /metrics only with ``http.metrics_access = "users"``. With
+    ``http.dicomweb_access = "open"`` (the default), anyone who can connect
+    may read and store every instance over DICOMweb; the settings allow
+    that only while ``http.host`` is a loopback address.
     """
     app = FastAPI(
         title="dicomvault",
@@ -85,6 +90,17 @@ def create_app(
         archive, archive.settings, SavedSettings(archive.engine)
     )
     app.state.recent_logs = recent_logs
+    app.state.readiness = readiness or ReadinessChecker(
+        archive.engine, archive.storage, archive.settings.server.readiness_timeout
+    )
+    if metrics is None:
+        metrics = ArchiveMetrics(process_collectors=False)
+        subscribe_metrics(metrics, archive.events)
+        if manager is not None:
+            metrics.watch_ingest_queue(manager.queued_tasks)
+        checker = app.state.readiness
+        metrics.watch_draining(lambda: checker.draining)
+    app.state.metrics = metrics
     app.include_router(account.router)
     app.include_router(search.router)
     app.include_router(archives.router)
@@ -93,7 +109,7 @@ def create_app(
     # The management routers take the admin as a parameter, for their logs.
     for router in (dimse.router, nodes.router, usage.router, logs.router, studies.router):
         app.include_router(router)
-    app.add_api_route("/health", health, methods=["GET"], tags=["service"])
+    app.include_router(health.router)
     if app.state.users.count_admins() == 0:
         LOGGER.warning(
             "No admin user exists, so nobody can use the admin API; "
@@ -113,4 +129,6 @@ def create_app(
             expose_headers=CORS_EXPOSED_HEADERS,
         )
         LOGGER.info("CORS allows origins %s", ", ".join(origins))
+    # Added last, so that it runs outside the other middleware and counts their responses too.
+    app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     return app

@@ -7,6 +7,7 @@ search page, so all three return the same matches in the same order.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
@@ -111,6 +112,7 @@ def search_sorted(
     IndexUnavailableError
         If the index database fails.
     """
+    started = time.perf_counter()
     expression = parse(text)
     _check_sort(level, sort)
     query = to_query(expression, level, _return_keys(level))
@@ -118,7 +120,16 @@ def search_sorted(
     if user:
         keys = tuple(sorted(query.keywords))
         archive.events.publish(
-            QueryPerformed(level.name, keys, len(outcome.matches), "", address, user)
+            QueryPerformed(
+                level.name,
+                keys,
+                len(outcome.matches),
+                "",
+                address,
+                user,
+                service="console",
+                duration=time.perf_counter() - started,
+            )
         )
     return outcome
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 import uvicorn
@@ -13,7 +15,13 @@ from fastapi import FastAPI
 
 LOGGER = logging.getLogger(__name__)
 
+# Paths that load balancers and monitoring request every few seconds. Their
+# successful requests are left out of the access log.
+PROBE_PATHS = frozenset({"/health", "/ready"})
 GRACEFUL_SHUTDOWN_SECONDS = 5
+STOP_POLL_SECONDS = 0.1
+# Time given to uvicorn to cancel the requests left after its graceful shutdown timeout.
+CANCEL_SECONDS = 2.0
 
 
 class HttpServer:
@@ -32,6 +40,8 @@ class HttpServer:
         IP addresses or networks whose X-Forwarded-For and X-Forwarded-Proto
         headers replace the client address and scheme. Empty: the headers
         are ignored from every client.
+    shutdown_timeout : float
+        Seconds that requests in flight get to finish at a stop.
     """
 
     def __init__(
@@ -41,6 +51,7 @@ class HttpServer:
         port: int,
         ssl_context: ssl.SSLContext | None = None,
         trusted_proxies: Sequence[str] = (),
+        shutdown_timeout: float = GRACEFUL_SHUTDOWN_SECONDS,
     ) -> None:
         self.host = host
         self.port = port
@@ -49,13 +60,18 @@ class HttpServer:
             app,
             log_config=None,  # the command line configures logging
             lifespan="off",
-            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+            # uvicorn's setting is an int of seconds; a fraction is rounded up.
+            timeout_graceful_shutdown=math.ceil(shutdown_timeout),
             # uvicorn trusts forwarded headers from 127.0.0.1 by default and
             # reads FORWARDED_ALLOW_IPS; only the setting decides here.
             proxy_headers=bool(trusted_proxies),
             forwarded_allow_ips=list(trusted_proxies),
             ssl_context_factory=None if ssl_context is None else _fixed_context(ssl_context),
         )
+        self.shutdown_timeout = shutdown_timeout
+        access_log = logging.getLogger("uvicorn.access")
+        if not any(isinstance(f, SuccessfulProbeFilter) for f in access_log.filters):
+            access_log.addFilter(SuccessfulProbeFilter())
         self._server = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
 
@@ -89,17 +105,60 @@ class HttpServer:
             "HTTP API listening on %s://%s:%d (docs at /docs)", self.scheme, self.host, self.port
         )
 
-    def stop(self, timeout: float = GRACEFUL_SHUTDOWN_SECONDS + 2) -> None:
-        """Stop serving; requests in flight get up to GRACEFUL_SHUTDOWN_SECONDS."""
+    def stop_accepting(self) -> None:
+        """Close the listening socket and idle connections, and let requests in flight go on.
+
+        uvicorn closes the socket within 0.1 s, on its own thread. :meth:`stop`
+        then waits for the requests in flight, up to ``shutdown_timeout`` seconds.
+        """
+        self._server.should_exit = True
+
+    def stop(self, timeout: float | None = None, abort: threading.Event | None = None) -> None:
+        """Stop serving: stop accepting, then wait for the requests in flight.
+
+        Parameters
+        ----------
+        timeout : float, optional
+            Seconds the requests in flight get; ``shutdown_timeout`` when
+            None. uvicorn cancels those still running after
+            ``shutdown_timeout`` seconds, so a larger value waits no longer.
+            The wait for the server thread adds ``CANCEL_SECONDS`` for the
+            cancellation.
+        abort : threading.Event, optional
+            When set during the wait, the requests in flight are cancelled at once.
+        """
         if self._thread is None:
             return
-        self._server.should_exit = True
-        self._thread.join(timeout)
+        self.stop_accepting()
+        wait = (self.shutdown_timeout if timeout is None else timeout) + CANCEL_SECONDS
+        deadline = time.monotonic() + wait
+        abort = abort or threading.Event()
+        while self._thread.is_alive() and time.monotonic() < deadline:
+            if abort.is_set():
+                # uvicorn stops waiting for connections and cancels their tasks.
+                self._server.force_exit = True
+            self._thread.join(min(STOP_POLL_SECONDS, max(0.0, deadline - time.monotonic())))
         if self._thread.is_alive():
-            LOGGER.warning("The HTTP server did not stop within %.0f s", timeout)
+            LOGGER.warning("The HTTP server did not stop within %.0f s", wait)
         else:
             LOGGER.info("HTTP API stopped")
         self._thread = None
+
+
+class SuccessfulProbeFilter(logging.Filter):
+    """Drops the access log lines of GET and HEAD /health and /ready with status 200.
+
+    Other responses to these paths, such as 503 from /ready, are kept.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Return False for a successful probe request."""
+        # uvicorn 0.55 logs (client, method, path with query, HTTP version, status).
+        args = record.args
+        if not isinstance(args, tuple) or len(args) != 5:
+            return True
+        _, method, path, _, status = args
+        return not (method in ("GET", "HEAD") and path in PROBE_PATHS and status == 200)
 
 
 def _fixed_context(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request, Response, status
@@ -54,6 +55,7 @@ def _search(
     - 406: the Accept header names no JSON media type.
     - 503: the index database failed.
     """
+    started = time.perf_counter()
     _check_accept(request)
     for keyword, value in path_uids.items():
         check_uid(keyword, value)
@@ -72,7 +74,18 @@ def _search(
     client = request.client.host if request.client else ""
     keys = tuple(sorted(search.query.keywords))
     user = request_principal(request).name
-    archive.events.publish(QueryPerformed(level.name, keys, len(matches), "", client, user))
+    archive.events.publish(
+        QueryPerformed(
+            level.name,
+            keys,
+            len(matches),
+            "",
+            client,
+            user,
+            service="QIDO-RS",
+            duration=time.perf_counter() - started,
+        )
+    )
     LOGGER.info(
         "QIDO-RS %s search from %s: %d matches%s",
         level.name,

@@ -443,6 +443,7 @@ def _store_one(archive: Archive, spool: PartSpool, instance: _Instance, study: s
             transfer_syntax_uid=instance.meta.transfer_syntax_uid,
             sop_class_uid=instance.sop_class_uid,
             study_instance_uid=study,
+            service="STOW-RS",
         )
     except Exception as exc:
         reason, message = _failure(exc)
