@@ -25,8 +25,8 @@ test: venv
 	$(VENV_PYTHON) -m pytest tests/ --durations=25
 
 lint: venv
-	$(VENV)/bin/ruff check src tests bench
-	$(VENV)/bin/ruff format --check src tests bench
+	$(VENV)/bin/ruff check src tests bench deploy
+	$(VENV)/bin/ruff format --check src tests bench deploy
 	$(VENV)/bin/mypy src
 	$(VENV)/bin/mypy bench
 
