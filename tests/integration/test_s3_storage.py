@@ -16,27 +16,32 @@ import time
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pydicom
 import pytest
 from pydicom import uid
-from pynetdicom import AE, build_role, evt
+from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
 
 from dicomvault.encryption.key_record import RECORD_NAME
 from dicomvault.encryption.object_format import is_sealed
-from tests.integration.test_encryption import (
+from tests.support.cli import run_cli
+from tests.support.corpus import BundledFile, leftover_files, make_uid, write_instance
+from tests.support.datasets import make_instance
+from tests.support.dcmtk import findscu, storescu
+from tests.support.moto import MotoServer
+from tests.support.network import LOOPBACK, free_port
+from tests.support.retrieval_checks import (
     CORPUS,
     DESTINATION,
     DICOM_ANY_SYNTAX,
     STORESCU_PROPOSALS,
     TIMEOUT_SECONDS,
     MoveDestination,
+    RetrieveChecks,
     assert_received,
     assert_same_dataset,
     encryption_config,
@@ -44,15 +49,8 @@ from tests.integration.test_encryption import (
     instance_path,
     new_key,
     parse_multipart,
-    storage_contexts,
     study_identifier,
 )
-from tests.support.cli import run_cli
-from tests.support.corpus import BundledFile, leftover_files, make_uid, write_instance
-from tests.support.datasets import make_instance
-from tests.support.dcmtk import findscu, storescu
-from tests.support.moto import MotoServer
-from tests.support.network import LOOPBACK, free_port
 from tests.support.scu import send_file_unchanged
 from tests.support.server import DicomvaultServer, ServerFactory, ServerStartError
 
@@ -160,45 +158,7 @@ def test_c_find(archive: DicomvaultServer) -> None:
     assert found == {b.sop_instance_uid for b in CORPUS}
 
 
-class TestRetrieve:
-    def test_c_get(self, archive: DicomvaultServer) -> None:
-        received: dict[str, tuple[bytes, str]] = {}
-
-        def handle_store(event: Any) -> int:
-            received[str(event.request.AffectedSOPInstanceUID)] = (
-                event.request.DataSet.getvalue(),
-                str(event.context.transfer_syntax),
-            )
-            return 0x0000
-
-        ae = AE(ae_title="GETSCU")
-        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_SECONDS
-        ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-        roles = []
-        for sop_class, syntax in storage_contexts():
-            ae.add_requested_context(sop_class, [syntax])
-            roles.append(build_role(sop_class, scp_role=True))
-        assoc = ae.associate(
-            LOOPBACK,
-            archive.port,
-            ae_title=archive.ae_title,
-            ext_neg=roles,
-            evt_handlers=[(evt.EVT_C_STORE, handle_store)],
-        )
-        assert assoc.is_established, archive.describe()
-        try:
-            statuses = [
-                status.Status
-                for status, _ in assoc.send_c_get(
-                    study_identifier(), StudyRootQueryRetrieveInformationModelGet
-                )
-            ]
-        finally:
-            assoc.release()
-
-        assert statuses[-1] == 0x0000, archive.log_text()
-        assert_received(received)
-
+class TestRetrieve(RetrieveChecks):
     def test_c_move(self, archive: DicomvaultServer, tmp_path: Path) -> None:
         with MoveDestination() as (port, received):
             add_node = ["node", "add", DESTINATION, "--host", LOOPBACK, "--port", str(port)]
@@ -231,14 +191,6 @@ class TestRetrieve:
 
         assert statuses[-1] == 0x0000, archive.log_text()
         assert_received(received)
-
-    def test_wado_rs_as_stored(self, archive: DicomvaultServer) -> None:
-        with http_client(archive) as client:
-            for bundled in CORPUS:
-                response = client.get(instance_path(bundled), headers={"Accept": DICOM_ANY_SYNTAX})
-                assert response.status_code == 200, response.text
-                (part,) = parse_multipart(response)
-                assert_same_dataset(bundled, pydicom.dcmread(io.BytesIO(part)))
 
     def test_rendered_and_frames(self, archive: DicomvaultServer) -> None:
         with http_client(archive) as client:
