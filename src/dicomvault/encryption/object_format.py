@@ -38,7 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dicomvault.encryption.keys import KEY_BYTES, KeyProvider, UnknownKeyError, UnwrapError
-from dicomvault.storage.base import StorageError
+from dicomvault.storage.base import SizedReader, StorageError
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -313,7 +313,7 @@ def unwrap_data_key(header: ObjectHeader, provider: KeyProvider, name: str) -> t
     )
 
 
-class SealedObjectReader(io.RawIOBase):
+class SealedObjectReader(SizedReader):
     """A read-only, seekable view of the plaintext of a sealed object.
 
     Only the segments a read touches are read and decrypted, so ranged reads
@@ -357,39 +357,6 @@ class SealedObjectReader(io.RawIOBase):
         except BaseException:
             file.close()
             raise
-
-    def readable(self) -> bool:
-        """Return True: the reader reads."""
-        return True
-
-    def seekable(self) -> bool:
-        """Return True: any position can be read."""
-        return True
-
-    def tell(self) -> int:
-        """Return the position in the plaintext."""
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move to a position in the plaintext; return it.
-
-        Raises
-        ------
-        ValueError
-            If the position would be negative or ``whence`` is unknown.
-        """
-        if whence == io.SEEK_SET:
-            position = offset
-        elif whence == io.SEEK_CUR:
-            position = self._position + offset
-        elif whence == io.SEEK_END:
-            position = self.size + offset
-        else:
-            raise ValueError(f"invalid whence {whence}: expected 0, 1 or 2")
-        if position < 0:
-            raise ValueError(f"negative seek position {position}")
-        self._position = position
-        return position
 
     def readinto(self, buffer: WriteableBuffer) -> int:
         """Fill ``buffer`` with plaintext from the current position; return the byte count."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -98,3 +99,47 @@ def check_stored_key(key: str) -> None:
             f"Invalid storage key {key!r}: expected a relative name such as "
             "'ab/cd/name.dcm' whose parts do not start with '.'"
         )
+
+
+class SizedReader(io.RawIOBase):
+    """A read-only binary stream of known ``size`` that any position can be read from.
+
+    Subclasses set ``size`` and implement ``readinto`` from ``_position``;
+    this class keeps the position for ``seek`` and ``tell``.
+    """
+
+    size: int
+    _position: int = 0
+
+    def readable(self) -> bool:
+        """Return True: the stream reads."""
+        return True
+
+    def seekable(self) -> bool:
+        """Return True: any position can be read."""
+        return True
+
+    def tell(self) -> int:
+        """Return the position in the stream."""
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Move to a position in the stream; return it. Nothing is read until a read.
+
+        Raises
+        ------
+        ValueError
+            If the position would be negative or ``whence`` is unknown.
+        """
+        if whence == io.SEEK_SET:
+            position = offset
+        elif whence == io.SEEK_CUR:
+            position = self._position + offset
+        elif whence == io.SEEK_END:
+            position = self.size + offset
+        else:
+            raise ValueError(f"invalid whence {whence}: expected 0, 1 or 2")
+        if position < 0:
+            raise ValueError(f"negative seek position {position}")
+        self._position = position
+        return position

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from dicomvault.storage.base import StorageError
+from dicomvault.storage.base import SizedReader, StorageError
 
 if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
@@ -37,7 +37,7 @@ _CONTENT_RANGE_RE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 
 
-class S3ObjectReader(io.RawIOBase):
+class S3ObjectReader(SizedReader):
     """A read-only, seekable view of one S3 object, read by ranged GET requests.
 
     Use :func:`open_object` to create one. Every GET after the first sends
@@ -67,39 +67,6 @@ class S3ObjectReader(io.RawIOBase):
         self._block_start = 0
         self._block = first_block
         self._window = READ_BLOCK_MIN
-
-    def readable(self) -> bool:
-        """Return True: the reader reads."""
-        return True
-
-    def seekable(self) -> bool:
-        """Return True: any position can be read."""
-        return True
-
-    def tell(self) -> int:
-        """Return the position in the object."""
-        return self._position
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        """Move to a position in the object; return it. Nothing is fetched until a read.
-
-        Raises
-        ------
-        ValueError
-            If the position would be negative or ``whence`` is unknown.
-        """
-        if whence == io.SEEK_SET:
-            position = offset
-        elif whence == io.SEEK_CUR:
-            position = self._position + offset
-        elif whence == io.SEEK_END:
-            position = self.size + offset
-        else:
-            raise ValueError(f"invalid whence {whence}: expected 0, 1 or 2")
-        if position < 0:
-            raise ValueError(f"negative seek position {position}")
-        self._position = position
-        return position
 
     def readinto(self, buffer: WriteableBuffer) -> int:
         """Copy bytes from the current position into ``buffer``; return the byte count.
