@@ -304,6 +304,24 @@ def _parse_kms_key_id(value: Any) -> str:
     return value.strip()
 
 
+def _parse_issuer(value: Any) -> str:
+    text = str(value).strip().rstrip("/")
+    if text and not re.match(r"^https?://[^/?#\s]+(/[^?#\s]*)?$", text):
+        raise ValueError(
+            f"must be empty or the issuer URL of an OpenID Connect provider, such as "
+            f"https://login.example.org/realms/pacs, got {value!r}"
+        )
+    return text
+
+
+def _parse_word_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return [item.strip() for item in value if item.strip()]
+    raise ValueError(f"must be a comma-separated list or a list of strings, got {value!r}")
+
+
 def _parse_log_level(value: Any) -> str:
     text = str(value).strip().upper()
     if text not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
@@ -773,6 +791,91 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         env_only=True,
     ),
     SettingDefinition(
+        "auth",
+        "local_login",
+        _parse_bool,
+        True,
+        "whether users of the archive may log in with a name and password (console and "
+        "POST /api/login); false leaves only OpenID Connect logins and API tokens",
+    ),
+    SettingDefinition(
+        "auth",
+        "oidc_issuer",
+        _parse_issuer,
+        "",
+        "issuer URL of the OpenID Connect provider for console single sign-on; the discovery "
+        "document is read from ISSUER/.well-known/openid-configuration; empty turns it off",
+    ),
+    SettingDefinition(
+        "auth",
+        "oidc_client_id",
+        _parse_str,
+        "",
+        "client id of the archive as registered at the OpenID Connect provider",
+    ),
+    SettingDefinition(
+        "auth",
+        "oidc_client_secret",
+        _parse_secret,
+        "",
+        "client secret of the archive at the OpenID Connect provider; only from the "
+        "environment variable DICOMVAULT_AUTH_OIDC_CLIENT_SECRET",
+        secret=True,
+        env_only=True,
+    ),
+    SettingDefinition(
+        "auth",
+        "oidc_client_secret_file",
+        _parse_optional_path,
+        "",
+        "file with the client secret, in place of DICOMVAULT_AUTH_OIDC_CLIENT_SECRET; "
+        "readable by the archive's user only",
+    ),
+    SettingDefinition(
+        "auth",
+        "oidc_display_name",
+        _parse_str,
+        "OpenID Connect",
+        "name of the provider on the console's sign-in button",
+    ),
+    SettingDefinition(
+        "auth",
+        "oidc_scopes",
+        _parse_str,
+        "openid profile email",
+        "scopes requested from the provider, separated by spaces; must contain openid",
+    ),
+    SettingDefinition(
+        "auth",
+        "oidc_name_claim",
+        _parse_str,
+        "preferred_username",
+        "ID token claim whose value becomes the user name in the archive",
+    ),
+    SettingDefinition(
+        "auth",
+        "oidc_role_claim",
+        _parse_str,
+        "groups",
+        "ID token claim (a string or a list of strings) mapped to a role through "
+        "auth.oidc_admin_values and auth.oidc_user_values",
+    ),
+    SettingDefinition(
+        "auth",
+        "oidc_admin_values",
+        _parse_word_list,
+        [],
+        "values of auth.oidc_role_claim that give the admin role",
+    ),
+    SettingDefinition(
+        "auth",
+        "oidc_user_values",
+        _parse_word_list,
+        [],
+        "values of auth.oidc_role_claim that give the user role; a login whose claim "
+        "matches neither list is rejected",
+    ),
+    SettingDefinition(
         "logging", "level", _parse_log_level, "INFO", "log level: DEBUG, INFO, WARNING or ERROR"
     ),
     SettingDefinition(
@@ -910,6 +1013,23 @@ class EncryptionSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class AuthSettings:
+    """Settings of console logins: local passwords and OpenID Connect single sign-on."""
+
+    local_login: bool = True
+    oidc_issuer: str = ""
+    oidc_client_id: str = ""
+    oidc_client_secret: str = dataclasses.field(default="", repr=False)
+    oidc_client_secret_file: str = ""
+    oidc_display_name: str = "OpenID Connect"
+    oidc_scopes: str = "openid profile email"
+    oidc_name_claim: str = "preferred_username"
+    oidc_role_claim: str = "groups"
+    oidc_admin_values: list[str] = dataclasses.field(default_factory=list)
+    oidc_user_values: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
 class LoggingSettings:
     """Settings of log output."""
 
@@ -933,6 +1053,7 @@ class Settings:
     encryption: EncryptionSettings
     sources: Mapping[str, str]
     nodes: tuple[RemoteNode, ...] = ()
+    auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
 
     @property
     def data_dir(self) -> Path:
@@ -1020,6 +1141,7 @@ def load_settings(
         server=section("server", ServerSettings),
         logging=section("logging", LoggingSettings),
         encryption=section("encryption", EncryptionSettings),
+        auth=section("auth", AuthSettings),
         sources=sources,
         nodes=nodes,
     )
@@ -1063,7 +1185,7 @@ def apply_saved_settings(settings: Settings, saved: Mapping[str, Any]) -> Settin
         except ValueError as exc:
             raise ConfigError(f"Invalid setting saved in the {SAVED_SOURCE}: {exc}") from None
         section, key = name.split(".", 1)
-        if section == "encryption" or name in STORAGE_OPENING_SETTINGS:
+        if section in ("encryption", "auth") or name in STORAGE_OPENING_SETTINGS:
             # Storage is opened, with the configured keys, before saved settings are read.
             raise ConfigError(
                 f"Invalid setting saved in the {SAVED_SOURCE}: '{name}' can only be set in "
@@ -1146,6 +1268,7 @@ def _check_combinations(values: Mapping[str, Any], sources: Mapping[str, str]) -
         )
     _check_encryption(values, where)
     _check_storage(values, where)
+    _check_auth(values, where)
     if bool(values["http.tls_cert_file"]) != bool(values["http.tls_key_file"]):
         raise ConfigError(
             "Invalid settings: HTTPS needs both 'http.tls_cert_file' and 'http.tls_key_file', "
@@ -1188,6 +1311,40 @@ def _check_encryption(values: Mapping[str, Any], where: Callable[[str], str]) ->
                 "so stored files would not be encrypted; set encryption.enabled = true, or "
                 "remove the key setting"
             )
+
+
+def _check_auth(values: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    if "auth.oidc_issuer" not in values:
+        return  # saved settings, which never contain auth settings
+    issuer = values["auth.oidc_issuer"]
+    if not issuer:
+        if not values["auth.local_login"]:
+            raise ConfigError(
+                f"Invalid settings: {where('auth.local_login')} is false and "
+                "'auth.oidc_issuer' is empty, so nobody could log in to the console; "
+                "set auth.oidc_issuer or leave auth.local_login true"
+            )
+        return
+    if not values["auth.oidc_client_id"]:
+        raise ConfigError(
+            f"Invalid settings: {where('auth.oidc_issuer')} is set, so 'auth.oidc_client_id' "
+            "is required; use the client id registered at the provider"
+        )
+    if bool(values["auth.oidc_client_secret"]) == bool(values["auth.oidc_client_secret_file"]):
+        raise ConfigError(
+            f"Invalid settings: {where('auth.oidc_issuer')} is set, so exactly one of "
+            "DICOMVAULT_AUTH_OIDC_CLIENT_SECRET and 'auth.oidc_client_secret_file' is required"
+        )
+    if "openid" not in values["auth.oidc_scopes"].split():
+        raise ConfigError(
+            f"Invalid setting {where('auth.oidc_scopes')}: must contain the scope openid"
+        )
+    if not values["auth.oidc_admin_values"] and not values["auth.oidc_user_values"]:
+        raise ConfigError(
+            f"Invalid settings: {where('auth.oidc_issuer')} is set, but "
+            "'auth.oidc_admin_values' and 'auth.oidc_user_values' are both empty, so every "
+            "single sign-on login would be rejected; list the claim values of each role"
+        )
 
 
 def _check_storage(values: Mapping[str, Any], where: Callable[[str], str]) -> None:
@@ -1233,7 +1390,7 @@ def _resolve_relative_paths(file_values: dict[str, Any], base: Path) -> None:
     data_dir = file_values.get("storage.data_dir")
     if isinstance(data_dir, str) and data_dir and not Path(data_dir).expanduser().is_absolute():
         file_values["storage.data_dir"] = str(base.resolve() / data_dir)
-    for name in (*TLS_FILE_SETTINGS, "encryption.key_file"):
+    for name in (*TLS_FILE_SETTINGS, "encryption.key_file", "auth.oidc_client_secret_file"):
         path = file_values.get(name)
         if isinstance(path, str) and path.strip():
             file_values[name] = _relative_to(base, path)

@@ -24,6 +24,9 @@ TOKEN_PREFIX = "dvt_"
 SHOWN_TOKEN_CHARACTERS = len(TOKEN_PREFIX) + 6
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _HASHER = PasswordHasher()
+# Stored in place of a password hash for users who log in through OpenID Connect.
+# It is no argon2 hash, so no password ever matches it.
+EXTERNAL_PASSWORD_HASH = "!external:oidc"
 
 
 @functools.cache
@@ -119,6 +122,8 @@ def verify_password(password_hash: str | None, password: str) -> bool:
     With no hash (an unknown user), a dummy hash is checked so that the
     check takes as long as for a known user.
     """
+    if password_hash == EXTERNAL_PASSWORD_HASH:
+        password_hash = None  # as slow as for a local user, and never a match
     try:
         return _HASHER.verify(password_hash or _dummy_hash(), password) and bool(password_hash)
     except (VerificationError, InvalidHashError):

@@ -939,3 +939,75 @@ class TestStorageBackendSettings:
 
         with pytest.raises(ConfigError, match=r"'storage\.backend' can only be set in"):
             apply_saved_settings(settings, {"storage.backend": "s3"})
+
+
+OIDC_SECRET = "oidc client secret for tests"
+OIDC_ENVIRON = {
+    "DICOMVAULT_AUTH_OIDC_ISSUER": "http://127.0.0.1:9400/",
+    "DICOMVAULT_AUTH_OIDC_CLIENT_ID": "dicomvault",
+    "DICOMVAULT_AUTH_OIDC_CLIENT_SECRET": OIDC_SECRET,
+    "DICOMVAULT_AUTH_OIDC_ADMIN_VALUES": "pacs-admins, it",
+}
+
+
+class TestAuthSettings:
+    def test_single_sign_on_off_by_default(self) -> None:
+        settings = load_settings(environ={})
+
+        assert settings.auth.oidc_issuer == ""
+        assert settings.auth.local_login
+        assert settings.auth.oidc_scopes == "openid profile email"
+        assert settings.auth.oidc_name_claim == "preferred_username"
+
+    def test_oidc_settings_from_environment(self) -> None:
+        settings = load_settings(environ=OIDC_ENVIRON)
+
+        assert settings.auth.oidc_issuer == "http://127.0.0.1:9400"
+        assert settings.auth.oidc_admin_values == ["pacs-admins", "it"]
+        assert OIDC_SECRET not in repr(settings)
+
+    def test_client_secret_masked_in_description(self) -> None:
+        rows = described(load_settings(environ=OIDC_ENVIRON))
+
+        assert rows["auth.oidc_client_secret"] == (
+            "********",
+            "DICOMVAULT_AUTH_OIDC_CLIENT_SECRET",
+        )
+
+    def test_client_secret_in_file_rejected(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, f'[auth]\noidc_client_secret = "{OIDC_SECRET}"\n')
+
+        with pytest.raises(ConfigError, match="DICOMVAULT_AUTH_OIDC_CLIENT_SECRET") as raised:
+            load_settings(path, environ={})
+
+        assert OIDC_SECRET not in str(raised.value)
+
+    def test_issuer_needs_client_secret(self) -> None:
+        environ = {**OIDC_ENVIRON}
+        del environ["DICOMVAULT_AUTH_OIDC_CLIENT_SECRET"]
+
+        with pytest.raises(ConfigError, match="exactly one of DICOMVAULT_AUTH_OIDC_CLIENT_SECRET"):
+            load_settings(environ=environ)
+
+    def test_issuer_needs_role_values(self) -> None:
+        environ = {**OIDC_ENVIRON}
+        del environ["DICOMVAULT_AUTH_OIDC_ADMIN_VALUES"]
+
+        with pytest.raises(ConfigError, match="every single sign-on login would be rejected"):
+            load_settings(environ=environ)
+
+    def test_local_login_off_needs_issuer(self) -> None:
+        with pytest.raises(ConfigError, match="nobody could log in to the console"):
+            load_settings(environ={"DICOMVAULT_AUTH_LOCAL_LOGIN": "false"})
+
+    def test_scopes_need_openid(self) -> None:
+        environ = {**OIDC_ENVIRON, "DICOMVAULT_AUTH_OIDC_SCOPES": "profile email"}
+
+        with pytest.raises(ConfigError, match="must contain the scope openid"):
+            load_settings(environ=environ)
+
+    def test_saved_auth_setting_rejected(self) -> None:
+        settings = load_settings(environ={})
+
+        with pytest.raises(ConfigError, match=r"'auth\.local_login' can only be set in"):
+            apply_saved_settings(settings, {"auth.local_login": False})

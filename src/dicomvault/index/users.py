@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 
 from dicomvault.index.schema import api_tokens, sessions, users
 from dicomvault.users import (
+    EXTERNAL_PASSWORD_HASH,
     SHOWN_TOKEN_CHARACTERS,
     Role,
     User,
@@ -39,6 +40,10 @@ class UserExistsError(ValueError):
 
 class UserNotFoundError(KeyError):
     """No user of this name exists."""
+
+
+class LocalUserConflictError(ValueError):
+    """A user with a password has the name that an external login asked for."""
 
 
 class TokenNotFoundError(KeyError):
@@ -126,6 +131,58 @@ class UserStore:
                 raise UserExistsError(name) from None
         LOGGER.info("User %s added with role %s", name, role.value)
         return User(int(pk), name, role)
+
+    def sync_external(self, name: str, role: Role) -> User:
+        """Create or update the user of an OpenID Connect login, with the role of this login.
+
+        The user gets no password (see ``EXTERNAL_PASSWORD_HASH``), so only
+        the identity provider can log them in. Sessions, API tokens and the
+        audit trail treat them like local users.
+
+        Raises
+        ------
+        InvalidUserError
+            If ``name`` is not a valid user name.
+        LocalUserConflictError
+            If a local user with a password has this name; an identity
+            provider must not take over a local account.
+        """
+        check_user_name(name)
+        now = _now()
+        with self._writing() as connection, connection.begin():
+            row = connection.execute(select(users).where(users.c.name == name)).first()
+            if row is None:
+                values = {
+                    "name": name,
+                    "role": role.value,
+                    "password_hash": EXTERNAL_PASSWORD_HASH,
+                    "failed_logins": 0,
+                    "created_at": now,
+                    "updated_at": now,
+                }
+                pk = connection.execute(users.insert().values(**values)).inserted_primary_key[0]
+                LOGGER.info("External user %s added with role %s", name, role.value)
+                return User(int(pk), name, role)
+            if row.password_hash != EXTERNAL_PASSWORD_HASH:
+                raise LocalUserConflictError(name)
+            if row.role != role.value:
+                connection.execute(
+                    update(users)
+                    .where(users.c.pk == row.pk)
+                    .values(role=role.value, updated_at=now)
+                )
+                LOGGER.info(
+                    "External user %s changed from role %s to %s", name, row.role, role.value
+                )
+        return User(int(row.pk), name, role)
+
+    def is_external(self, name: str) -> bool:
+        """Return whether the user ``name`` logs in through OpenID Connect only."""
+        with self.engine.connect() as connection:
+            password_hash = connection.execute(
+                select(users.c.password_hash).where(users.c.name == name)
+            ).scalar_one_or_none()
+        return password_hash == EXTERNAL_PASSWORD_HASH
 
     def get(self, name: str) -> User | None:
         """Return the user of this name, or None."""

@@ -34,6 +34,7 @@ from dicomvault.web.auth import Authenticator, OpenAccess, UserAuthenticator
 from dicomvault.web.dicomweb.errors import install_error_handlers
 from dicomvault.web.dicomweb.routers import include_dicomweb
 from dicomvault.web.identity import require_admin
+from dicomvault.web.oidc import install_oidc
 from dicomvault.web.ui import include_console
 
 LOGGER = logging.getLogger(__name__)
@@ -117,6 +118,9 @@ def create_app(
         )
     include_dicomweb(app)
     include_console(app)
+    http_settings = archive.settings.http
+    https_only = bool(http_settings.tls_cert_file) or http_settings.public_url.startswith("https:")
+    install_oidc(app, archive.settings.auth, https_only=https_only)
     install_error_handlers(app)
 
     origins = archive.settings.http.cors_allow_origins

@@ -98,8 +98,21 @@ def _entry(info: TokenInfo) -> TokenEntry:
 
 @router.post("/login", response_model=Account)
 def login(body: LoginRequest, request: Request, response: Response, store: Users) -> Account:
-    """Check a user name and password and start a console session (a cookie)."""
+    """Check a user name and password and start a console session (a cookie).
+
+    Answers 403 while password logins are turned off (``auth.local_login = false``).
+    """
     client = request.client.host if request.client else "unknown"
+    if not request.app.state.archive.settings.auth.local_login:
+        LOGGER.warning(
+            "Password login of %r from %s rejected: local logins are off", body.name, client
+        )
+        audit_login(request, body.name, "Login rejected: password logins are turned off", True)
+        raise HTTPException(
+            status.HTTP_403_FORBIDDEN,
+            "Password logins are turned off (auth.local_login = false); "
+            "log in to the console through single sign-on, or send an API token",
+        )
     try:
         user = store.authenticate(body.name, body.password)
     except LoginLockedError as exc:

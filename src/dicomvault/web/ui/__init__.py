@@ -11,7 +11,7 @@ from fastapi import APIRouter, FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from dicomvault.web.ui import browse, images, instance_page, login, search_page
+from dicomvault.web.ui import browse, images, instance_page, login, oidc_login, search_page
 from dicomvault.web.ui.admin import ADMIN_ROUTERS
 from dicomvault.web.ui.rendering import (
     CONSOLE_PREFIX,
@@ -23,6 +23,7 @@ from dicomvault.web.ui.rendering import (
 # Routers of the console pages, each with paths under /console.
 CONSOLE_ROUTERS: tuple[APIRouter, ...] = (
     login.router,
+    oidc_login.router,
     search_page.router,
     browse.router,
     instance_page.router,

@@ -14,6 +14,8 @@ from dicomvault.index.users import LoginLockedError
 from dicomvault.users import MAX_PASSWORD_LENGTH
 from dicomvault.web.audit_events import audit_login, audit_logout
 from dicomvault.web.identity import SESSION_COOKIE, current_session, set_session_cookie, user_store
+from dicomvault.web.oidc import oidc_login
+from dicomvault.web.ui.oidc_login import login_options
 from dicomvault.web.ui.rendering import (
     CONSOLE_PREFIX,
     LOGIN_PATH,
@@ -34,6 +36,11 @@ def _setup_page(request: Request) -> Response:
     return render_page(request, "setup.html", None, status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
 
 
+def _needs_setup(request: Request) -> bool:
+    """Return whether nobody could log in as an admin: no admin user and no single sign-on."""
+    return oidc_login(request) is None and user_store(request).count_admins() == 0
+
+
 @router.get("")
 def start_page(session: ConsoleSession) -> RedirectResponse:
     """Send a logged-in user to the search page."""
@@ -45,12 +52,13 @@ def login_form(
     request: Request,
     next_url: Annotated[str, Query(alias="next")] = "",
     logged_out: bool = False,
+    provider: bool = False,
 ) -> Response:
     """Show the login form, or the set-up page while no admin user exists.
 
     A visitor who is logged in already goes on to ``next``, a console path.
     """
-    if user_store(request).count_admins() == 0:
+    if _needs_setup(request):
         return _setup_page(request)
     if current_session(request) is not None:
         return RedirectResponse(safe_next_url(next_url), status_code=status.HTTP_303_SEE_OTHER)
@@ -58,7 +66,14 @@ def login_form(
         request,
         "login.html",
         None,
-        {"next": safe_next_url(next_url), "name": "", "error": "", "logged_out": logged_out},
+        {
+            "next": safe_next_url(next_url),
+            "name": "",
+            "error": "",
+            "logged_out": logged_out,
+            "provider_logout": provider and logged_out,
+            **login_options(request),
+        },
     )
 
 
@@ -75,14 +90,32 @@ def login(
     -----
     - 303: logged in; the response sets the session cookie, as POST /api/login does.
     - 401: wrong name or password; the form is shown again with a message.
+    - 403: password logins are turned off (``auth.local_login = false``).
     - 429: the user is locked after repeated failures; the message gives the time left.
     - 503: no admin user exists; the set-up page is shown.
     """
     store = user_store(request)
-    if store.count_admins() == 0:
+    if _needs_setup(request):
         return _setup_page(request)
     client = request.client.host if request.client else "unknown"
     target = safe_next_url(next_url)
+    options = login_options(request)
+    if not options["local_login"]:
+        LOGGER.warning("Password login of %r from %s rejected: local logins are off", name, client)
+        audit_login(request, name, "Login rejected: password logins are turned off", failed=True)
+        return render_page(
+            request,
+            "login.html",
+            None,
+            {
+                "next": target,
+                "name": "",
+                "error": "Password logins are turned off; use single sign-on.",
+                "logged_out": False,
+                **options,
+            },
+            status_code=status.HTTP_403_FORBIDDEN,
+        )
 
     try:
         user = store.authenticate(name, password)
@@ -100,6 +133,7 @@ def login(
                 "name": name,
                 "error": f"Too many failed logins. Try again in {seconds} seconds.",
                 "logged_out": False,
+                **options,
             },
             status_code=status.HTTP_429_TOO_MANY_REQUESTS,
         )
@@ -117,6 +151,7 @@ def login(
                 "name": name,
                 "error": "Invalid user name or password.",
                 "logged_out": False,
+                **options,
             },
             status_code=status.HTTP_401_UNAUTHORIZED,
         )
@@ -131,11 +166,21 @@ def login(
 
 @router.post("/logout")
 def logout(request: Request, session: ConsoleSession) -> RedirectResponse:
-    """End the session (the form must carry its CSRF token) and show the login page."""
+    """End the session (the form must carry its CSRF token) and show the login page.
+
+    After a single sign-on session, the login page also offers to log out
+    at the identity provider. It is a link, not a redirect, because the
+    console's Content-Security-Policy (form-action 'self') keeps a form's
+    redirect on this server.
+    """
+    store = user_store(request)
     session_id = request.cookies.get(SESSION_COOKIE)
     if session_id:
-        user_store(request).end_session(session_id)
-    response = RedirectResponse(f"{LOGIN_PATH}?logged_out=true", status_code=303)
+        store.end_session(session_id)
+    target = f"{LOGIN_PATH}?logged_out=true"
+    if oidc_login(request) is not None and store.is_external(session.user.name):
+        target += "&provider=true"
+    response = RedirectResponse(target, status_code=303)
     response.delete_cookie(SESSION_COOKIE, path="/")
     LOGGER.info("User %s logged out of the console", session.user.name)
     audit_logout(request, session.user.name)
