@@ -46,6 +46,10 @@ class DimseService:
     ``archive.settings``, so that the C-FIND, C-MOVE and C-ECHO code paths
     use the new AE title. Changes are serialized by a lock.
 
+    NOTE: with several nodes on one index, a change applies at once only to
+    the node that received it. The other nodes read the saved values at
+    their next start, and every node then listens on the saved host and port.
+
     Parameters
     ----------
     archive : Archive

@@ -1,0 +1,399 @@
+"""The cost of sharing: C-STORE per node on PostgreSQL and a bucket, and C-FIND on a large index.
+
+Run it with ``.venv/bin/python -m bench.scale_bench`` from the repository
+root. It needs the PostgreSQL cluster and role of ``tests/services.sh`` and
+``moto[server]`` from the test extras. Every server listens on 127.0.0.1.
+The bucket is moto's S3-compatible server on loopback with moto's fake
+credentials, so nothing reaches AWS.
+
+Sections:
+
+- ``store``: ``--runs`` times, in turn, one new dicomvault on each of three
+  set-ups receives the ingest corpus of ``bench/run.py`` from storescu:
+  the embedded default (SQLite, files), PostgreSQL with files, and
+  PostgreSQL with the bucket. The runs are interleaved so that load from
+  other tenants of the machine spreads over all three.
+- ``find``: a new PostgreSQL database is migrated, then filled by SQL
+  (``generate_series``) with ``--find-instances`` instances, and one
+  dicomvault on it receives STUDY level C-FIND requests by Patient ID, by a
+  Patient Name wildcard and by a Study Date range, ``--find-repeats``
+  times each over one association.
+
+Results are Markdown tables on standard output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import psycopg
+from psycopg import sql
+
+from bench.clients import find_association, send_folders, split_into_folders, study_identifier
+from bench.corpus import CorpusSpec, write_corpus
+from bench.loopback import LOOPBACK, free_port
+from bench.servers import Dicomvault, ServerError
+
+LOGGER = logging.getLogger("bench.scale_bench")
+
+DEFAULT_ADMIN_URL = "postgresql://dicomvault:dicomvault@127.0.0.1:5432/postgres"
+DATABASE_PREFIX = "dicomvault_bench_"
+MOTO_START_TIMEOUT_SECONDS = 30.0
+MOTO_STOP_TIMEOUT_SECONDS = 10.0
+BUCKET = "dicomvault-bench"
+# The layout of the filled index: 2 studies per patient, 2 series per
+# study, 10 instances per series, study dates spread over 3,650 days.
+INSTANCES_PER_SERIES = 10
+SERIES_PER_STUDY = 2
+STUDIES_PER_PATIENT = 2
+STUDY_DAYS = 3650
+SETUPS = ("sqlite+files", "postgres+files", "postgres+s3")
+
+
+class SharedDicomvault(Dicomvault):
+    """dicomvault with an index URL and, optionally, a configuration file."""
+
+    def __init__(self, workdir: Path, index_url: str, config: str, env: dict[str, str]) -> None:
+        super().__init__(workdir)
+        self.index_url = index_url
+        self.config_text = config
+        self.extra_env = env
+
+    def command(self) -> list[str]:
+        command = super().command()
+        if self.index_url:
+            command += ["--index-url", self.index_url]
+        if self.config_text:
+            config_path = self.workdir / "dicomvault.toml"
+            config_path.write_text(self.config_text, encoding="utf-8")
+            command += ["--config", str(config_path)]
+        return command
+
+    def environment(self) -> dict[str, str]:
+        return {**super().environment(), **self.extra_env}
+
+
+class Postgres:
+    """Creates throw-away databases through the admin URL and drops them at the end."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.names: list[str] = []
+
+    def create(self) -> str:
+        """Create an empty database and return its SQLAlchemy URL."""
+        name = DATABASE_PREFIX + secrets.token_hex(6)
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        self.names.append(name)
+        return self.url(name, "postgresql+psycopg")
+
+    def url(self, name: str, scheme: str) -> str:
+        """Return the URL of database ``name`` with ``scheme``."""
+        base, _, _ = self.admin_url.rpartition("/")
+        return f"{scheme}://{base.split('://', 1)[1]}/{name}"
+
+    def drop_all(self) -> None:
+        """Drop every database created so far."""
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            while self.names:
+                name = self.names.pop()
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+
+
+def fake_aws_environment(workdir: Path) -> dict[str, str]:
+    """Return moto's fake credentials, with no shared files and no instance metadata lookups."""
+    return {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": str(workdir / "aws-config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(workdir / "aws-credentials"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+
+
+@contextlib.contextmanager
+def moto_server(workdir: Path) -> Iterator[str]:
+    """Run moto's S3 server on a loopback port; yield its endpoint URL.
+
+    Raises
+    ------
+    ServerError
+        If it does not accept connections within MOTO_START_TIMEOUT_SECONDS.
+    """
+    import httpx
+
+    port = free_port()
+    endpoint = f"http://{LOOPBACK}:{port}"
+    executable = shutil.which("moto_server", path=str(Path(sys.executable).parent))
+    command = [executable] if executable else [sys.executable, "-m", "moto.server"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    with (workdir / "moto.log").open("wb") as log:
+        process = subprocess.Popen(
+            [*command, "-H", LOOPBACK, "-p", str(port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + MOTO_START_TIMEOUT_SECONDS
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{endpoint}/moto-api/data.json", timeout=1.0).status_code == 200:
+                    break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise ServerError(
+                    f"moto_server did not respond on {endpoint} within "
+                    f"{MOTO_START_TIMEOUT_SECONDS:.0f} s; see {log.name}"
+                )
+            time.sleep(0.1)
+        yield endpoint
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=MOTO_STOP_TIMEOUT_SECONDS)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=MOTO_STOP_TIMEOUT_SECONDS)
+
+
+def new_bucket(endpoint: str, env: dict[str, str]) -> str:
+    """Create a bucket with a new name on the moto server and return the name."""
+    import boto3
+
+    name = f"{BUCKET}-{secrets.token_hex(4)}"
+    client = boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=env["AWS_DEFAULT_REGION"],
+        aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+    )
+    client.create_bucket(Bucket=name)
+    return name
+
+
+def s3_config(endpoint: str, bucket: str) -> str:
+    """Return the TOML that stores files in ``bucket`` of the moto server."""
+    return (
+        "[storage]\n"
+        'backend = "s3"\n'
+        f's3_bucket = "{bucket}"\n'
+        's3_prefix = "archive/"\n'
+        f's3_endpoint_url = "{endpoint}"\n'
+    )
+
+
+def run_store(args: argparse.Namespace, work: Path, postgres: Postgres) -> list[str]:
+    """Measure C-STORE on the three set-ups, interleaved; return the Markdown lines."""
+    spec = CorpusSpec(patients=args.instances, max_instances=args.instances, seed=args.seed)
+    corpus = write_corpus(spec, work / "corpus")
+    files = sorted(corpus.folder.rglob("*.dcm"))
+    folders = split_into_folders(files, work / "parts", args.associations)
+    aws_env = fake_aws_environment(work / "aws")
+    rates: dict[str, list[float]] = {setup: [] for setup in SETUPS}
+
+    with moto_server(work / "moto") as endpoint:
+        for run in range(args.runs):
+            for setup in SETUPS:
+                index_url = "" if setup.startswith("sqlite") else postgres.create()
+                config = s3_config(endpoint, new_bucket(endpoint, aws_env)) if "s3" in setup else ""
+                server = SharedDicomvault(work / f"{setup}-{run}", index_url, config, aws_env)
+                with server:
+                    seconds = send_folders(server.port, server.ae_title, folders, nodelay=True)
+                    stored = server.count_instances()
+                if stored != len(files):
+                    raise ServerError(
+                        f"{setup} stored {stored} of {len(files)} instances\n{server.log_tail()}"
+                    )
+                rates[setup].append(len(files) / seconds)
+                LOGGER.info("run %d %s: %.0f instances/s", run + 1, setup, rates[setup][-1])
+                if server.data_dir.exists():
+                    shutil.rmtree(server.data_dir)
+                postgres.drop_all()
+
+    embedded = statistics.median(rates[SETUPS[0]])
+    lines = [
+        f"### C-STORE per node, {len(files)} instances of {corpus.mean_instance_kb:.0f} kB, "
+        f"{args.associations} association(s), {args.runs} interleaved runs",
+        "",
+        "| set-up | instances/s, median (range) | ratio to SQLite + files |",
+        "|---|---|---|",
+    ]
+    for setup in SETUPS:
+        values = rates[setup]
+        median = statistics.median(values)
+        lines.append(
+            f"| {setup} | {median:.0f} ({min(values):.0f}-{max(values):.0f}) "
+            f"| {median / embedded:.2f}x |"
+        )
+    return lines
+
+
+FILL_STATEMENTS = (
+    """
+    INSERT INTO patients (pk, patient_key, patient_id, patient_name, patient_name_match,
+                          patient_birth_date, patient_sex, updated_at)
+    SELECT p, 'id:\\' || lpad(p::text, 7, '0'), 'P' || lpad(p::text, 7, '0'),
+           'BENCH^P' || lpad(p::text, 7, '0'), 'BENCH^P' || lpad(p::text, 7, '0'),
+           '19700101', 'O', now()
+    FROM generate_series(1, %(patients)s) AS p
+    """,
+    """
+    INSERT INTO studies (pk, patient_pk, study_instance_uid, study_date, study_time,
+                         study_time_match, accession_number, study_description, updated_at)
+    SELECT s, (s - 1) / %(studies_per_patient)s + 1, '1.2.826.0.1.3680043.10.1.' || s,
+           to_char(date '2015-01-01' + (s %% %(days)s), 'YYYYMMDD'), '101500', '101500',
+           'ACC' || s, 'CT chest', now()
+    FROM generate_series(1, %(studies)s) AS s
+    """,
+    """
+    INSERT INTO series (pk, study_pk, series_instance_uid, modality, series_number, updated_at)
+    SELECT r, (r - 1) / %(series_per_study)s + 1, '1.2.826.0.1.3680043.10.2.' || r, 'CT',
+           ((r - 1) %% %(series_per_study)s + 1)::text, now()
+    FROM generate_series(1, %(series)s) AS r
+    """,
+    """
+    INSERT INTO instances (pk, series_pk, sop_instance_uid, sop_class_uid, instance_number,
+                           transfer_syntax_uid, storage_key, size, received_at, header)
+    SELECT i, (i - 1) / %(instances_per_series)s + 1, '1.2.826.0.1.3680043.10.3.' || i,
+           '1.2.840.10008.5.1.4.1.1.2', ((i - 1) %% %(instances_per_series)s + 1)::text,
+           '1.2.840.10008.1.2.1', 'bench/' || i, 1000, now(),
+           jsonb_build_object('00080018', jsonb_build_object(
+               'vr', 'UI', 'Value', jsonb_build_array('1.2.826.0.1.3680043.10.3.' || i)))
+    FROM generate_series(1, %(instances)s) AS i
+    """,
+)
+
+
+def fill_index(postgres: Postgres, instances: int) -> tuple[str, float]:
+    """Create, migrate and fill a database with ``instances``; return its URL and the seconds."""
+    from dicomvault.index.database import open_index_engine
+
+    url = postgres.create()
+    open_index_engine(url).dispose()
+    series = -(-instances // INSTANCES_PER_SERIES)
+    studies = -(-series // SERIES_PER_STUDY)
+    parameters = {
+        "instances": instances,
+        "instances_per_series": INSTANCES_PER_SERIES,
+        "series": series,
+        "series_per_study": SERIES_PER_STUDY,
+        "studies": studies,
+        "studies_per_patient": STUDIES_PER_PATIENT,
+        "patients": -(-studies // STUDIES_PER_PATIENT),
+        "days": STUDY_DAYS,
+    }
+    started = time.perf_counter()
+    with psycopg.connect(postgres.url(postgres.names[-1], "postgresql")) as conn:
+        for statement in FILL_STATEMENTS:
+            conn.execute(statement, parameters)
+        for table in ("patients", "studies", "series", "instances"):
+            conn.execute(
+                sql.SQL("SELECT setval(pg_get_serial_sequence({}, 'pk'), {})").format(
+                    sql.Literal(table), sql.Literal(parameters[table])
+                )
+            )
+        conn.commit()
+        conn.autocommit = True
+        conn.execute("VACUUM ANALYZE")
+    return url, time.perf_counter() - started
+
+
+def run_find(args: argparse.Namespace, work: Path, postgres: Postgres) -> list[str]:
+    """Fill a PostgreSQL index and time STUDY level C-FIND on it; return the Markdown lines."""
+    url, fill_seconds = fill_index(postgres, args.find_instances)
+    LOGGER.info("filled %d instances in %.0f s", args.find_instances, fill_seconds)
+    queries = {
+        "PatientID=P0000123": study_identifier(PatientID="P0000123"),
+        "PatientName=BENCH^P000012*": study_identifier(PatientName="BENCH^P000012*"),
+        "StudyDate=20200101-20200107": study_identifier(StudyDate="20200101-20200107"),
+    }
+    lines = [
+        f"### C-FIND at STUDY level, PostgreSQL, {args.find_instances:,} instances "
+        f"(filled by SQL in {fill_seconds:.0f} s), {args.find_repeats} repeats",
+        "",
+        "| query | matches | median ms | min-max ms |",
+        "|---|---|---|---|",
+    ]
+    server = SharedDicomvault(work / "find-server", url, "", {})
+    with server, find_association(server.port, server.ae_title) as client:
+        for name, identifier in queries.items():
+            client.find(identifier)  # warm-up: plans and pages
+            results = [client.find(identifier) for _ in range(args.find_repeats)]
+            if any(result.status != 0 for result in results):
+                raise ServerError(f"C-FIND {name} failed\n{server.log_tail()}")
+            milliseconds = [result.seconds * 1000 for result in results]
+            lines.append(
+                f"| {name} | {len(results[0].matches)} | {statistics.median(milliseconds):.1f} "
+                f"| {min(milliseconds):.1f}-{max(milliseconds):.1f} |"
+            )
+    postgres.drop_all()
+    return lines
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--only", default="store,find", help="sections: store, find (default both)")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved C-STORE runs (default 3)")
+    parser.add_argument(
+        "--instances", type=int, default=1000, help="instances sent per C-STORE run (default 1000)"
+    )
+    parser.add_argument(
+        "--associations", type=int, default=1, help="parallel storescu associations (default 1)"
+    )
+    parser.add_argument(
+        "--find-instances",
+        type=int,
+        default=1_000_000,
+        help="instances in the C-FIND index (default 1,000,000)",
+    )
+    parser.add_argument(
+        "--find-repeats", type=int, default=21, help="timed repeats of each C-FIND (default 21)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="corpus seed (default 1)")
+    parser.add_argument(
+        "--postgres-admin-url",
+        default=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_ADMIN_URL),
+        help="libpq URL of a role that may create databases, on loopback",
+    )
+    parser.add_argument("--workdir", type=Path, required=True, help="an empty folder for files")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the sections and print their tables."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    args = parse_args(argv)
+    sections = set(args.only.split(","))
+    postgres = Postgres(args.postgres_admin_url)
+    lines: list[str] = []
+    try:
+        if "store" in sections:
+            lines += [*run_store(args, args.workdir / "store", postgres), ""]
+        if "find" in sections:
+            lines += run_find(args, args.workdir / "find", postgres)
+    finally:
+        postgres.drop_all()
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
