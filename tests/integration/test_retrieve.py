@@ -50,6 +50,15 @@ SYNTAXES = [
 CORPUS = pick_corpus(SYNTAXES)
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """SQLite only: C-MOVE and C-GET select instances through the index queries that
+    test_find and test_two_nodes run on PostgreSQL; what these tests add is the
+    DIMSE exchange, which does not depend on the back-end.
+    """
+    return "sqlite"
+
+
 class Storescp:
     """DCMTK's storescp as a C-MOVE destination on a loopback port."""
 

@@ -42,6 +42,14 @@ NOT_STORABLE = {
 }
 
 
+@pytest.fixture(scope="module")
+def index_backend() -> str:
+    """SQLite only: STOW-RS stores through the same archive code as C-STORE, which
+    test_store and test_two_nodes run on PostgreSQL.
+    """
+    return "sqlite"
+
+
 def wait_for_http(server: DicomvaultServer) -> None:
     """Wait until the HTTP port accepts connections; the DIMSE port opens first."""
     assert wait_until(lambda: port_accepts_connections(server.http_port), 30), server.describe()
