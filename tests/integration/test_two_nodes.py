@@ -23,7 +23,13 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
-from tests.integration.test_encryption import (
+from tests.integration.test_s3_storage import s3_config, store_corpus
+from tests.support.corpus import dataset_offset, make_uid
+from tests.support.dcmtk import findscu
+from tests.support.moto import MotoServer
+from tests.support.network import LOOPBACK
+from tests.support.postgres import PostgresDatabases
+from tests.support.retrieval_checks import (
     CORPUS,
     DESTINATION,
     DICOM_ANY_SYNTAX,
@@ -35,12 +41,6 @@ from tests.integration.test_encryption import (
     storage_contexts,
     study_identifier,
 )
-from tests.integration.test_s3_storage import s3_config, store_corpus
-from tests.support.corpus import dataset_offset, make_uid
-from tests.support.dcmtk import findscu
-from tests.support.moto import MotoServer
-from tests.support.network import LOOPBACK
-from tests.support.postgres import PostgresDatabases
 from tests.support.server import DicomvaultServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
