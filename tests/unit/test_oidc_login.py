@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import oidc_provider_mock
@@ -24,6 +25,8 @@ from dicomvault.web.oidc import OidcLogin, OidcLoginError, read_client_secret
 from dicomvault.web.server import HttpServer
 from tests.support.network import LOOPBACK, free_port
 from tests.unit.conftest import ADMIN_PASSWORD, WEB_TIMEOUT_SECONDS
+
+_T = TypeVar("_T")
 
 CLIENT_ID = "dicomvault-tests"
 CLIENT_SECRET = "client secret for tests"
@@ -274,9 +277,9 @@ class TestIdTokenValidation:
             foreign = fetch_id_token(other_issuer, "mallory", "n-1")
         own = fetch_id_token(issuer, "alice", "n-2")
 
-        assert asyncio.run(app_oidc.validate_id_token(own, "n-2"))["sub"] == "alice"
+        assert run_in_new_loop(app_oidc.validate_id_token, own, "n-2")["sub"] == "alice"
         with pytest.raises(OidcLoginError, match="The ID token is invalid"):
-            asyncio.run(app_oidc.validate_id_token(foreign, "n-1"))
+            run_in_new_loop(app_oidc.validate_id_token, foreign, "n-1")
 
     def test_wrong_nonce_rejected(
         self, issuer: str, make_server: Callable[..., tuple[str, Archive]]
@@ -286,7 +289,18 @@ class TestIdTokenValidation:
         token = fetch_id_token(issuer, "alice", "n-3")
 
         with pytest.raises(OidcLoginError, match="nonce"):
-            asyncio.run(app_oidc.validate_id_token(token, "another nonce"))
+            run_in_new_loop(app_oidc.validate_id_token, token, "another nonce")
+
+
+def run_in_new_loop(function: Callable[..., Coroutine[Any, Any, _T]], *args: Any) -> _T:
+    """Run ``function(*args)`` to completion in an event loop of its own thread.
+
+    The browser tests' Playwright keeps an event loop running in the main
+    thread for the whole session, where asyncio.run() is refused. The
+    coroutine is created in the worker thread, so none is left un-awaited.
+    """
+    with concurrent.futures.ThreadPoolExecutor(1) as executor:
+        return executor.submit(lambda: asyncio.run(function(*args))).result()
 
 
 def _oidc_of(archive: Archive) -> OidcLogin:

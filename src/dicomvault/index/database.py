@@ -203,6 +203,11 @@ def open_index_engine(url: str) -> Engine:
     engine = create_index_engine(url)
     if schema_revision(engine) != newest_revision():
         migrate(engine)
+        return engine
+    LOGGER.info(
+        "Index database %s is at the newest schema revision",
+        mask_url_password(engine.url.render_as_string(hide_password=True)),
+    )
     return engine
 
 
