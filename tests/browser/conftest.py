@@ -6,10 +6,10 @@ few of pydicom's bundled files, stored over STOW-RS. Pages are driven by
 Playwright through /usr/bin/chromium, headless, with background networking
 off; Playwright never downloads a browser.
 
-Chromium is told to accept the dev certificate rather than to trust the dev
-CA, which would need a certificate database in its profile; the chain and
-the host name are checked by the HTTPS tests in
-tests/integration/test_tls.py, with httpx and the dev CA.
+Chromium accepts the dev certificate (ignore_https_errors) rather than
+trusting the dev CA, which would need a certificate database in its
+profile. The HTTPS tests in tests/integration/test_tls.py check the chain
+and the host name, with httpx and the dev CA.
 
 Set DICOMVAULT_SCREENSHOTS to a folder (docs/screenshots) to have the tests
 save screenshots of the main pages there.

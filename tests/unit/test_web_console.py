@@ -20,8 +20,10 @@ CSRF_FIELD_RE = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 @pytest.fixture(scope="module")
 def index_backend() -> str:
-    """These tests exercise HTTP routes and pages; the index queries behind them run on both
-    back-ends in test_index, test_users and test_web_search, so SQLite is enough here.
+    """Run on SQLite only, because these tests exercise HTTP routes and pages.
+
+    The index queries behind them run on both back-ends in test_index,
+    test_users and test_web_search.
     """
     return "sqlite"
 

@@ -18,8 +18,10 @@ from tests.unit.conftest import WEB_TIMEOUT_SECONDS
 
 @pytest.fixture(scope="module")
 def index_backend() -> str:
-    """These tests exercise HTTP routes and pages; the index queries behind them run on both
-    back-ends in test_index, test_users and test_web_search, so SQLite is enough here.
+    """Run on SQLite only, because these tests exercise HTTP routes and pages.
+
+    The index queries behind them run on both back-ends in test_index,
+    test_users and test_web_search.
     """
     return "sqlite"
 

@@ -224,5 +224,5 @@ def schema_revision(engine: Engine) -> str | None:
                 "SELECT version_num FROM alembic_version"
             ).scalar()
     except DBAPIError:
-        return None  # a new database, or an unreachable one: migrate() tells which
+        return None  # a new database, or an unreachable one: migrate() reports which
     return None if revision is None else str(revision)

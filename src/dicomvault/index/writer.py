@@ -255,7 +255,7 @@ class IndexWriter:
             for uid, header in last_of_series.items()
         }
         # In key order, so that concurrent batches (indexing workers on
-        # PostgreSQL) lock shared parents in the same order and cannot deadlock.
+        # PostgreSQL) lock shared parents in one order. A deadlock is still retried.
         patient_pks = {
             key: self._upsert(connection, patients, "patient_key", row)
             for key, row in sorted(patient_rows.items())

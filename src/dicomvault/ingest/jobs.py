@@ -53,7 +53,7 @@ class ReadOptions:
 
 @dataclasses.dataclass(frozen=True)
 class ChunkOptions:
-    """What a worker needs to index a chunk: how to read, where to write, for which task.
+    """The options a worker needs to index a chunk: how to read, where to write, which task.
 
     ``index_url`` is the full URL of the index database, password included;
     it travels to the worker processes only, never to a log.
@@ -70,7 +70,7 @@ class ChunkOptions:
 
 @dataclasses.dataclass
 class ChunkSummary:
-    """What indexing a chunk did, for the parent's counts.
+    """The outcome of indexing a chunk, for the parent's counts.
 
     ``changed`` lists the files that changed while they were read, to be
     read again later. A non-empty ``error`` means the index database failed
