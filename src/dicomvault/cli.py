@@ -41,12 +41,14 @@ from dicomvault.index.nodes import NodeExistsError, NodeNotFoundError, NodeRegis
 from dicomvault.index.saved_settings import SavedSettings
 from dicomvault.index.tasks import TaskNotFoundError, TaskStore
 from dicomvault.index.users import UserExistsError, UserNotFoundError, UserStore
+from dicomvault.ingest.bucket import is_bucket_url
+from dicomvault.ingest.bucket_run import run_bucket_task
 from dicomvault.ingest.indexer import IngestContext
 from dicomvault.ingest.jobs import Mode
 from dicomvault.ingest.manager import TaskManager
 from dicomvault.ingest.pool import ReaderPool
 from dicomvault.ingest.progress import ProgressBar, summarize
-from dicomvault.ingest.roots import PathNotAllowedError, resolve_folder
+from dicomvault.ingest.roots import PathNotAllowedError, resolve_bucket, resolve_folder
 from dicomvault.ingest.runner import run_index_task
 from dicomvault.ingest.watch import FolderWatcher
 from dicomvault.keys_cli import keys_app
@@ -942,7 +944,13 @@ def _ingest_context(settings: Settings, start_workers: bool = False) -> IngestCo
 
 @app.command("index")
 def index_command(
-    path: Annotated[str, typer.Argument(help="Folder to index; must be under an import root.")],
+    path: Annotated[
+        str,
+        typer.Argument(
+            help="Folder to index, under an import root; or s3://bucket/prefix, under "
+            "ingest.import_buckets."
+        ),
+    ],
     import_files: Annotated[
         bool,
         typer.Option(
@@ -965,13 +973,17 @@ def index_command(
     index_url: IndexUrlOption = None,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Log at DEBUG level.")] = False,
 ) -> None:
-    """Index the DICOM files of a folder and its subfolders, in place or by import.
+    """Index the DICOM files of a folder and its subfolders, or of a bucket prefix.
 
     Unchanged files indexed before are skipped. Files that cannot be indexed
-    are listed with the reason; the task goes on without them.
+    are listed with the reason; the task goes on without them. A bucket
+    prefix is indexed by this command together with every server sharing
+    the index.
     """
     settings = _settings(config, {"storage.data_dir": data_dir, "index.url": index_url})
     configure_logging("DEBUG" if verbose else "WARNING", settings.logging.format)
+    if is_bucket_url(path):
+        _index_bucket_command(settings, path, import_files, prune, watch)
     try:
         folder = resolve_folder(path, settings.import_roots)
     except PathNotAllowedError as exc:
@@ -997,6 +1009,41 @@ def index_command(
         context.pool.close()
         context.engine.dispose()
     raise typer.Exit(code)
+
+
+def _index_bucket_command(
+    settings: Settings, url: str, import_files: bool, prune: bool, watch: bool
+) -> None:
+    """Index a bucket prefix as a resumable task; exit with the task's outcome."""
+    try:
+        location = resolve_bucket(url, settings.ingest.import_buckets)
+    except PathNotAllowedError as exc:
+        raise _fail(str(exc)) from None
+    if watch or prune:
+        raise _fail("--watch and --prune apply to folders only; index the bucket without them")
+    mode = Mode.IMPORT if import_files else Mode.IN_PLACE
+    context = _ingest_context(settings, start_workers=True)
+    cancel = threading.Event()
+
+    def request_stop(signum: int, _frame: FrameType | None) -> None:
+        typer.echo(f"Received {signal.Signals(signum).name}; cancelling", err=True)
+        cancel.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    try:
+        task_id = context.tasks.create("index", location.url, str(mode), False, resumable=True)
+        with ProgressBar(f"Task {task_id}") as bar:
+            record = run_bucket_task(context, task_id, cancel, bar.update)
+        files = context.tasks.files(task_id, REPORT_LINES)
+        for line in summarize(record, files, context.tasks.count_files(task_id)):
+            typer.echo(line)
+    except SQLAlchemyError as exc:
+        raise _fail(f"The index database failed: {exc}", code=1) from None
+    finally:
+        context.pool.close()
+        context.engine.dispose()
+    raise typer.Exit({"completed": 0, "cancelled": 130}.get(record.status, 1))
 
 
 def _index_folder(context: IngestContext, folder: Path, mode: Mode, prune: bool) -> int:

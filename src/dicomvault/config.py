@@ -169,6 +169,20 @@ def _parse_path_list(value: Any) -> list[str]:
     return items
 
 
+def _parse_bucket_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list):
+        items = [str(item).strip() for item in value]
+    else:
+        raise ValueError(f"must be a list of s3://bucket/prefix URLs, got {value!r}")
+    for item in items:
+        bucket = item.removeprefix("s3://").partition("/")[0]
+        if not item.startswith("s3://") or not bucket:
+            raise ValueError(f"must hold s3://bucket/prefix URLs, got {item!r}")
+    return items
+
+
 # An origin is scheme://host[:port] (RFC 6454), with an IPv6 host in brackets.
 _ORIGIN_RE = re.compile(
     r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?$|^https?://\[[0-9A-Fa-f:.]+\](:\d{1,5})?$"
@@ -601,6 +615,14 @@ SETTINGS: tuple[SettingDefinition, ...] = (
     ),
     SettingDefinition(
         "ingest",
+        "import_buckets",
+        _parse_bucket_list,
+        [],
+        "bucket prefixes (s3://bucket/prefix) under which 'dicomvault index' and the HTTP API "
+        "may index objects; empty allows none",
+    ),
+    SettingDefinition(
+        "ingest",
         "watch_folders",
         _parse_path_list,
         [],
@@ -736,6 +758,23 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         30.0,
         "seconds that associations and HTTP requests in flight get to finish after a stop "
         "closed the listeners; the rest are then aborted",
+    ),
+    SettingDefinition(
+        "server",
+        "lease_seconds",
+        _parse_float_range(1, 3600),
+        30.0,
+        "seconds a server process holds a task, a chunk of a bucket task or a watched folder "
+        "without renewing it; another process sharing the index takes the work over once "
+        "they have passed since the holder stopped",
+    ),
+    SettingDefinition(
+        "server",
+        "maintenance_interval",
+        _parse_float_range(1, 86400),
+        600.0,
+        "seconds between two runs of the periodic clean-up (expired sessions, multipart "
+        "uploads left in the bucket), which one server process of those sharing the index runs",
     ),
     SettingDefinition(
         "server",
@@ -968,6 +1007,7 @@ class IngestSettings:
     """Settings of bulk indexing and watched folders."""
 
     import_roots: list[str]
+    import_buckets: list[str]
     watch_folders: list[str]
     workers: int
     batch_size: int
@@ -998,6 +1038,8 @@ class ServerSettings:
 
     drain_delay: float
     drain_seconds: float
+    lease_seconds: float
+    maintenance_interval: float
     readiness_timeout: float
 
 
@@ -1357,9 +1399,25 @@ def _check_storage(values: Mapping[str, Any], where: Callable[[str], str]) -> No
                 "is required; set it to the name of an existing bucket"
             )
     else:
+        # The endpoint, region and retry settings also reach the buckets that are indexed.
+        reaching_sources = (
+            {
+                "storage.s3_endpoint_url",
+                "storage.s3_region",
+                "storage.s3_addressing_style",
+                "storage.s3_max_attempts",
+                "storage.s3_retry_mode",
+            }
+            if values.get("ingest.import_buckets")
+            else set()
+        )
         for definition in SETTINGS:
             name = definition.name
-            if name.startswith("storage.s3_") and values[name] != definition.default:
+            if (
+                name.startswith("storage.s3_")
+                and name not in reaching_sources
+                and values[name] != definition.default
+            ):
                 raise ConfigError(
                     f"Invalid settings: {where(name)} is set but 'storage.backend' is "
                     f"{values['storage.backend']}, so files would not go to S3; set "

@@ -22,6 +22,7 @@ _COLUMNS = (
     "storage_key",
     "reason",
     "updated_at",
+    "etag",
 )
 
 
@@ -41,6 +42,7 @@ class FileState:
     sop_instance_uid: str = ""
     storage_key: str = ""
     reason: str = ""
+    etag: str = ""
 
 
 class IndexedFiles:
@@ -50,9 +52,13 @@ class IndexedFiles:
         self.engine = engine
         self._upsert = BulkUpsert(engine, indexed_files, "path", _COLUMNS)
 
-    def under(self, folder: str) -> dict[str, FileState]:
-        """Return the remembered files under ``folder`` (an absolute path), by path."""
-        prefix = folder.rstrip("/") + "/"
+    def under(self, folder: str, exact_prefix: bool = False) -> dict[str, FileState]:
+        """Return the remembered files under ``folder`` (an absolute path), by path.
+
+        With ``exact_prefix``, ``folder`` is taken as a prefix of the paths as
+        it is, as for the s3:// URL of a bucket prefix.
+        """
+        prefix = folder if exact_prefix else folder.rstrip("/") + "/"
         escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
         statement = select(indexed_files).where(
             indexed_files.c.path.like(escaped + "%", escape="\\")
@@ -79,6 +85,7 @@ class IndexedFiles:
                 "storage_key": state.storage_key,
                 "reason": state.reason,
                 "updated_at": now,
+                "etag": state.etag,
             }
             for state in states
         ]
@@ -112,4 +119,5 @@ def _state(row: object) -> FileState:
         sop_instance_uid=row.sop_instance_uid,  # type: ignore[attr-defined]
         storage_key=row.storage_key,  # type: ignore[attr-defined]
         reason=row.reason,  # type: ignore[attr-defined]
+        etag=row.etag,  # type: ignore[attr-defined]
     )

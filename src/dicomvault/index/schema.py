@@ -152,6 +152,8 @@ indexed_files = Table(
     Column("storage_key", Text, nullable=False, default=""),
     Column("reason", Text, nullable=False, default=""),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # The ETag of an object indexed from a bucket; '' for files.
+    Column("etag", Text, nullable=False, default=""),
     Index("ix_indexed_files_sop_instance_uid", "sop_instance_uid"),
 )
 
@@ -179,7 +181,44 @@ ingest_tasks = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("started_at", DateTime(timezone=True), nullable=True),
     Column("finished_at", DateTime(timezone=True), nullable=True),
+    # Whether another server process may resume the task when its own stops
+    # (tasks queued through a server and bucket tasks), rather than marking
+    # it interrupted.
+    Column("resumable", Boolean, nullable=False, default=False),
+    # Bucket tasks: the last object key listed, and whether the listing ended.
+    Column("listed_until", Text, nullable=False, default=""),
+    Column("listing_done", Boolean, nullable=False, default=False),
     Index("ix_ingest_tasks_status", "status"),
+)
+
+# The objects a bucket task listed, in chunks that any server process may
+# claim: ``status`` is "queued", "running" (by ``owner`` until
+# ``lease_expires_at``), "done", "failed" or "cancelled". ``jobs`` is a JSON
+# list of [object URL, size, ETag].
+ingest_task_chunks = Table(
+    "ingest_task_chunks",
+    METADATA,
+    Column("pk", Integer, primary_key=True, autoincrement=True),
+    Column("task_pk", Integer, ForeignKey("ingest_tasks.pk", ondelete="CASCADE"), nullable=False),
+    Column("status", Text, nullable=False),
+    Column("jobs", Text, nullable=False),
+    Column("job_count", Integer, nullable=False),
+    Column("owner", Text, nullable=False, default=""),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Index("ix_ingest_task_chunks_task_pk_status", "task_pk", "status"),
+)
+
+# Work that one server process of several holds until ``expires_at``: a
+# task it runs ("task:<id>"), a watched folder ("watch:<path>"), the
+# periodic maintenance. The holder renews it; another process may take it
+# once it expired.
+leases = Table(
+    "leases",
+    METADATA,
+    Column("name", Text, primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )
 
 # Files of a task that were not indexed: failed (with the reason) or ignored.

@@ -72,6 +72,8 @@ class TaskRecord:
     created_at: datetime.datetime
     started_at: datetime.datetime | None
     finished_at: datetime.datetime | None
+    resumable: bool = False
+    listing_done: bool = False
 
     @property
     def elapsed_seconds(self) -> float:
@@ -106,8 +108,13 @@ class TaskStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    def create(self, kind: str, path: str, mode: str, prune: bool) -> int:
-        """Record a new queued task owned by this process; return its id."""
+    def create(self, kind: str, path: str, mode: str, prune: bool, resumable: bool = False) -> int:
+        """Record a new queued task owned by this process; return its id.
+
+        A ``resumable`` task may be run, or resumed after its process
+        stopped, by any server process sharing the index; the others are
+        run by this process only, and marked interrupted if it stops.
+        """
         with self._write() as connection:
             result = connection.execute(
                 insert(ingest_tasks)
@@ -120,6 +127,7 @@ class TaskStore:
                     cancel_requested=False,
                     owner=current_owner(),
                     created_at=_now(),
+                    resumable=resumable,
                 )
                 .returning(ingest_tasks.c.pk)
             )
@@ -128,12 +136,63 @@ class TaskStore:
         return task_id
 
     def start(self, task_id: int) -> None:
-        """Mark the task running from now."""
+        """Mark the task running by this process; a resumed task keeps its start time."""
         with self._write() as connection:
             connection.execute(
                 update(ingest_tasks)
                 .where(ingest_tasks.c.pk == task_id)
-                .values(status="running", started_at=_now())
+                .values(
+                    status="running",
+                    owner=current_owner(),
+                    started_at=func.coalesce(ingest_tasks.c.started_at, _now()),
+                )
+            )
+
+    def claimable(self) -> builtins.list[TaskRecord]:
+        """Return the resumable tasks that are queued or running, oldest first.
+
+        A running one may be held by a live process; the caller checks its lease.
+        """
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                select(ingest_tasks)
+                .where(
+                    ingest_tasks.c.resumable.is_(True),
+                    ingest_tasks.c.status.in_(ACTIVE_STATUSES),
+                )
+                .order_by(ingest_tasks.c.pk)
+            ).all()
+        return [_record(row) for row in rows]
+
+    def count_queued(self) -> int:
+        """Return how many tasks wait to be run."""
+        with self.engine.connect() as connection:
+            return int(
+                connection.execute(
+                    select(func.count()).where(ingest_tasks.c.status == "queued")
+                ).scalar_one()
+            )
+
+    def finish_status(self, task_id: int, status: str, message: str = "") -> None:
+        """Store the final status and message, keeping the counts the chunks added up."""
+        with self._write() as connection:
+            connection.execute(
+                update(ingest_tasks)
+                .where(ingest_tasks.c.pk == task_id, ingest_tasks.c.status.in_(ACTIVE_STATUSES))
+                .values(status=status, message=message, finished_at=_now())
+            )
+        record = self.get(task_id)
+        if record is not None:
+            counts = record.counts
+            LOGGER.info(
+                "Indexing task %d %s: %d found, %d indexed, %d skipped, %d failed, %d ignored",
+                task_id,
+                status,
+                counts.found,
+                counts.indexed,
+                counts.skipped,
+                counts.failed,
+                counts.ignored,
             )
 
     def save_progress(self, task_id: int, counts: TaskCounts) -> bool:
@@ -256,13 +315,15 @@ class TaskStore:
         """Mark active tasks of dead processes on this host as interrupted; return how many.
 
         A task whose process ended without finishing it (killed, or the
-        machine stopped) would otherwise stay running forever.
+        machine stopped) would otherwise stay running forever. Resumable
+        tasks are left to the server processes, which resume them.
         """
         host = socket.gethostname()
         with self.engine.connect() as connection:
             rows = connection.execute(
                 select(ingest_tasks.c.pk, ingest_tasks.c.owner).where(
-                    ingest_tasks.c.status.in_(ACTIVE_STATUSES)
+                    ingest_tasks.c.status.in_(ACTIVE_STATUSES),
+                    ingest_tasks.c.resumable.is_(False),
                 )
             ).all()
         dead = [row.pk for row in rows if _owner_is_dead(row.owner, host)]
@@ -328,6 +389,8 @@ def _record(row: object) -> TaskRecord:
         created_at=_aware(values["created_at"]),
         started_at=_aware(values["started_at"]) if values["started_at"] else None,
         finished_at=_aware(values["finished_at"]) if values["finished_at"] else None,
+        resumable=bool(values["resumable"]),
+        listing_done=bool(values["listing_done"]),
     )
 
 

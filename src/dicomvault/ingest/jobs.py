@@ -24,6 +24,9 @@ class Mode(enum.StrEnum):
 class FileJob(NamedTuple):
     """A file to read, with the size and modification time the scan saw.
 
+    For an object of a bucket, ``path`` is its s3:// URL, ``mtime_ns`` is 0
+    and ``etag`` is the ETag the listing saw.
+
     A named tuple rather than a dataclass: tens of thousands are built and
     sent to the workers per task, and tuples are faster to build and pickle.
     """
@@ -31,6 +34,7 @@ class FileJob(NamedTuple):
     path: str
     size: int
     mtime_ns: int
+    etag: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,13 +46,15 @@ class ReadOptions:
     hold no credentials: each worker finds them where the archive does.
     ``encryption`` is set when imported copies are encrypted. Each worker
     then reads the master key from the same key file or variable as the
-    archive.
+    archive. ``source`` holds the endpoint and region settings that reach
+    the buckets objects are indexed from.
     """
 
     mode: Mode
     storage_root: str
     encryption: EncryptionSettings | None = None
     s3: StorageSettings | None = None
+    source: StorageSettings | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,13 +62,18 @@ class ChunkOptions:
     """The options a worker needs to index a chunk: how to read, where to write, which task.
 
     ``index_url`` is the full URL of the index database, password included;
-    it travels to the worker processes only, never to a log.
+    it travels to the worker processes only, never to a log. ``chunk_pk``
+    is set for a chunk of a bucket task claimed by ``owner`` (see
+    :mod:`dicomvault.index.chunks`): the worker then marks it done and adds
+    its counts to the task in the transaction that indexes it.
     """
 
     read: ReadOptions
     index_url: str
     task_id: int
     replace: bool
+    chunk_pk: int = 0
+    owner: str = ""
 
     def __repr__(self) -> str:
         return f"ChunkOptions(read={self.read!r}, task_id={self.task_id}, replace={self.replace})"
@@ -82,6 +93,7 @@ class ChunkSummary:
     ignored: int = 0
     changed: list[FileJob] = dataclasses.field(default_factory=list)
     error: str = ""
+    lost: bool = False
 
 
 def index_chunk(jobs: list[FileJob], options: ChunkOptions) -> ChunkSummary:

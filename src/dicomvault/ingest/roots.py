@@ -1,9 +1,11 @@
-"""Check that a folder to index lies under one of the configured import roots."""
+"""Check that a folder or bucket prefix to index lies under a configured import root."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+
+from dicomvault.ingest.bucket import BucketLocation, parse_bucket_url
 
 
 class PathNotAllowedError(ValueError):
@@ -48,3 +50,31 @@ def resolve_folder(path: str | Path, roots: Sequence[Path]) -> Path:
     if not resolved.is_dir():
         raise PathNotAllowedError(f"Cannot index {text}: no such folder", not_a_folder=True)
     return resolved
+
+
+def resolve_bucket(url: str, allowed: Sequence[str]) -> BucketLocation:
+    """Return the bucket prefix of ``url`` after checking it against ``ingest.import_buckets``.
+
+    Raises
+    ------
+    PathNotAllowedError
+        If the URL is not a valid s3:// URL (``not_a_folder`` set), no
+        bucket is allowed, or the prefix is outside every allowed one.
+    """
+    try:
+        location = parse_bucket_url(url)
+    except ValueError as exc:
+        raise PathNotAllowedError(str(exc), not_a_folder=True) from None
+    if not allowed:
+        raise PathNotAllowedError(
+            f"Cannot index {url}: no bucket may be indexed; list the bucket prefixes that "
+            "may be indexed in [ingest] import_buckets or DICOMVAULT_INGEST_IMPORT_BUCKETS"
+        )
+    for text in allowed:
+        permitted = parse_bucket_url(text)
+        if location.bucket == permitted.bucket and location.prefix.startswith(permitted.prefix):
+            return location
+    raise PathNotAllowedError(
+        f"Cannot index {url}: it is not under an allowed bucket prefix "
+        f"({', '.join(allowed)}); add it to [ingest] import_buckets or choose one under them"
+    )

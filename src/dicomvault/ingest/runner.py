@@ -24,12 +24,17 @@ def run_index_task(
     prune: bool,
     cancel: threading.Event,
     on_progress: Callable[[TaskCounts], None] | None = None,
+    resumable: bool = False,
 ) -> TaskRecord:
     """Index ``folder`` once as task ``task_id`` and return the finished task.
 
     The final status is "completed" (also when some files failed: the report
     lists them), "cancelled", or "failed" when the index database or the
     storage failed; the message then gives the reason. Never raises for one file.
+
+    A ``resumable`` task stopped by ``cancel`` without a cancellation
+    request in the index (its process stops, or lost its lease) is left
+    running, for another process to resume; the task is returned as it is.
 
     Raises
     ------
@@ -43,6 +48,12 @@ def run_index_task(
     indexer = FolderIndexer(context, folder, mode, task_id, counts, cancel, on_progress)
     try:
         if not indexer.run_pass(prune=prune):
+            if resumable and not context.tasks.cancel_requested(task_id):
+                context.tasks.save_progress(task_id, counts)
+                LOGGER.info("Indexing task %d stopped here; another process resumes it", task_id)
+                record = context.tasks.get(task_id)
+                assert record is not None
+                return record
             status = "cancelled"
     except (IndexingError, SQLAlchemyError, OSError) as exc:
         LOGGER.error("Indexing task %d failed: %s", task_id, exc)

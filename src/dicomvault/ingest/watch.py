@@ -23,10 +23,18 @@ LOGGER = logging.getLogger(__name__)
 class FolderWatcher:
     """Indexes one folder again and again until :meth:`stop`, as one task of kind "watch"."""
 
-    def __init__(self, context: IngestContext, folder: Path, mode: Mode = Mode.IN_PLACE) -> None:
+    def __init__(
+        self,
+        context: IngestContext,
+        folder: Path,
+        mode: Mode = Mode.IN_PLACE,
+        lost: threading.Event | None = None,
+    ) -> None:
         self.context = context
         self.folder = folder
         self.mode = mode
+        # Set when the process lost the folder's lease: the watch then stops as "stopped".
+        self.lost = lost or threading.Event()
         self.counts = TaskCounts()
         self.cancel = threading.Event()
         self._stopping = False
@@ -50,7 +58,7 @@ class FolderWatcher:
             watching=True,
         )
         interval = self.context.settings.ingest.watch_interval
-        while not self.cancel.is_set():
+        while not self.cancel.is_set() and not self.lost.is_set():
             try:
                 indexer.run_pass()
             except (IndexingError, SQLAlchemyError, OSError) as exc:
@@ -59,7 +67,7 @@ class FolderWatcher:
                     "Watching %s: scan failed, retrying in %.0f s: %s", self.folder, interval, exc
                 )
             self.cancel.wait(interval)
-        status = "stopped" if self._stopping else "cancelled"
+        status = "stopped" if self._stopping or self.lost.is_set() else "cancelled"
         self.context.tasks.finish(self.task_id, status, self.counts)
         LOGGER.info("Stopped watching %s (task %d)", self.folder, self.task_id)
         return status

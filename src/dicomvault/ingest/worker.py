@@ -13,6 +13,7 @@ import logging
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from dicomvault.index.chunks import ChunkLostError, ChunkQueue
 from dicomvault.index.database import create_index_engine
 from dicomvault.index.files import FileState, IndexedFiles
 from dicomvault.index.tasks import TaskFile, TaskStore
@@ -22,6 +23,7 @@ from dicomvault.ingest.reader import Outcome, ReadResult, import_storage, read_f
 
 LOGGER = logging.getLogger(__name__)
 
+CHANGED_REASON = "The object changed while it was read; index the bucket again to read it"
 DUPLICATE_REASON = (
     "An instance with SOP Instance UID {uid} is already indexed and "
     "storage.duplicate_policy is reject"
@@ -79,10 +81,12 @@ class _Chunk:
 
     def write(self) -> ChunkSummary:
         """Index the chunk; return its summary, with ``error`` set if the database failed."""
-        summary = ChunkSummary(
-            changed=[r.job for r in self.results if r.outcome is Outcome.CHANGED]
-        )
+        changed = [r.job for r in self.results if r.outcome is Outcome.CHANGED]
+        summary = ChunkSummary(changed=[] if self.options.chunk_pk else changed)
         self._report_unreadable()
+        if self.options.chunk_pk:
+            # A bucket task lists each object once: a changed one waits for the next task.
+            self.unreadable += [TaskFile(job.path, "pending", CHANGED_REASON) for job in changed]
         stored = [
             StoredInstance(r.header, r.storage_key, r.size, "")  # type: ignore[arg-type]
             for r in self.read
@@ -95,6 +99,11 @@ class _Chunk:
             self._delete_copies(self.read)
             LOGGER.debug("Indexing a chunk of %d files failed: %s", len(self.results), exc)
             summary.error = f"The index database failed: {exc}"
+            return summary
+        except ChunkLostError as exc:
+            self._delete_copies(self.read)
+            LOGGER.debug("%s; its results are dropped", exc)
+            summary.lost = True
             return summary
 
         # After the commit: files the new instances replaced, and copies not indexed.
@@ -136,13 +145,28 @@ class _Chunk:
         self.index.files.record(connection, states)
         self.index.tasks.add_files(connection, self.options.task_id, report)
         self.report = report
+        if self.options.chunk_pk:
+            ChunkQueue.complete(
+                connection,
+                self.options.chunk_pk,
+                self.options.owner,
+                self.options.task_id,
+                {
+                    "indexed": len(self.read) - len(self.duplicates),
+                    "failed": sum(1 for f in report if f.outcome == "failed"),
+                    "ignored": sum(1 for f in report if f.outcome == "ignored"),
+                    "pending": sum(1 for f in report if f.outcome == "pending"),
+                },
+            )
 
     def _state(
         self, result: ReadResult, outcome: str, uid: str = "", key: str = "", reason: str = ""
     ) -> FileState:
         job = result.job
         mode = str(self.options.read.mode)
-        return FileState(job.path, job.size, job.mtime_ns, mode, outcome, uid, key, reason)
+        return FileState(
+            job.path, job.size, job.mtime_ns, mode, outcome, uid, key, reason, job.etag
+        )
 
     def _delete_copies(self, results: list[ReadResult]) -> None:
         if self.options.read.mode is Mode.IMPORT:

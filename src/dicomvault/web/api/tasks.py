@@ -19,9 +19,12 @@ MAX_REPORT_FILES = 10_000
 
 
 class TaskRequest(BaseModel):
-    """A request to index a folder."""
+    """A request to index a folder or a bucket prefix."""
 
-    path: str = Field(description="Folder to index; must be under an import root.")
+    path: str = Field(
+        description="Folder to index, under an import root; or s3://bucket/prefix, under "
+        "ingest.import_buckets."
+    )
     mode: Literal["in_place", "import"] = Field(
         "in_place",
         description="in_place: index the files where they are; import: copy them into storage.",
@@ -116,14 +119,19 @@ def _entry(file: TaskFile) -> TaskFileEntry:
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=TaskSummary)
 def start_task(body: TaskRequest, request: Request) -> TaskSummary:
-    """Queue a task that indexes a folder; it runs after the tasks queued before it.
+    """Queue a task that indexes a folder or a bucket prefix.
+
+    A server sharing the index runs it once it has run the tasks queued
+    before it; the chunks of a bucket task are indexed by every server.
 
     Notes
     -----
     - 202: the task is queued; poll ``GET /api/tasks/{id}`` for progress.
     - 403: the path is not under an import root (after resolving symbolic
-      links and '..'), or no import root is configured.
-    - 400: the path is not an existing folder.
+      links and '..'), the bucket prefix is not under ``ingest.import_buckets``,
+      or none is configured.
+    - 400: the path is not an existing folder, or not a valid s3:// URL,
+      or pruning was asked for a bucket.
     - 422: the body is not valid.
     """
     try:

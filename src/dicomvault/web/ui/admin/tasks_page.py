@@ -36,6 +36,7 @@ def _context(request: Request, **extra: Any) -> dict[str, Any]:
         "polling": any(record.status in ACTIVE_STATUSES for record in records),
         "active_statuses": ACTIVE_STATUSES,
         "import_roots": [str(root) for root in manager.context.settings.import_roots],
+        "import_buckets": manager.context.settings.ingest.import_buckets,
         "form": EMPTY_FORM,
         "message": "",
         "error": "",

@@ -1,0 +1,1 @@
+"""Sharing work between server processes that use one index database."""

@@ -1,0 +1,190 @@
+"""Lead a bucket indexing task: list the objects into chunks, then finish once all are indexed.
+
+One process at a time leads a task, the one holding the lease
+"task:<id>" (see :mod:`dicomvault.cluster.keeper`). It lists the bucket
+prefix page by page; each page's new and changed objects become chunks
+that every server process may claim (see
+:mod:`dicomvault.ingest.chunk_runner`). If the leader stops, another
+process takes the lease over, continues the listing after the last key
+stored, and finishes the task.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from dicomvault.index.chunks import ChunkQueue, ListedPage
+from dicomvault.index.files import FileState
+from dicomvault.index.tasks import TaskCounts, TaskRecord
+from dicomvault.ingest.bucket import (
+    BucketError,
+    BucketLocation,
+    ObjectEntry,
+    list_objects,
+    object_url,
+    parse_bucket_url,
+    source_client,
+)
+from dicomvault.ingest.indexer import CHUNK_BYTES, IngestContext
+
+LOGGER = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5
+
+_Job = tuple[str, int, str]
+
+
+class BucketTaskLeader:
+    """Leads one bucket task until it is finished, cancelled, or handed over.
+
+    Parameters
+    ----------
+    context : IngestContext
+        Settings, index and storage.
+    task : TaskRecord
+        The task, whose lease this process holds.
+    stop : threading.Event
+        Set when this process stops: the task is left for another process.
+    lost : threading.Event
+        Set when the lease was lost: another process leads the task now.
+    on_progress : callable, optional
+        Called with the task's counts, from every process, about twice a second.
+    """
+
+    def __init__(
+        self,
+        context: IngestContext,
+        task: TaskRecord,
+        stop: threading.Event,
+        lost: threading.Event,
+        on_progress: Callable[[TaskCounts], None] | None = None,
+    ) -> None:
+        self.context = context
+        self.task = task
+        self.stop = stop
+        self.lost = lost
+        self.on_progress = on_progress
+        self.chunks = ChunkQueue(context.engine)
+
+    def run(self) -> str:
+        """Lead the task; return its final status, or "handed over" if it is left to another.
+
+        The final status is "completed" (also when some objects failed: the
+        report lists them), "cancelled", or "failed" when the bucket cannot
+        be listed or the index database failed; the message then says why.
+        """
+        task_id = self.task.id
+        tasks = self.context.tasks
+        try:
+            location = parse_bucket_url(self.task.path)
+            tasks.start(task_id)
+            if self.task.started_at is None:
+                LOGGER.info(
+                    "Indexing task %d started: %s %s", task_id, self.task.mode, location.url
+                )
+            else:
+                LOGGER.info("Indexing task %d resumed: %s", task_id, location.url)
+            if not self.task.listing_done:
+                self._list(location)
+            return self._wait_for_chunks()
+        except (BucketError, ValueError) as exc:
+            LOGGER.error("Indexing task %d failed: %s", task_id, exc)
+            return self._finish("failed", str(exc))
+        except SQLAlchemyError as exc:
+            LOGGER.error("Indexing task %d: the index database failed: %s", task_id, exc)
+            # Left running: the lease expires and a process that reaches the database resumes it.
+            return "handed over"
+
+    # --- listing ---------------------------------------------------------------------------
+
+    def _list(self, location: BucketLocation) -> None:
+        known = self.context.files.under(location.url, exact_prefix=True)
+        listed_until = self.chunks.listed_until(self.task.id)
+        client = source_client(self.context.settings.storage)
+        batch = self.context.settings.ingest.batch_size
+        for page in list_objects(client, location, start_after=listed_until):
+            if self._should_stop() or self._cancelled():
+                return
+            if not page:
+                continue
+            jobs, skipped = self._new_or_changed(location, page, known)
+            self.chunks.add_page(
+                self.task.id,
+                ListedPage(_chunks(jobs, batch, CHUNK_BYTES), len(page), skipped, page[-1].key),
+            )
+            self._report_progress()
+        self.chunks.finish_listing(self.task.id)
+        LOGGER.info("Indexing task %d: listing of %s complete", self.task.id, location.url)
+
+    def _new_or_changed(
+        self, location: BucketLocation, page: Sequence[ObjectEntry], known: dict[str, FileState]
+    ) -> tuple[list[_Job], int]:
+        jobs: list[_Job] = []
+        skipped = 0
+        for entry in page:
+            url = object_url(location.bucket, entry.key)
+            state = known.get(url)
+            if (
+                state is not None
+                and state.size == entry.size
+                and state.etag == entry.etag
+                and state.mode == self.task.mode
+            ):
+                skipped += 1
+            else:
+                jobs.append((url, entry.size, entry.etag))
+        return jobs, skipped
+
+    # --- waiting for the chunks --------------------------------------------------------------
+
+    def _wait_for_chunks(self) -> str:
+        while True:
+            if self._should_stop():
+                return "handed over"
+            if self._cancelled():
+                self.chunks.cancel_queued(self.task.id)
+                if self.chunks.counts(self.task.id).running == 0:
+                    return self._finish("cancelled")
+            elif self.chunks.counts(self.task.id).open == 0:
+                return self._finish("completed")
+            self._report_progress()
+            self.stop.wait(POLL_SECONDS)
+
+    def _finish(self, status: str, message: str = "") -> str:
+        self.context.tasks.finish_status(self.task.id, status, message)
+        self._report_progress()
+        return status
+
+    # --- state --------------------------------------------------------------------------------
+
+    def _should_stop(self) -> bool:
+        return self.stop.is_set() or self.lost.is_set()
+
+    def _cancelled(self) -> bool:
+        return self.context.tasks.cancel_requested(self.task.id)
+
+    def _report_progress(self) -> None:
+        if self.on_progress is not None:
+            record = self.context.tasks.get(self.task.id)
+            if record is not None:
+                self.on_progress(record.counts)
+
+
+def _chunks(jobs: list[_Job], max_files: int, max_bytes: int) -> list[list[_Job]]:
+    """Cut the jobs into chunks of at most ``max_files`` objects and about ``max_bytes``."""
+    chunks: list[list[_Job]] = []
+    chunk: list[_Job] = []
+    size = 0
+    for job in jobs:
+        if chunk and (len(chunk) >= max_files or size + job[1] > max_bytes):
+            chunks.append(chunk)
+            chunk, size = [], 0
+        chunk.append(job)
+        size += job[1]
+    if chunk:
+        chunks.append(chunk)
+    return chunks
