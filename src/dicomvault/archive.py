@@ -30,7 +30,7 @@ from dicomvault.index.removal import remove_from_index
 from dicomvault.index.search import IndexSearch, SearchResult
 from dicomvault.index.writer import DuplicateInstanceError, IndexWriter, StoredInstance
 from dicomvault.storage.base import Storage, StorageError, StorageFullError
-from dicomvault.storage.in_place import is_in_place_key
+from dicomvault.storage.in_bucket import is_indexed_in_place
 
 LOGGER = logging.getLogger(__name__)
 
@@ -90,8 +90,8 @@ class RemovalResult:
     """The outcome of a removal from the index.
 
     ``removed`` lists the SOP Instance UIDs removed; ``deleted_files`` counts
-    the stored files deleted, and ``kept_in_place`` the in-place files left
-    where they are.
+    the stored files deleted, and ``kept_in_place`` the files and bucket
+    objects indexed in place, which are left where they are.
     """
 
     removed: tuple[str, ...]
@@ -290,8 +290,8 @@ class Archive:
         """Remove a study, series or instance from the index, and optionally its files.
 
         Only files in the archive's storage (received or imported) are
-        deleted, after the index transaction has committed. Files indexed in
-        place are never deleted.
+        deleted, after the index transaction has committed. Files and bucket
+        objects indexed in place are never deleted.
 
         Raises
         ------
@@ -306,7 +306,7 @@ class Archive:
             raise IndexUnavailableError(f"Cannot remove {uid}: the index database failed") from exc
         deleted = kept = 0
         for item in removed:
-            if is_in_place_key(item.storage_key):
+            if is_indexed_in_place(item.storage_key):
                 kept += 1
             elif delete_files:
                 self.storage.delete(item.storage_key)

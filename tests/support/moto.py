@@ -7,6 +7,7 @@ any address other than loopback.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -22,7 +23,7 @@ import boto3
 import httpx
 from botocore.config import Config
 
-from dicomvault.config import Settings, load_settings
+from dicomvault.config import Settings, StorageSettings, load_settings
 from dicomvault.storage.s3 import S3Storage
 from tests.support.network import LOOPBACK, free_port, wait_until
 
@@ -188,6 +189,17 @@ def s3_settings(moto_server: MotoServer, bucket: str, data_dir: Path, **extra: A
         **extra,
     }
     return load_settings(environ={}, overrides=overrides)
+
+
+def source_settings(moto_server: MotoServer, data_dir: Path, **extra: Any) -> StorageSettings:
+    """Return storage settings of a folder in ``data_dir`` that reach buckets of ``moto_server``.
+
+    The configuration file rejects S3 settings for filesystem storage, so
+    the endpoint is set on the loaded settings. ``extra`` maps more fields
+    of StorageSettings to values.
+    """
+    settings = load_settings(environ={}, overrides={"storage.data_dir": str(data_dir)})
+    return dataclasses.replace(settings.storage, s3_endpoint_url=moto_server.endpoint_url, **extra)
 
 
 class RangeRecorder:

@@ -1,4 +1,4 @@
-"""Unit tests for reading one file's header in an indexing task, and the Part 10 split."""
+"""Unit tests for reading the header of a file or bucket object, and the Part 10 split."""
 
 from __future__ import annotations
 
@@ -9,14 +9,17 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
 
+from dicomvault.config import StorageSettings
 from dicomvault.dicom.encoded_json import EncodedJSON
 from dicomvault.dicom.header import InvalidDatasetError
 from dicomvault.dicom.part10 import NotDicomFileError, split_part10
+from dicomvault.ingest.bucket import object_url
 from dicomvault.ingest.jobs import FileJob, Mode, ReadOptions
-from dicomvault.ingest.reader import DICOMDIR_REASON, Outcome, read_file
+from dicomvault.ingest.reader import DICOMDIR_REASON, Outcome, read_file, read_files
 from dicomvault.storage.in_place import in_place_key
 from tests.support.corpus import PYDICOM_TEST_FILES, dataset_offset, write_instance
 from tests.support.datasets import make_instance
+from tests.support.moto import MotoServer, source_settings
 
 
 def job_for(path: Path) -> FileJob:
@@ -159,3 +162,156 @@ class TestReadFile:
         result = read_file(job, ReadOptions(Mode.IN_PLACE, str(tmp_path)))
 
         assert result.outcome is Outcome.CHANGED
+
+
+class TestReadObject:
+    @pytest.fixture
+    def bucket(self, moto_server: MotoServer) -> str:
+        return moto_server.new_bucket()
+
+    @pytest.fixture
+    def source(self, moto_server: MotoServer, tmp_path: Path) -> StorageSettings:
+        return source_settings(moto_server, tmp_path)
+
+    def upload(self, moto_server: MotoServer, bucket: str, key: str, data: bytes) -> FileJob:
+        """Upload ``data`` as ``key``; return the job a listing of it gives."""
+        etag = moto_server.client().put_object(Bucket=bucket, Key=key, Body=data)["ETag"]
+        return FileJob(object_url(bucket, key), len(data), 0, etag.strip('"'))
+
+    def test_in_place_instance(
+        self, moto_server: MotoServer, bucket: str, source: StorageSettings, tmp_path: Path
+    ) -> None:
+        path = PYDICOM_TEST_FILES / "CT_small.dcm"
+        job = self.upload(moto_server, bucket, "2024/ct/CT_small.dcm", path.read_bytes())
+
+        result = read_file(job, ReadOptions(Mode.IN_PLACE, str(tmp_path), source=source))
+
+        assert result.outcome is Outcome.INSTANCE
+        assert result.storage_key == f"inbucket:{bucket}/2024/ct/CT_small.dcm"
+        assert result.size == path.stat().st_size
+        assert result.header is not None
+        reference = pydicom.dcmread(path, stop_before_pixels=True)
+        assert result.header.sop_instance_uid == reference.SOPInstanceUID
+        assert json.loads(result.header.header_json)["00100010"]["vr"] == "PN"
+        assert list(tmp_path.rglob("*.dcm")) == []
+
+    def test_import_copies_dataset(
+        self, moto_server: MotoServer, bucket: str, source: StorageSettings, tmp_path: Path
+    ) -> None:
+        before = (PYDICOM_TEST_FILES / "MR_small.dcm").read_bytes()
+        job = self.upload(moto_server, bucket, "MR_small.dcm", before)
+
+        result = read_file(job, ReadOptions(Mode.IMPORT, str(tmp_path), source=source))
+
+        assert result.outcome is Outcome.INSTANCE
+        assert not result.storage_key.startswith(("inplace:", "inbucket:"))
+        stored = (tmp_path / result.storage_key).read_bytes()
+        assert stored[dataset_offset(stored) :] == before[dataset_offset(before) :]
+        assert moto_server.object_names(bucket) == ["MR_small.dcm"]
+
+    def test_changed_object(
+        self, moto_server: MotoServer, bucket: str, source: StorageSettings, tmp_path: Path
+    ) -> None:
+        data = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
+        job = self.upload(moto_server, bucket, "a.dcm", data)
+        moto_server.client().put_object(Bucket=bucket, Key="a.dcm", Body=data[:-2] + b"\x01\x02")
+
+        result = read_file(job, ReadOptions(Mode.IN_PLACE, str(tmp_path), source=source))
+
+        assert result.outcome is Outcome.CHANGED
+        assert result.reason == "The object changed while it was read"
+
+    def test_size_differs_from_listing(
+        self, moto_server: MotoServer, bucket: str, source: StorageSettings, tmp_path: Path
+    ) -> None:
+        job = self.upload(moto_server, bucket, "a.dcm", b"0123456789")
+
+        result = read_file(job._replace(size=9), ReadOptions(Mode.IN_PLACE, "", source=source))
+
+        assert result.outcome is Outcome.CHANGED
+        assert result.reason == "The object changed while it was read"
+
+    def test_deleted_object(
+        self, moto_server: MotoServer, bucket: str, source: StorageSettings
+    ) -> None:
+        job = self.upload(moto_server, bucket, "a.dcm", b"0123456789")
+        moto_server.client().delete_object(Bucket=bucket, Key="a.dcm")
+
+        result = read_file(job, ReadOptions(Mode.IN_PLACE, "", source=source))
+
+        assert result.outcome is Outcome.FAILED
+        assert result.reason == "The object was deleted after the bucket was listed"
+        assert result.retry
+
+    def test_missing_bucket(self, moto_server: MotoServer, source: StorageSettings) -> None:
+        job = FileJob("s3://no-such-bucket/a.dcm", 10, 0, "0" * 32)
+
+        result = read_file(job, ReadOptions(Mode.IN_PLACE, "", source=source))
+
+        assert result.outcome is Outcome.FAILED
+        assert result.reason.startswith(
+            "Cannot read s3://no-such-bucket/a.dcm: bucket no-such-bucket does not exist"
+        )
+        assert result.retry
+
+    @pytest.mark.parametrize(
+        ("name", "reason"),
+        [
+            pytest.param(
+                "README.txt",
+                "Not a DICOM file: no 'DICM' prefix after a 128-byte preamble (PS3.10 7.1)",
+                id="text",
+            ),
+            pytest.param(
+                "MR_truncated.dcm",
+                "The dataset is truncated: Pixel Data declares 8192 bytes but 8130 follow",
+                id="truncated",
+            ),
+        ],
+    )
+    def test_failed(
+        self,
+        moto_server: MotoServer,
+        bucket: str,
+        source: StorageSettings,
+        name: str,
+        reason: str,
+    ) -> None:
+        job = self.upload(moto_server, bucket, name, (PYDICOM_TEST_FILES / name).read_bytes())
+
+        result = read_file(job, ReadOptions(Mode.IN_PLACE, "", source=source))
+
+        assert result.outcome is Outcome.FAILED
+        assert result.reason == reason
+        assert not result.retry
+
+    def test_dicomdir_ignored(
+        self, moto_server: MotoServer, bucket: str, source: StorageSettings
+    ) -> None:
+        data = (PYDICOM_TEST_FILES / "dicomdirtests" / "DICOMDIR").read_bytes()
+        job = self.upload(moto_server, bucket, "DICOMDIR", data)
+
+        result = read_file(job, ReadOptions(Mode.IN_PLACE, "", source=source))
+
+        assert result.outcome is Outcome.IGNORED
+        assert result.reason == DICOMDIR_REASON
+
+    def test_empty_object(
+        self, moto_server: MotoServer, bucket: str, source: StorageSettings
+    ) -> None:
+        job = self.upload(moto_server, bucket, "empty.dcm", b"")
+
+        result = read_file(job, ReadOptions(Mode.IN_PLACE, "", source=source))
+
+        assert (result.outcome, result.reason) == (Outcome.FAILED, "Empty file")
+
+    def test_without_source_settings(self, moto_server: MotoServer, bucket: str) -> None:
+        job = self.upload(moto_server, bucket, "a.dcm", b"0123456789")
+
+        [result] = read_files([job], ReadOptions(Mode.IN_PLACE, ""))
+
+        assert result.outcome is Outcome.FAILED
+        assert result.reason == (
+            f"Unexpected error: Cannot read s3://{bucket}/a.dcm: the read options have no "
+            "source settings for buckets"
+        )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,12 @@ from pynetdicom.pdu_primitives import P_DATA
 
 from dicomvault.dicom.header import encode_file_meta
 from dicomvault.dimse.direct_send import BATCH_BYTES, _batches
-from dicomvault.dimse.store_sender import SendError, dataset_offset
+from dicomvault.dimse.store_sender import (
+    GROUP_LENGTH_ELEMENT,
+    SendError,
+    _dataset_offset_in,
+    dataset_offset,
+)
 from tests.support.corpus import PYDICOM_TEST_FILES
 
 
@@ -64,3 +70,20 @@ class TestDatasetOffset:
 
         with pytest.raises(SendError, match="no DICOM file meta information"):
             dataset_offset(path)
+
+    def test_stream_without_group_length_parsed(self) -> None:
+        # Objects indexed in place in a bucket have no path, only a stream.
+        data = (PYDICOM_TEST_FILES / "CT_small.dcm").read_bytes()
+        assert data[132:140] == GROUP_LENGTH_ELEMENT
+        without = data[:132] + data[144:]
+
+        offset = _dataset_offset_in(io.BytesIO(without), None)
+
+        assert offset == split_dataset(PYDICOM_TEST_FILES / "CT_small.dcm")[1] - 12
+        assert without[offset:] == data[offset + 12 :]
+
+    def test_stream_without_meta_refused(self) -> None:
+        stream = io.BytesIO((PYDICOM_TEST_FILES / "no_meta.dcm").read_bytes())
+
+        with pytest.raises(SendError, match="no DICOM file meta information"):
+            _dataset_offset_in(stream, None)

@@ -26,6 +26,8 @@ from pydicom.errors import InvalidDicomError
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode, split_dataset
 
+from dicomvault.dicom.header import InvalidDatasetError
+from dicomvault.dicom.part10 import split_part10
 from dicomvault.dimse.command_set import encode_store_request
 from dicomvault.dimse.direct_receive import DirectReceiver, ReceiveError
 from dicomvault.dimse.direct_send import MessageWriter, PartialMessageError, send_directly
@@ -35,6 +37,9 @@ LOGGER = logging.getLogger(__name__)
 PREAMBLE_AND_PREFIX = 132
 # (0002,0000) File Meta Information Group Length, explicit VR UL, length 4.
 GROUP_LENGTH_ELEMENT = b"\x02\x00\x00\x00UL\x04\x00"
+# Bytes read from a stream to find the end of a File Meta Information that
+# has no group length. The meta of typical files is a few hundred bytes.
+META_READ_LIMIT = 64 * 1024
 PAUSE_TIMEOUT_SECONDS = 10.0
 # pynetdicom's default is 1 ms; a retrieve keeps its DUL busy, so polling
 # faster costs little CPU and saves most of that wait per instance.
@@ -286,8 +291,9 @@ def dataset_offset(path: Path) -> int:
 def _dataset_offset_in(stream: BinaryIO, path: Path | None) -> int:
     """Return the dataset offset of the file in ``stream``; see :func:`dataset_offset`.
 
-    A file without the usual 144 bytes is parsed from ``path``, which
-    only in-place files need; the archive writes every stored file with them.
+    A file without the usual 144 bytes is parsed from ``path``, or from
+    the stream when there is no path. Only files and bucket objects indexed
+    in place need this, because the archive writes every stored file with them.
     """
     stream.seek(0)
     head = stream.read(PREAMBLE_AND_PREFIX + 12)
@@ -295,10 +301,27 @@ def _dataset_offset_in(stream: BinaryIO, path: Path | None) -> int:
         (group_length,) = struct.unpack("<I", head[140:144])
         return PREAMBLE_AND_PREFIX + 12 + int(group_length)
     if path is None:
-        name = getattr(stream, "name", "the stored file")
-        raise SendError(f"{name} does not start with the File Meta Information the archive writes")
+        return _parsed_offset_in(stream)
     try:
         _, offset = split_dataset(path)
     except InvalidDicomError as exc:
         raise SendError(f"{path} has no DICOM file meta information: {exc}") from exc
     return int(offset)
+
+
+def _parsed_offset_in(stream: BinaryIO) -> int:
+    """Return the dataset offset of the file in ``stream`` by parsing its File Meta Information."""
+    name = getattr(stream, "name", "the stored file")
+    stream.seek(0)
+    head = stream.read(META_READ_LIMIT)
+    try:
+        part10 = split_part10(head)
+    except InvalidDatasetError as exc:
+        raise SendError(f"{name} has no DICOM file meta information: {exc}") from exc
+    # split_part10 also stops where the bytes end, which may be inside the meta.
+    if len(head) == META_READ_LIMIT and part10.dataset_offset + 8 > len(head):
+        raise SendError(
+            f"{name} has File Meta Information longer than {META_READ_LIMIT} bytes, "
+            "which the archive does not send"
+        )
+    return part10.dataset_offset

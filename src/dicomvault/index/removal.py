@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from sqlalchemy import Engine, case, delete, func, select
+from sqlalchemy import Engine, case, delete, func, or_, select
 
 from dicomvault.dicom.attributes import Level
 from dicomvault.index.files import IndexedFiles
 from dicomvault.index.hierarchy import prune_empty_parents
 from dicomvault.index.schema import instances, patients, series, studies
+from dicomvault.storage.in_bucket import IN_BUCKET_PREFIX
 from dicomvault.storage.in_place import IN_PLACE_PREFIX
 
 LOGGER = logging.getLogger(__name__)
@@ -113,7 +114,10 @@ def preview_removal(
     Returns None when the study is not indexed, or the series is not
     indexed in that study.
     """
-    in_place = instances.c.storage_key.startswith(IN_PLACE_PREFIX)
+    in_place = or_(
+        instances.c.storage_key.startswith(IN_PLACE_PREFIX),
+        instances.c.storage_key.startswith(IN_BUCKET_PREFIX),
+    )
     statement = (
         select(
             patients.c.patient_id,

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from sqlalchemy import Engine, case, func, select
+from sqlalchemy import Engine, case, func, or_, select
 
 from dicomvault.index.schema import instances, patients, series, studies
+from dicomvault.storage.in_bucket import IN_BUCKET_PREFIX
 from dicomvault.storage.in_place import IN_PLACE_PREFIX
 
 
@@ -15,7 +16,8 @@ class IndexUsage:
     """Entities in the index and the sizes of their files, in bytes.
 
     ``stored_*`` counts files in the archive's storage (received or
-    imported); ``in_place_*`` counts files indexed where they are.
+    imported); ``in_place_*`` counts files and bucket objects indexed
+    where they are.
     """
 
     patients: int
@@ -36,7 +38,10 @@ def count_usage(engine: Engine) -> IndexUsage:
     sqlalchemy.exc.SQLAlchemyError
         If the database fails.
     """
-    in_place = instances.c.storage_key.startswith(IN_PLACE_PREFIX)
+    in_place = or_(
+        instances.c.storage_key.startswith(IN_PLACE_PREFIX),
+        instances.c.storage_key.startswith(IN_BUCKET_PREFIX),
+    )
     with engine.connect() as connection:
         entity_counts = [
             connection.execute(select(func.count()).select_from(table)).scalar_one()

@@ -22,7 +22,11 @@ class Mode(enum.StrEnum):
 
 
 class FileJob(NamedTuple):
-    """A file to read, with the size and modification time the scan saw.
+    """A file or bucket object to read, with the size and modification time the scan saw.
+
+    For an object, ``path`` is its URL ``s3://bucket/key`` and ``etag`` the
+    ETag the listing gave, without quotes. The reader checks the size and
+    the ETag of an object but not ``mtime_ns``.
 
     For an object of a bucket, ``path`` is its s3:// URL, ``mtime_ns`` is 0
     and ``etag`` is the ETag the listing saw.
@@ -39,10 +43,12 @@ class FileJob(NamedTuple):
 
 @dataclasses.dataclass(frozen=True)
 class ReadOptions:
-    """Options of the workers: the mode, and the storage that imports go to.
+    """Options of the workers: the mode, the storage that imports go to, and the source buckets.
 
     Imported copies go to the folder ``storage_root``, or to the bucket of
-    ``s3`` when that is set (``storage_root`` is then unused). The settings
+    ``s3`` when that is set (``storage_root`` is then unused). ``source``
+    gives the endpoint, region and retry settings of the client that reads
+    objects of source buckets; jobs of objects need it. The settings
     hold no credentials: each worker finds them where the archive does.
     ``encryption`` is set when imported copies are encrypted. Each worker
     then reads the master key from the same key file or variable as the

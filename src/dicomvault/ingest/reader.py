@@ -1,8 +1,9 @@
-"""Read one file's header for indexing: the work each worker process does.
+"""Read one file's or bucket object's header for indexing: the work each worker process does.
 
 Everything here runs in worker processes, so the functions take and return
-plain picklable values and never touch the index database. A file is read
-whole, because only the whole byte stream shows whether it is truncated.
+plain picklable values and never touch the index database. A file or
+object is read whole, because only the whole byte stream shows whether it
+is truncated.
 """
 
 from __future__ import annotations
@@ -25,9 +26,19 @@ from dicomvault.dicom.header import (
     read_header,
 )
 from dicomvault.dicom.part10 import split_part10
+from dicomvault.ingest.bucket import (
+    BucketError,
+    ObjectChangedError,
+    ObjectNotFoundError,
+    is_bucket_url,
+    read_object,
+    source_client,
+    split_object_url,
+)
 from dicomvault.ingest.jobs import FileJob, Mode, ReadOptions
 from dicomvault.storage.base import Storage, StorageError
 from dicomvault.storage.filesystem import FilesystemStorage
+from dicomvault.storage.in_bucket import in_bucket_key
 from dicomvault.storage.in_place import in_place_key
 
 if TYPE_CHECKING:
@@ -45,7 +56,7 @@ class Outcome(enum.StrEnum):
     INSTANCE = "instance"  # read; ready to be indexed
     FAILED = "failed"  # not indexed, for the given ``reason``
     IGNORED = "ignored"  # a DICOMDIR, recognised and not indexed
-    CHANGED = "changed"  # size or modification time changed since the scan: read later
+    CHANGED = "changed"  # size, modification time or ETag changed since the scan: read later
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,10 +64,11 @@ class ReadResult:
     """The result of reading one file.
 
     For an instance, ``storage_key`` is where the index points: the in-place
-    key of the file itself, or the key of the copy written in import mode,
-    which the caller deletes if indexing fails. ``size`` is the size of the
-    file the key names. ``retry`` marks a failure of the file system rather
-    than of the file's content, which the next task tries again.
+    or in-bucket key of the file or object itself, or the key of the copy
+    written in import mode, which the caller deletes if indexing fails.
+    ``size`` is the size of the file the key names. ``retry`` marks a
+    failure of the file system or of the bucket rather than of the file's
+    content, which the next task tries again.
     """
 
     job: FileJob
@@ -68,7 +80,7 @@ class ReadResult:
     retry: bool = False
 
 
-_storages: dict[tuple[str, StorageSettings | None], Storage] = {}
+_storages: dict[tuple[str, StorageSettings | None, StorageSettings | None], Storage] = {}
 
 
 def read_files(jobs: list[FileJob], options: ReadOptions) -> list[ReadResult]:
@@ -88,22 +100,24 @@ def read_files(jobs: list[FileJob], options: ReadOptions) -> list[ReadResult]:
 
 
 def read_file(job: FileJob, options: ReadOptions) -> ReadResult:
-    """Read and check one file; in import mode, also copy it into the storage."""
+    """Read and check one file or bucket object; in import mode, also copy it into the storage.
+
+    A job whose path is an object URL (``s3://bucket/key``) is read with
+    GetObject through the client of ``options.source``, and must still
+    have the job's ETag and size. In place, its instance is indexed under
+    an in-bucket key (:mod:`dicomvault.storage.in_bucket`).
+
+    Raises
+    ------
+    ValueError
+        If the job is an object and ``options.source`` is None.
+    """
     # NOTE: the whole file is in memory while it is read, so a worker needs
     # as much memory as the largest file (multi-frame files may be gigabytes).
-    try:
-        with open(job.path, "rb") as file:
-            data = file.read()
-            status = os.fstat(file.fileno())
-    except OSError as exc:
-        reason = f"Cannot be read: {exc.strerror or exc}"
-        return ReadResult(job, Outcome.FAILED, reason, retry=True)
-    if (
-        status.st_size != job.size
-        or status.st_mtime_ns != job.mtime_ns
-        or len(data) != status.st_size
-    ):
-        return ReadResult(job, Outcome.CHANGED, "The file changed while it was read")
+    loaded = _read_object(job, options) if is_bucket_url(job.path) else _read_local_file(job)
+    if isinstance(loaded, ReadResult):
+        return loaded
+    data = loaded
     if not data:
         return ReadResult(job, Outcome.FAILED, "Empty file")
 
@@ -126,9 +140,50 @@ def read_file(job: FileJob, options: ReadOptions) -> ReadResult:
         return ReadResult(job, Outcome.IGNORED, DICOMDIR_REASON)
 
     if options.mode is Mode.IN_PLACE:
-        key = in_place_key(job.path)
+        if is_bucket_url(job.path):
+            key = in_bucket_key(*split_object_url(job.path))
+        else:
+            key = in_place_key(job.path)
         return ReadResult(job, Outcome.INSTANCE, header=header, storage_key=key, size=job.size)
     return _import(job, options, header, dataset)
+
+
+def _read_local_file(job: FileJob) -> bytes | ReadResult:
+    """Return the content of the file of ``job``, or the result if it cannot be indexed now."""
+    try:
+        with open(job.path, "rb") as file:
+            data = file.read()
+            status = os.fstat(file.fileno())
+    except OSError as exc:
+        reason = f"Cannot be read: {exc.strerror or exc}"
+        return ReadResult(job, Outcome.FAILED, reason, retry=True)
+    if (
+        status.st_size != job.size
+        or status.st_mtime_ns != job.mtime_ns
+        or len(data) != status.st_size
+    ):
+        return ReadResult(job, Outcome.CHANGED, "The file changed while it was read")
+    return data
+
+
+def _read_object(job: FileJob, options: ReadOptions) -> bytes | ReadResult:
+    """Return the content of the object of ``job``, or the result if it cannot be indexed now."""
+    if options.source is None:
+        raise ValueError(
+            f"Cannot read {job.path}: the read options have no source settings for buckets"
+        )
+    bucket, key = split_object_url(job.path)
+    try:
+        return read_object(source_client(options.source), bucket, key, job.etag, job.size)
+    except ObjectChangedError:
+        return ReadResult(job, Outcome.CHANGED, "The object changed while it was read")
+    except ObjectNotFoundError:
+        # With retry set, no state is kept for the key, so the next task
+        # reads an object uploaded again under it.
+        reason = "The object was deleted after the bucket was listed"
+        return ReadResult(job, Outcome.FAILED, reason, retry=True)
+    except BucketError as exc:
+        return ReadResult(job, Outcome.FAILED, str(exc), retry=True)
 
 
 def _describe(dataset: bytes, transfer_syntax_uid: str) -> InstanceHeader:
@@ -175,7 +230,7 @@ def import_storage(options: ReadOptions) -> Storage:
 
     The parent process checked the bucket and the keys before the workers started.
     """
-    cache_key = (options.storage_root, options.s3)
+    cache_key = (options.storage_root, options.s3, options.source)
     storage = _storages.get(cache_key)
     if storage is None:
         storage = _storages[cache_key] = _open_storage(options)
@@ -191,7 +246,7 @@ def _open_storage(options: ReadOptions) -> Storage:
 
         inner = S3Storage(options.s3)
     else:
-        inner = FilesystemStorage(options.storage_root)
+        inner = FilesystemStorage(options.storage_root, options.source)
     if options.encryption is None:
         return inner
 

@@ -28,7 +28,9 @@ class Storage(Protocol):
 
     Keys of the form ``inplace:/absolute/path`` (see
     :mod:`dicomvault.storage.in_place`) reference files indexed where they
-    are. Back-ends open them but never write or delete them.
+    are, and keys of the form ``inbucket:bucket/object-key`` (see
+    :mod:`dicomvault.storage.in_bucket`) objects indexed where they are in
+    an S3 bucket. Back-ends open them but never write or delete them.
     """
 
     def put(self, key: str, chunks: Iterable[bytes]) -> int:

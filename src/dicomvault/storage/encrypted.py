@@ -17,7 +17,7 @@ from dicomvault.encryption.object_format import (
     seal_chunks,
 )
 from dicomvault.storage.filesystem import FilesystemStorage
-from dicomvault.storage.in_place import is_in_place_key
+from dicomvault.storage.in_bucket import is_indexed_in_place
 
 if TYPE_CHECKING:
     from dicomvault.storage.s3 import S3Storage
@@ -31,8 +31,8 @@ class EncryptedStorage:
     Each object gets a new data key, wrapped under the provider's current
     master key. :meth:`open` returns a seekable stream of the plaintext.
 
-    Files indexed in place are read as they are and never encrypted, because
-    the archive never modifies them. Objects stored before encryption was
+    Files and bucket objects indexed in place are read as they are and never
+    encrypted, because the archive never modifies them. Objects stored before encryption was
     turned on are plaintext. They are read as they are while
     ``accept_plaintext`` is True, which the key record keeps until
     ``dicomvault keys rotate`` has encrypted them. After that, a plaintext
@@ -87,7 +87,7 @@ class EncryptedStorage:
         Raises
         ------
         ValueError
-            If ``key`` is an in-place key.
+            If ``key`` is an in-place or in-bucket key.
         StorageFullError, StorageError
             As the inner storage's ``put``.
         """
@@ -107,7 +107,7 @@ class EncryptedStorage:
             or it is plaintext while plaintext objects are not accepted.
         """
         file = self.inner.open(key)
-        if is_in_place_key(key):
+        if is_indexed_in_place(key):
             return file
         try:
             prefix = file.read(len(MAGIC))
@@ -126,8 +126,8 @@ class EncryptedStorage:
             raise
 
     def plain_path(self, key: str) -> Path | None:
-        """Return the path of an in-place file; None for stored objects, which are encrypted."""
-        if is_in_place_key(key):
+        """Return the path of an in-place file; None for other objects, encrypted or remote."""
+        if is_indexed_in_place(key):
             return self.inner.plain_path(key)
         return None
 

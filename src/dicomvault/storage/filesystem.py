@@ -10,10 +10,22 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
+from dicomvault.config import StorageSettings
 from dicomvault.storage.base import StorageError, StorageFullError, check_stored_key
+from dicomvault.storage.in_bucket import (
+    in_bucket_exists,
+    is_in_bucket_key,
+    is_indexed_in_place,
+    open_in_bucket,
+    read_in_bucket_prefix,
+    source_client,
+)
 from dicomvault.storage.in_place import in_place_path
+
+if TYPE_CHECKING:
+    from types_boto3_s3 import S3Client
 
 LOGGER = logging.getLogger(__name__)
 
@@ -28,12 +40,18 @@ class FilesystemStorage:
     with fsync, renames it into place and fsyncs the parent folder, so a
     crash leaves either the complete file or none (plus a temporary file that
     :meth:`remove_temporary_files` cleans up at start-up).
+
+    Objects indexed in place in a bucket (``inbucket:`` keys, see
+    :mod:`dicomvault.storage.in_bucket`) are read through an S3 client of
+    the endpoint, region and retry settings of ``source``, built at the
+    first such read. Without ``source`` they cannot be read.
     """
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, source: StorageSettings | None = None) -> None:
         self.root = Path(root)
         self.temp_dir = self.root / TEMP_DIR_NAME
         self.temp_dir.mkdir(parents=True, exist_ok=True)
+        self.source = source
 
     @property
     def location(self) -> str:
@@ -60,8 +78,8 @@ class FilesystemStorage:
         Raises
         ------
         ValueError
-            If the key is neither an in-place key nor a relative name of
-            safe characters.
+            If the key is an in-bucket key, which names no file, or neither
+            an in-place key nor a relative name of safe characters.
         """
         referenced = in_place_path(key)
         if referenced is not None:
@@ -75,9 +93,10 @@ class FilesystemStorage:
         Raises
         ------
         ValueError
-            If ``key`` is an in-place key: the archive never writes those files.
+            If ``key`` is an in-place or in-bucket key: the archive never
+            writes those files.
         """
-        if in_place_path(key) is not None:
+        if is_indexed_in_place(key):
             raise ValueError(f"Cannot write {key}: in-place files are never modified")
         path = self.path_for(key)
         temp_path = self.temp_dir / f"{uuid.uuid4().hex}.part"
@@ -108,27 +127,69 @@ class FilesystemStorage:
         return size
 
     def open(self, key: str) -> BinaryIO:
-        """Open the file of ``key`` for reading."""
+        """Open the file or in-bucket object of ``key`` for reading.
+
+        Raises
+        ------
+        FileNotFoundError
+            If the file or object does not exist.
+        StorageError
+            If an in-bucket object cannot be read, or this storage has no
+            ``source`` settings to reach its bucket.
+        """
+        if is_in_bucket_key(key):
+            return open_in_bucket(self._source_client(key), key)
         return self.path_for(key).open("rb")
 
-    def plain_path(self, key: str) -> Path:
-        """Return the path of the file of ``key``, which contains the object's bytes."""
+    def read_prefix(self, key: str, size: int) -> bytes:
+        """Return the first ``size`` bytes of the file or in-bucket object of ``key``.
+
+        Raises
+        ------
+        FileNotFoundError, StorageError
+            As :meth:`open`.
+        """
+        if is_in_bucket_key(key):
+            return read_in_bucket_prefix(self._source_client(key), key, size)
+        with self.path_for(key).open("rb") as file:
+            return file.read(size)
+
+    def plain_path(self, key: str) -> Path | None:
+        """Return the path of the file of ``key``; None for an in-bucket object, which is remote."""
+        if is_in_bucket_key(key):
+            return None
         return self.path_for(key)
 
     def delete(self, key: str) -> None:
         """Remove the file of ``key``; a missing file is not an error.
 
-        An in-place key is left alone: the archive never deletes files that it
-        indexed where they are.
+        An in-place or in-bucket key is left alone: the archive never
+        deletes files or objects that it indexed where they are.
         """
-        if in_place_path(key) is not None:
-            LOGGER.debug("Not deleting in-place file %s", key)
+        if is_indexed_in_place(key):
+            LOGGER.debug("Not deleting %s: it was indexed in place", key)
             return
         _remove_quietly(self.path_for(key))
 
     def exists(self, key: str) -> bool:
-        """Return whether the file of ``key`` exists."""
+        """Return whether the file of ``key`` exists; for an in-bucket key, by a HEAD request.
+
+        Raises
+        ------
+        StorageError
+            If S3 cannot tell whether an in-bucket object exists.
+        """
+        if is_in_bucket_key(key):
+            return in_bucket_exists(self._source_client(key), key)
         return self.path_for(key).is_file()
+
+    def _source_client(self, key: str) -> S3Client:
+        if self.source is None:
+            raise StorageError(
+                f"Cannot read {key}: the storage {self.root} was opened without the S3 "
+                "settings that reach source buckets"
+            )
+        return source_client(self.source)
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the key of every stored object, in no particular order.

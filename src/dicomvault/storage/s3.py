@@ -29,8 +29,21 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from dicomvault.config import StorageSettings
 from dicomvault.storage.base import StorageError, StorageFullError, check_stored_key
+from dicomvault.storage.in_bucket import (
+    in_bucket_exists,
+    is_in_bucket_key,
+    is_indexed_in_place,
+    open_in_bucket,
+    read_in_bucket_prefix,
+)
 from dicomvault.storage.in_place import in_place_path
-from dicomvault.storage.s3_reader import NOT_FOUND_CODES, error_code, fetch_range, open_object
+from dicomvault.storage.s3_reader import (
+    NOT_FOUND_CODES,
+    error_code,
+    fetch_range,
+    object_exists,
+    open_object,
+)
 
 if TYPE_CHECKING:
     from types_boto3_s3 import S3Client
@@ -88,7 +101,9 @@ class S3Storage:
     ranged GET requests (see :mod:`dicomvault.storage.s3_reader`).
 
     Files indexed in place (``inplace:`` keys) are opened from the local
-    file system, and never written or deleted.
+    file system, and objects indexed in place in a bucket (``inbucket:``
+    keys, see :mod:`dicomvault.storage.in_bucket`) through this storage's
+    client. Neither is ever written or deleted.
 
     Parameters
     ----------
@@ -182,13 +197,13 @@ class S3Storage:
         Raises
         ------
         ValueError
-            If ``key`` is an in-place key, or not a stored key.
+            If ``key`` is an in-place or in-bucket key, or not a stored key.
         StorageFullError
             If an S3-compatible server reports that it or the bucket's quota is full.
         StorageError
             On any other failure, after the SDK's retries.
         """
-        if in_place_path(key) is not None:
+        if is_indexed_in_place(key):
             raise ValueError(f"Cannot write {key}: in-place files are never modified")
         name = self.object_name(key)
         upload: _MultipartUpload | None = None
@@ -239,6 +254,8 @@ class S3Storage:
         path = in_place_path(key)
         if path is not None:
             return path.open("rb")
+        if is_in_bucket_key(key):
+            return open_in_bucket(self.client, key)
         return open_object(self.client, self.bucket, self.object_name(key), key)
 
     def read_prefix(self, key: str, size: int) -> bytes:
@@ -249,21 +266,27 @@ class S3Storage:
         FileNotFoundError, StorageError
             As :meth:`open`.
         """
+        path = in_place_path(key)
+        if path is not None:
+            with path.open("rb") as file:
+                return file.read(size)
+        if is_in_bucket_key(key):
+            return read_in_bucket_prefix(self.client, key, size)
         return fetch_range(self.client, self.bucket, self.object_name(key), key, 0, size)
 
     def plain_path(self, key: str) -> Path | None:
-        """Return the path of an in-place file; None for stored objects, which are remote."""
+        """Return the path of an in-place file; None for objects, which are remote."""
         return in_place_path(key)
 
     def delete(self, key: str) -> None:
         """Remove the object of ``key``; a missing object is not an error.
 
-        An in-place key is left alone. A failure is logged and not raised,
-        as filesystem storage does, because the index no longer lists the
-        object.
+        An in-place or in-bucket key is left alone. A failure is logged and
+        not raised, as filesystem storage does, because the index no longer
+        lists the object.
         """
-        if in_place_path(key) is not None:
-            LOGGER.debug("Not deleting in-place file %s", key)
+        if is_indexed_in_place(key):
+            LOGGER.debug("Not deleting %s: it was indexed in place", key)
             return
         name = self.object_name(key)
         try:
@@ -282,16 +305,9 @@ class S3Storage:
         path = in_place_path(key)
         if path is not None:
             return path.is_file()
-        name = self.object_name(key)
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=name)
-        except ClientError as exc:
-            if error_code(exc) in NOT_FOUND_CODES:
-                return False
-            raise StorageError(f"Cannot look up s3://{self.bucket}/{name}: {exc}") from exc
-        except BotoCoreError as exc:
-            raise StorageError(f"Cannot look up s3://{self.bucket}/{name}: {exc}") from exc
-        return True
+        if is_in_bucket_key(key):
+            return in_bucket_exists(self.client, key)
+        return object_exists(self.client, self.bucket, self.object_name(key))
 
     def iter_keys(self) -> Iterator[str]:
         """Yield the key of every stored object under the prefix, in name order.

@@ -227,6 +227,26 @@ def fetch_range(
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
+def object_exists(client: S3Client, bucket: str, object_name: str) -> bool:
+    """Return whether ``bucket`` has an object named ``object_name``, by a HEAD request.
+
+    Raises
+    ------
+    StorageError
+        If S3 cannot tell, such as when access is denied.
+    """
+    where = f"s3://{bucket}/{object_name}"
+    try:
+        client.head_object(Bucket=bucket, Key=object_name)
+    except ClientError as exc:
+        if error_code(exc) in NOT_FOUND_CODES:
+            return False
+        raise StorageError(f"Cannot look up {where}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise StorageError(f"Cannot look up {where}: {exc}") from exc
+    return True
+
+
 def error_code(exc: ClientError) -> str:
     """Return the S3 error code of ``exc``, such as NoSuchKey, or the HTTP status as text."""
     error = exc.response.get("Error", {})

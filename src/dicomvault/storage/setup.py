@@ -46,9 +46,10 @@ def open_storage(
 ) -> FilesystemStorage | S3Storage | EncryptedStorage:
     """Open the configured storage, encrypted when encryption is on.
 
-    Filesystem storage is the folder ``storage`` of the data directory.
-    S3 storage is the configured bucket and prefix; the bucket must exist
-    and the credentials must allow access to it.
+    Filesystem storage is the folder ``storage`` of the data directory; it
+    reads objects indexed in place in a bucket with the S3 endpoint, region
+    and retry settings. S3 storage is the configured bucket and prefix; the
+    bucket must exist and the credentials must allow access to it.
 
     With encryption on, the key record is created or checked, and the
     current key is added to it. The record of a storage without
@@ -136,7 +137,7 @@ def _open_inner(settings: Settings) -> FilesystemStorage | S3Storage:
             raise StorageSetupError(str(exc)) from None
         return storage
     try:
-        return FilesystemStorage(settings.data_dir / STORAGE_FOLDER)
+        return FilesystemStorage(settings.data_dir / STORAGE_FOLDER, settings.storage)
     except OSError as exc:
         raise StorageSetupError(
             f"Cannot use data directory {settings.data_dir}: {exc.strerror or exc}"
