@@ -120,7 +120,9 @@ def admin_page(browser: Browser, admin_server: AdminServer) -> Iterator[Page]:
 def test_indexing_task_finishes(admin_page: Page, admin_server: AdminServer) -> None:
     page = admin_page
     page.goto("/console/admin/tasks")
-    page.get_by_label("Folder or s3://bucket/prefix", exact=True).fill(str(admin_server.import_folder))
+    page.get_by_label("Folder or s3://bucket/prefix", exact=True).fill(
+        str(admin_server.import_folder)
+    )
     page.get_by_label("Mode", exact=True).select_option("import")
     page.get_by_role("button", name="Start indexing").click()
 

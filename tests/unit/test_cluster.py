@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import Engine, select
 
 from dicomvault.cluster.leases import LeaseStore
-from dicomvault.index.chunks import ChunkLostError, ChunkQueue, ListedPage, MAX_ATTEMPTS
+from dicomvault.index.chunks import MAX_ATTEMPTS, ChunkLostError, ChunkQueue, ListedPage
 from dicomvault.index.schema import ingest_tasks
 from dicomvault.index.tasks import TaskStore
 
@@ -52,9 +52,7 @@ def bucket_task(engine: Engine, objects: int, per_chunk: int) -> int:
 
 def task_counts(engine: Engine, task_id: int) -> tuple[int, int, int, int]:
     with engine.connect() as connection:
-        row = connection.execute(
-            select(ingest_tasks).where(ingest_tasks.c.pk == task_id)
-        ).one()
+        row = connection.execute(select(ingest_tasks).where(ingest_tasks.c.pk == task_id)).one()
     return row.files_found, row.files_skipped, row.files_indexed, row.files_failed
 
 

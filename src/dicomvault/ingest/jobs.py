@@ -52,8 +52,7 @@ class ReadOptions:
     hold no credentials: each worker finds them where the archive does.
     ``encryption`` is set when imported copies are encrypted. Each worker
     then reads the master key from the same key file or variable as the
-    archive. ``source`` holds the endpoint and region settings that reach
-    the buckets objects are indexed from.
+    archive.
     """
 
     mode: Mode
