@@ -236,6 +236,8 @@ def _parse_secret_list(value: Any) -> list[str]:
 # lowercase letters, digits, dots and hyphens, starting and ending with a letter or digit.
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 SERVER_SIDE_ENCRYPTION_CHOICES = ("", "AES256", "aws:kms", "aws:kms:dsse")
+# Values of encryption.provider: where the master keys of encryption at rest are.
+KEY_PROVIDERS = ("local", "aws-kms")
 _S3_PREFIX_RE = re.compile(r"^[A-Za-z0-9!_.*'()-]+(/[A-Za-z0-9!_.*'()-]+)*/?$")
 
 
@@ -316,6 +318,40 @@ def _parse_kms_key_id(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"must be a KMS key id, alias or ARN as a string, got {value!r}")
     return value.strip()
+
+
+# A KMS key id (a UUID, or mrk- and 32 hexadecimal digits for a multi-Region key),
+# an alias name (alias/NAME), or the ARN of either.
+_KMS_KEY_RE = re.compile(
+    r"^(arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:(key/[A-Za-z0-9-]+|alias/[A-Za-z0-9/_-]+)"
+    r"|alias/[A-Za-z0-9/_-]+|[A-Za-z0-9-]+)$"
+)
+
+
+def _parse_kms_master_key(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"must be a KMS key id, alias name or ARN as a string, got {value!r}")
+    text = value.strip()
+    if text and (len(text) > 2048 or not _KMS_KEY_RE.match(text)):
+        raise ValueError(
+            "must be empty or a KMS key id, alias name or ARN, such as "
+            "1234abcd-12ab-34cd-56ef-1234567890ab, alias/dicomvault or "
+            f"arn:aws:kms:eu-central-1:111122223333:key/1234abcd-..., got {value!r}"
+        )
+    return text
+
+
+def _parse_kms_master_key_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        items = [item.strip() for item in value.split(",") if item.strip()]
+    elif isinstance(value, list):
+        items = [item.strip() if isinstance(item, str) else item for item in value]
+    else:
+        raise ValueError(f"must be a list of KMS key ids, alias names or ARNs, got {value!r}")
+    for item in items:
+        if not item:
+            raise ValueError("must not contain an empty KMS key id")
+    return [_parse_kms_master_key(item) for item in items]
 
 
 def _parse_issuer(value: Any) -> str:
@@ -830,6 +866,63 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         env_only=True,
     ),
     SettingDefinition(
+        "encryption",
+        "provider",
+        _parse_choice(*KEY_PROVIDERS),
+        "local",
+        "where the master keys are: local (encryption.key_file or DICOMVAULT_ENCRYPTION_KEY) "
+        "or aws-kms (the AWS KMS key encryption.kms_key_id wraps the data keys)",
+    ),
+    SettingDefinition(
+        "encryption",
+        "kms_key_id",
+        _parse_kms_master_key,
+        "",
+        "KMS key id, alias name or ARN of the current master key, a symmetric encryption "
+        "key; required with encryption.provider = aws-kms",
+    ),
+    SettingDefinition(
+        "encryption",
+        "kms_previous_key_ids",
+        _parse_kms_master_key_list,
+        [],
+        "KMS key ids, alias names or ARNs of earlier master keys, comma-separated in the "
+        "environment, needed to read files whose data keys 'dicomvault keys rotate' has "
+        "not yet wrapped under the current key",
+    ),
+    SettingDefinition(
+        "encryption",
+        "kms_endpoint_url",
+        _parse_endpoint_url,
+        "",
+        "URL of a KMS-compatible server, such as http://127.0.0.1:4566; empty uses "
+        "AWS_ENDPOINT_URL_KMS or AWS_ENDPOINT_URL if set, else AWS",
+    ),
+    SettingDefinition(
+        "encryption",
+        "kms_region",
+        _parse_region,
+        "",
+        "region of the KMS keys, such as eu-central-1; empty uses AWS_REGION, "
+        "AWS_DEFAULT_REGION or the profile's region",
+    ),
+    SettingDefinition(
+        "encryption",
+        "kms_max_attempts",
+        _parse_int_range(1, 20),
+        5,
+        "attempts of one KMS request, the first included, before it fails; throttling, "
+        "server errors and connection errors are retried with exponential backoff",
+    ),
+    SettingDefinition(
+        "encryption",
+        "kms_retry_mode",
+        _parse_choice("standard", "adaptive"),
+        "standard",
+        "retry mode of the AWS SDK for KMS requests: standard, or adaptive, which also "
+        "slows down the request rate while KMS throttles",
+    ),
+    SettingDefinition(
         "auth",
         "local_login",
         _parse_bool,
@@ -1052,6 +1145,13 @@ class EncryptionSettings:
     key: str = dataclasses.field(repr=False)
     previous_key_files: list[str] = dataclasses.field(default_factory=list)
     previous_keys: list[str] = dataclasses.field(default_factory=list, repr=False)
+    provider: str = "local"
+    kms_key_id: str = ""
+    kms_previous_key_ids: list[str] = dataclasses.field(default_factory=list)
+    kms_endpoint_url: str = ""
+    kms_region: str = ""
+    kms_max_attempts: int = 5
+    kms_retry_mode: str = "standard"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1326,32 +1426,59 @@ def _is_loopback(host: str) -> bool:
 def _check_encryption(values: Mapping[str, Any], where: Callable[[str], str]) -> None:
     if "encryption.enabled" not in values:
         return  # saved settings, which never contain encryption settings
-    key_file, key = values["encryption.key_file"], values["encryption.key"]
-    if values["encryption.enabled"]:
-        if not key_file and not key:
-            raise ConfigError(
-                f"Invalid settings: {where('encryption.enabled')} is true, so a master key is "
-                "required in 'encryption.key_file' or DICOMVAULT_ENCRYPTION_KEY; "
-                "'dicomvault keys generate FILE' writes a key file"
-            )
-        if key_file and key:
-            raise ConfigError(
-                f"Invalid settings: both {where('encryption.key_file')} and "
-                "DICOMVAULT_ENCRYPTION_KEY name a current master key; set only one of them"
-            )
+    if not values["encryption.enabled"]:
+        for definition in SETTINGS:
+            name = definition.name
+            if definition.section == "encryption" and values[name] != definition.default:
+                raise ConfigError(
+                    f"Invalid settings: {where(name)} is set but 'encryption.enabled' is "
+                    "false, so stored files would not be encrypted; set encryption.enabled = "
+                    "true, or remove the setting"
+                )
         return
-    names = (
-        "encryption.key_file",
-        "encryption.key",
-        "encryption.previous_key_files",
-        "encryption.previous_keys",
-    )
-    for name in names:
+    if values["encryption.provider"] == "aws-kms":
+        _check_kms_encryption(values, where)
+        return
+
+    key_file, key = values["encryption.key_file"], values["encryption.key"]
+    if not key_file and not key:
+        raise ConfigError(
+            f"Invalid settings: {where('encryption.enabled')} is true, so a master key is "
+            "required in 'encryption.key_file' or DICOMVAULT_ENCRYPTION_KEY; "
+            "'dicomvault keys generate FILE' writes a key file"
+        )
+    if key_file and key:
+        raise ConfigError(
+            f"Invalid settings: both {where('encryption.key_file')} and "
+            "DICOMVAULT_ENCRYPTION_KEY name a current master key; set only one of them"
+        )
+    for definition in SETTINGS:
+        name = definition.name
+        if name.startswith("encryption.kms_") and values[name] != definition.default:
+            raise ConfigError(
+                f"Invalid settings: {where(name)} is set but 'encryption.provider' is local, "
+                'so no KMS key would be used; set encryption.provider = "aws-kms", or '
+                "remove the setting"
+            )
+
+
+def _check_kms_encryption(values: Mapping[str, Any], where: Callable[[str], str]) -> None:
+    """Check the settings of encryption at rest with encryption.provider = aws-kms."""
+    if not values["encryption.kms_key_id"]:
+        raise ConfigError(
+            f"Invalid settings: {where('encryption.provider')} is aws-kms, so "
+            "'encryption.kms_key_id' is required; set it to the id, alias name or ARN of a "
+            "symmetric KMS key"
+        )
+    # Earlier local keys stay allowed, so that an archive can move from a local
+    # key to a KMS key by rotation.
+    for name in ("encryption.key_file", "encryption.key"):
         if values[name]:
             raise ConfigError(
-                f"Invalid settings: {where(name)} is set but 'encryption.enabled' is false, "
-                "so stored files would not be encrypted; set encryption.enabled = true, or "
-                "remove the key setting"
+                f"Invalid settings: {where(name)} is set but {where('encryption.provider')} "
+                "is aws-kms, whose current master key is encryption.kms_key_id; remove the "
+                "setting, or list a local key that stored files still need in "
+                "encryption.previous_key_files"
             )
 
 

@@ -93,12 +93,14 @@ def keys_rotate(
 ) -> None:
     """Wrap the data key of every stored file under the current master key.
 
-    First make the new key current (encryption.key_file), list the old key
-    in encryption.previous_key_files, and restart the server. Rotation can
-    then run while the server serves. Files stored before encryption was
-    turned on are encrypted. An interrupted run can be started again. When
-    no file fails, the key record drops the earlier keys, which can then be
-    removed from the settings.
+    First make the new key current (encryption.key_file, or
+    encryption.kms_key_id with AWS KMS), list the old key in
+    encryption.previous_key_files (or encryption.kms_previous_key_ids), and
+    restart the server. Rotation can then run while the server serves.
+    Files stored before encryption was turned on are encrypted. An
+    interrupted run can be started again. When no file fails, the key
+    record drops the earlier keys, which can then be removed from the
+    settings.
     """
     settings = _settings(config, data_dir)
     configure_logging("DEBUG" if verbose else "WARNING", settings.logging.format)
@@ -106,7 +108,8 @@ def keys_rotate(
     if not settings.encryption.enabled:
         raise _fail(
             "Encryption is off; set encryption.enabled = true and the new master key in "
-            "encryption.key_file (or DICOMVAULT_ENCRYPTION_KEY) first"
+            "encryption.key_file (or DICOMVAULT_ENCRYPTION_KEY), or in encryption.kms_key_id "
+            'with encryption.provider = "aws-kms", first'
         )
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -129,13 +132,14 @@ def _rotate(settings: Settings, serving: bool) -> None:
     except (StorageSetupError, KeyRecordError) as exc:
         raise _fail(str(exc), code=1) from None
     assert isinstance(storage, EncryptedStorage) and record is not None
-    current = storage.provider.current_key_id
+    provider = storage.provider
+    current = provider.current_key_id
     if not serving and record.current_key_id and record.current_key_id != current:
         raise _fail(
             f"The running server seals new files under master key {record.current_key_id}, "
-            f"but encryption.key_file names master key {current}. Restart the server with "
-            "the new key as encryption.key_file and the old one in "
-            "encryption.previous_key_files, then rotate",
+            f"but {provider.current_key_setting} names master key {current}. Restart the "
+            f"server with the new key in {provider.current_key_setting} and the old one in "
+            f"{provider.earlier_key_setting(record.current_key_id)}, then rotate",
             code=1,
         )
     storage.accept_plaintext = True  # files stored before encryption get encrypted
@@ -158,10 +162,11 @@ def _rotate(settings: Settings, serving: bool) -> None:
     dropped = finish_rotation(storage, record)
     typer.echo(f"Every stored file is now encrypted under master key {current}.")
     if dropped:
+        settings_to_edit = sorted({provider.earlier_key_setting(key_id) for key_id in dropped})
         typer.echo(
             f"Master keys no longer needed: {', '.join(dropped)}. Remove them from "
-            "encryption.previous_key_files (or DICOMVAULT_ENCRYPTION_PREVIOUS_KEYS) before "
-            "the next start, and destroy them once no backup needs them."
+            f"{' and '.join(settings_to_edit)} before the next start, and destroy them once "
+            "no backup needs them."
         )
 
 
@@ -203,7 +208,8 @@ def _summary(report: RotationReport) -> str:
 def keys_status(config: ConfigOption = None, data_dir: DataDirOption = None) -> None:
     """Show the configured master keys, the key record, and the stored files per key.
 
-    Reads only file headers; it needs no key and decrypts nothing.
+    Reads only file headers and decrypts nothing. With AWS KMS it checks
+    each configured key with a DescribeKey request.
     """
     settings = _settings(config, data_dir)
     _require_filesystem(settings, "status")
@@ -217,6 +223,7 @@ def keys_status(config: ConfigOption = None, data_dir: DataDirOption = None) -> 
             typer.echo(f"Encryption: on; current master key {provider.current_key_id}")
             for key_id in provider.key_ids[1:]:
                 typer.echo(f"Earlier master key: {key_id}")
+            typer.echo(f"Key provider: {provider.describe()}")
         except KeySetupError as exc:
             typer.echo(f"Encryption: on, but the keys cannot be read: {exc}")
     else:

@@ -1,8 +1,8 @@
-"""moto's S3-compatible server, run as a separate process on a loopback port for the tests.
+"""moto's AWS server, run as a separate process on a loopback port for the tests.
 
-moto (``moto[server]``) implements the S3 API over HTTP and keeps the objects
-in memory. It is the stand-in for a real bucket: the tests never reach AWS or
-any address other than loopback.
+moto (``moto[server]``) implements the S3 and KMS APIs over HTTP and keeps
+the objects and keys in memory. It is the stand-in for a real bucket and for
+AWS KMS: the tests never reach AWS or any address other than loopback.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ AWS_VARIABLES_REMOVED = (
     "AWS_REGION",
     "AWS_ENDPOINT_URL",
     "AWS_ENDPOINT_URL_S3",
+    "AWS_ENDPOINT_URL_KMS",
     "AWS_ROLE_ARN",
     "AWS_WEB_IDENTITY_TOKEN_FILE",
     "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
@@ -153,6 +154,33 @@ class MotoServer:
             config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
         )
 
+    def kms_client(self) -> Any:
+        """Return a boto3 KMS client of this server, with one attempt per request."""
+        return boto3.client(
+            "kms",
+            endpoint_url=self.endpoint_url,
+            region_name=REGION,
+            config=Config(retries={"mode": "standard", "total_max_attempts": 1}),
+        )
+
+    def new_kms_key(self, alias: str = "") -> str:
+        """Create a symmetric encryption key, and the alias ``alias`` if given; return its ARN."""
+        client = self.kms_client()
+        metadata = client.create_key(Description="dicomvault test master key")["KeyMetadata"]
+        if alias:
+            client.create_alias(AliasName=alias, TargetKeyId=metadata["KeyId"])
+        arn: str = metadata["Arn"]
+        return arn
+
+    def disable_kms_key(self, arn: str) -> None:
+        """Disable the KMS key ``arn``."""
+        # moto 5.2 finds keys to disable by key id only, not by ARN.
+        self.kms_client().disable_key(KeyId=arn.rsplit("/", 1)[-1])
+
+    def schedule_kms_key_deletion(self, arn: str) -> None:
+        """Schedule the deletion of the KMS key ``arn`` in 7 days, the shortest wait."""
+        self.kms_client().schedule_key_deletion(KeyId=arn.rsplit("/", 1)[-1], PendingWindowInDays=7)
+
     def new_bucket(self) -> str:
         """Create a bucket with a new random name and return the name."""
         name = f"test-{uuid.uuid4().hex[:16]}"
@@ -200,6 +228,20 @@ def source_settings(moto_server: MotoServer, data_dir: Path, **extra: Any) -> St
     """
     settings = load_settings(environ={}, overrides={"storage.data_dir": str(data_dir)})
     return dataclasses.replace(settings.storage, s3_endpoint_url=moto_server.endpoint_url, **extra)
+
+
+def kms_encryption_config(moto_server: MotoServer, key_id: str, *previous: str) -> str:
+    """Return the TOML that turns encryption at rest on with the KMS key ``key_id`` of moto."""
+    listed = ", ".join(f'"{item}"' for item in previous)
+    return (
+        "[encryption]\n"
+        "enabled = true\n"
+        'provider = "aws-kms"\n'
+        f'kms_key_id = "{key_id}"\n'
+        f"kms_previous_key_ids = [{listed}]\n"
+        f'kms_endpoint_url = "{moto_server.endpoint_url}"\n'
+        "kms_max_attempts = 2\n"
+    )
 
 
 class RangeRecorder:

@@ -764,6 +764,7 @@ class TestTLSSettings:
 
 
 KEY_HEX = "00112233445566778899aabbccddeeff" * 2
+KMS_ARN = "arn:aws:kms:eu-central-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
 
 
 class TestEncryptionSettings:
@@ -819,7 +820,7 @@ class TestEncryptionSettings:
         assert str(raised.value) == (
             "Invalid settings: 'encryption.key' (DICOMVAULT_ENCRYPTION_KEY) is set but "
             "'encryption.enabled' is false, so stored files would not be encrypted; set "
-            "encryption.enabled = true, or remove the key setting"
+            "encryption.enabled = true, or remove the setting"
         )
 
     def test_keys_masked_in_description(self) -> None:
@@ -837,6 +838,123 @@ class TestEncryptionSettings:
         assert rows["encryption.previous_keys"][0] == "********"
         assert KEY_HEX not in repr(settings)
         assert KEY_HEX[::-1] not in repr(settings)
+
+    def test_kms_settings_from_environment(self) -> None:
+        environ = {
+            "DICOMVAULT_ENCRYPTION_ENABLED": "true",
+            "DICOMVAULT_ENCRYPTION_PROVIDER": "AWS-KMS",
+            "DICOMVAULT_ENCRYPTION_KMS_KEY_ID": "alias/dicomvault",
+            "DICOMVAULT_ENCRYPTION_KMS_PREVIOUS_KEY_IDS": (
+                f"{KMS_ARN}, 1234abcd-12ab-34cd-56ef-1234567890ab"
+            ),
+            "DICOMVAULT_ENCRYPTION_KMS_ENDPOINT_URL": "http://127.0.0.1:4566/",
+            "DICOMVAULT_ENCRYPTION_KMS_REGION": "eu-central-1",
+            "DICOMVAULT_ENCRYPTION_KMS_MAX_ATTEMPTS": "8",
+            "DICOMVAULT_ENCRYPTION_KMS_RETRY_MODE": "adaptive",
+        }
+
+        encryption = load_settings(environ=environ).encryption
+
+        assert encryption.provider == "aws-kms"
+        assert encryption.kms_key_id == "alias/dicomvault"
+        assert encryption.kms_previous_key_ids == [
+            KMS_ARN,
+            "1234abcd-12ab-34cd-56ef-1234567890ab",
+        ]
+        assert encryption.kms_endpoint_url == "http://127.0.0.1:4566"
+        assert encryption.kms_region == "eu-central-1"
+        assert encryption.kms_max_attempts == 8
+        assert encryption.kms_retry_mode == "adaptive"
+
+    def test_kms_provider_needs_key_id(self, tmp_path: Path) -> None:
+        path = write_config(tmp_path, '[encryption]\nenabled = true\nprovider = "aws-kms"\n')
+
+        with pytest.raises(ConfigError) as raised:
+            load_settings(path, environ={})
+
+        assert str(raised.value) == (
+            f"Invalid settings: 'encryption.provider' (file {path}) is aws-kms, so "
+            "'encryption.kms_key_id' is required; set it to the id, alias name or ARN of a "
+            "symmetric KMS key"
+        )
+
+    def test_key_file_with_kms_provider_rejected(self, tmp_path: Path) -> None:
+        path = write_config(
+            tmp_path,
+            '[encryption]\nenabled = true\nprovider = "aws-kms"\n'
+            'kms_key_id = "alias/dicomvault"\nkey_file = "/k"\n',
+        )
+
+        with pytest.raises(ConfigError) as raised:
+            load_settings(path, environ={})
+
+        assert str(raised.value) == (
+            f"Invalid settings: 'encryption.key_file' (file {path}) is set but "
+            f"'encryption.provider' (file {path}) is aws-kms, whose current master key is "
+            "encryption.kms_key_id; remove the setting, or list a local key that stored "
+            "files still need in encryption.previous_key_files"
+        )
+
+    def test_previous_key_files_with_kms_provider(self) -> None:
+        environ = {
+            "DICOMVAULT_ENCRYPTION_ENABLED": "true",
+            "DICOMVAULT_ENCRYPTION_PROVIDER": "aws-kms",
+            "DICOMVAULT_ENCRYPTION_KMS_KEY_ID": "alias/dicomvault",
+            "DICOMVAULT_ENCRYPTION_PREVIOUS_KEY_FILES": "/old.key",
+        }
+
+        encryption = load_settings(environ=environ).encryption
+
+        assert encryption.previous_key_files == ["/old.key"]
+
+    def test_kms_setting_with_local_provider_rejected(self) -> None:
+        environ = {
+            "DICOMVAULT_ENCRYPTION_ENABLED": "true",
+            "DICOMVAULT_ENCRYPTION_KEY_FILE": "/k",
+            "DICOMVAULT_ENCRYPTION_KMS_KEY_ID": "alias/dicomvault",
+        }
+
+        with pytest.raises(ConfigError) as raised:
+            load_settings(environ=environ)
+
+        assert str(raised.value) == (
+            "Invalid settings: 'encryption.kms_key_id' (DICOMVAULT_ENCRYPTION_KMS_KEY_ID) is "
+            "set but 'encryption.provider' is local, so no KMS key would be used; set "
+            'encryption.provider = "aws-kms", or remove the setting'
+        )
+
+    def test_kms_provider_without_enabled_rejected(self) -> None:
+        with pytest.raises(ConfigError) as raised:
+            load_settings(environ={"DICOMVAULT_ENCRYPTION_PROVIDER": "aws-kms"})
+
+        assert str(raised.value) == (
+            "Invalid settings: 'encryption.provider' (DICOMVAULT_ENCRYPTION_PROVIDER) is set "
+            "but 'encryption.enabled' is false, so stored files would not be encrypted; set "
+            "encryption.enabled = true, or remove the setting"
+        )
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            pytest.param("alias dicomvault", id="space"),
+            pytest.param("arn:aws:s3:::bucket", id="not_kms_arn"),
+            pytest.param("key/1234", id="slash_without_alias"),
+        ],
+    )
+    def test_invalid_kms_key_id(self, value: str) -> None:
+        environ = {
+            "DICOMVAULT_ENCRYPTION_ENABLED": "true",
+            "DICOMVAULT_ENCRYPTION_PROVIDER": "aws-kms",
+            "DICOMVAULT_ENCRYPTION_KMS_KEY_ID": value,
+        }
+
+        with pytest.raises(ConfigError) as raised:
+            load_settings(environ=environ)
+
+        assert str(raised.value).startswith(
+            "Invalid setting DICOMVAULT_ENCRYPTION_KMS_KEY_ID: must be empty or a KMS key id, "
+            "alias name or ARN, such as "
+        )
 
     def test_saved_encryption_setting_rejected(self) -> None:
         settings = load_settings(environ={})

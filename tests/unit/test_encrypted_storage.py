@@ -144,7 +144,7 @@ class TestOpenStorage:
             f"{storage.provider.current_key_id}, and the configured keys are {other_id}. "
             "Set encryption.key_file (or DICOMVAULT_ENCRYPTION_KEY) to the archive's key; "
             "while keys are being rotated, list the earlier key in "
-            "encryption.previous_key_files"
+            "encryption.previous_key_files (or DICOMVAULT_ENCRYPTION_PREVIOUS_KEYS)"
         )
 
     def test_missing_key_file_stops(self, data_dir: Path, tmp_path: Path) -> None:

@@ -87,6 +87,13 @@ class LongIdProvider:
     def key_ids(self) -> tuple[str, ...]:
         return (LONG_KEY_ID, *self.base.key_ids)
 
+    @property
+    def current_key_setting(self) -> str:
+        return "the test's current key"
+
+    def earlier_key_setting(self, key_id: str) -> str:
+        return "the test's earlier keys"
+
     def wrap(self, data_key: bytes) -> bytes:
         return self.base.wrap(data_key)
 

@@ -149,9 +149,9 @@ class KeyRecord:
         if missing:
             raise KeyRecordError(
                 f"The stored files in {location} need master key {', '.join(missing)}, and the "
-                f"configured keys are {', '.join(provider.key_ids)}. Set encryption.key_file "
-                "(or DICOMVAULT_ENCRYPTION_KEY) to the archive's key; while keys are being "
-                "rotated, list the earlier key in encryption.previous_key_files"
+                f"configured keys are {', '.join(provider.key_ids)}. Set "
+                f"{provider.current_key_setting} to the archive's key; while keys are being "
+                f"rotated, list the earlier key in {provider.earlier_key_setting(missing[0])}"
             )
         for key_id, check in self.key_checks.items():
             try:

@@ -4,7 +4,7 @@ Every stored object has its own random data key. A master key never
 encrypts object bytes. It only wraps (encrypts) and unwraps data keys, so
 rotating the master key rewrites a few hundred bytes per object instead of
 the objects. A provider for a cloud key management service implements the
-same protocol.
+same protocol: :mod:`dicomvault.encryption.kms` for AWS KMS.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from dicomvault.config import EncryptionSettings
+from dicomvault.storage.base import StorageError
 
 LOGGER = logging.getLogger(__name__)
 
@@ -37,9 +38,11 @@ _URL_SAFE_TO_STANDARD = str.maketrans("-_", "+/")
 
 
 class KeySetupError(ValueError):
-    """A master key setting is invalid: a missing or unsafe key file, or a malformed key.
+    """A master key cannot be used as configured.
 
-    The message names the setting or file and the fix, and never contains key material.
+    Causes are a missing or unsafe key file, a malformed key, or a KMS key
+    that is missing, disabled or not accessible. The message names the
+    setting, file or key and the fix, and never contains key material.
     """
 
 
@@ -49,6 +52,15 @@ class UnknownKeyError(LookupError):
 
 class UnwrapError(ValueError):
     """A wrapped data key does not authenticate under the configured master key."""
+
+
+class KeyServiceError(StorageError):
+    """The key management service failed a wrap or unwrap request.
+
+    The service could not be reached, kept throttling until the retries ran
+    out, or denied access. A storage error, so that the request that
+    stores or reads the object fails like one with a storage failure.
+    """
 
 
 class KeyProvider(Protocol):
@@ -70,8 +82,23 @@ class KeyProvider(Protocol):
         """The ids of every configured key, the current one first."""
         ...
 
+    @property
+    def current_key_setting(self) -> str:
+        """The setting that names the current key, for messages."""
+        ...
+
+    def earlier_key_setting(self, key_id: str) -> str:
+        """Return the setting that lists the key ``key_id`` as an earlier key, for messages."""
+        ...
+
     def wrap(self, data_key: bytes) -> bytes:
-        """Encrypt ``data_key`` under the current master key."""
+        """Encrypt ``data_key`` under the current master key.
+
+        Raises
+        ------
+        KeyServiceError
+            If the provider's key service fails the request.
+        """
         ...
 
     def unwrap(self, key_id: str, wrapped: bytes) -> bytes:
@@ -84,6 +111,8 @@ class KeyProvider(Protocol):
         UnwrapError
             If the wrapped key does not authenticate: another key wrapped
             it, or its bytes were changed.
+        KeyServiceError
+            If the provider's key service fails the request.
         """
         ...
 
@@ -123,6 +152,15 @@ class LocalKeyProvider:
     def key_ids(self) -> tuple[str, ...]:
         """The ids of the current key and then the previous keys."""
         return tuple(self._keys)
+
+    @property
+    def current_key_setting(self) -> str:
+        """The key file setting and the variable that can name the current key."""
+        return "encryption.key_file (or DICOMVAULT_ENCRYPTION_KEY)"
+
+    def earlier_key_setting(self, key_id: str) -> str:
+        """Return the key files setting and the variable that can list earlier keys."""
+        return "encryption.previous_key_files (or DICOMVAULT_ENCRYPTION_PREVIOUS_KEYS)"
 
     def wrap(self, data_key: bytes) -> bytes:
         """Encrypt ``data_key`` under the current master key."""
@@ -230,7 +268,29 @@ def key_from_variable(text: str, variable: str) -> MasterKey:
     return MasterKey(key_id_for(secret), f"environment variable {variable}", secret)
 
 
-def load_key_provider(settings: EncryptionSettings) -> LocalKeyProvider:
+def load_key_provider(settings: EncryptionSettings) -> KeyProvider:
+    """Build the provider that ``settings.provider`` names, from ``settings`` alone.
+
+    Worker processes call it too, so it needs nothing else: AWS credentials
+    come from the standard AWS environment variables, profiles or role.
+
+    Raises
+    ------
+    KeySetupError
+        If a key file or key variable is missing, unsafe or malformed, or a
+        KMS key is missing, disabled, not accessible or not a symmetric
+        encryption key.
+    """
+    if settings.provider == "aws-kms":
+        # Imported here: boto3 takes a noticeable time to import, which
+        # commands with local keys need not pay.
+        from dicomvault.encryption.kms import load_kms_provider
+
+        return load_kms_provider(settings)
+    return load_local_provider(settings)
+
+
+def load_local_provider(settings: EncryptionSettings) -> LocalKeyProvider:
     """Build the local provider from the key files and variables of ``settings``.
 
     Raises
@@ -246,13 +306,7 @@ def load_key_provider(settings: EncryptionSettings) -> LocalKeyProvider:
         raise KeySetupError(
             "No master key is configured: set encryption.key_file or DICOMVAULT_ENCRYPTION_KEY"
         )
-    previous = [
-        read_key_file(path, "encryption.previous_key_files") for path in settings.previous_key_files
-    ]
-    previous += [
-        key_from_variable(text, "DICOMVAULT_ENCRYPTION_PREVIOUS_KEYS")
-        for text in settings.previous_keys
-    ]
+    previous = read_previous_keys(settings)
     for key in previous:
         if key.key_id == current.key_id:
             LOGGER.warning(
@@ -261,6 +315,24 @@ def load_key_provider(settings: EncryptionSettings) -> LocalKeyProvider:
                 key.key_id,
             )
     return LocalKeyProvider(current, previous)
+
+
+def read_previous_keys(settings: EncryptionSettings) -> list[MasterKey]:
+    """Read the earlier local keys of ``settings``: key files, then the variable's keys.
+
+    Raises
+    ------
+    KeySetupError
+        If a key file or key is missing, unsafe or malformed.
+    """
+    previous = [
+        read_key_file(path, "encryption.previous_key_files") for path in settings.previous_key_files
+    ]
+    previous += [
+        key_from_variable(text, "DICOMVAULT_ENCRYPTION_PREVIOUS_KEYS")
+        for text in settings.previous_keys
+    ]
+    return previous
 
 
 def generate_key_file(path: str | Path) -> str:

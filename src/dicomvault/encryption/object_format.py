@@ -306,10 +306,10 @@ def unwrap_data_key(header: ObjectHeader, provider: KeyProvider, name: str) -> t
     if not filled:
         raise SealedObjectError(f"Encrypted object {name} has no wrapped data key; it is damaged")
     needed = " or ".join(slot.key_id for _, slot in filled)
+    setting = provider.earlier_key_setting(filled[0][1].key_id)
     raise SealedObjectError(
         f"Stored object {name} is encrypted under master key {needed}, which is not "
-        "configured; add that key to encryption.previous_key_files or "
-        "DICOMVAULT_ENCRYPTION_PREVIOUS_KEYS"
+        f"configured; add that key to {setting}"
     )
 
 

@@ -15,7 +15,12 @@ from typing import TYPE_CHECKING
 
 from dicomvault.config import Settings
 from dicomvault.encryption.key_record import RECORD_NAME, KeyRecord, KeyRecordError
-from dicomvault.encryption.keys import KeyProvider, KeySetupError, load_key_provider
+from dicomvault.encryption.keys import (
+    KeyProvider,
+    KeyServiceError,
+    KeySetupError,
+    load_key_provider,
+)
 from dicomvault.encryption.object_format import (
     MAGIC,
     ObjectHeader,
@@ -90,18 +95,19 @@ def open_storage(
         provider = load_key_provider(settings.encryption)
     except KeySetupError as exc:
         raise StorageSetupError(str(exc)) from None
-    if record is None:
-        record = _new_record(inner, provider, place)
-        changed = True
-    else:
-        try:
+    try:
+        if record is None:
+            record = _new_record(inner, provider, place)
+            changed = True
+        else:
             record.verify(provider, inner.location, str(place))
-        except KeyRecordError as exc:
-            raise StorageSetupError(str(exc)) from None
-        changed = False
-    if provider.current_key_id not in record.key_checks:
-        record.add_key(provider)
-        changed = True
+            changed = False
+        if provider.current_key_id not in record.key_checks:
+            record.add_key(provider)
+            changed = True
+    except (KeyRecordError, KeyServiceError) as exc:
+        # A key service that fails here would fail every store and read too.
+        raise StorageSetupError(str(exc)) from None
     if serving and record.current_key_id != provider.current_key_id:
         record.current_key_id = provider.current_key_id
         changed = True
@@ -205,7 +211,8 @@ def _check_no_sealed_objects(
     raise StorageSetupError(
         f"Encryption is off (encryption.enabled is false), but the stored files in "
         f"{inner.location} are encrypted ({evidence}). Set encryption.enabled = true and the "
-        "archive's master key in encryption.key_file or DICOMVAULT_ENCRYPTION_KEY"
+        "archive's master key in encryption.key_file or DICOMVAULT_ENCRYPTION_KEY, or in "
+        'encryption.kms_key_id with encryption.provider = "aws-kms"'
     )
 
 
@@ -236,6 +243,8 @@ def _new_record(
                 f"{exc}. The key record {place} is missing, so the "
                 "stored objects were checked instead"
             ) from None
+        except KeyServiceError as exc:
+            raise StorageSetupError(str(exc)) from None
         except OSError as exc:
             raise StorageSetupError(f"Cannot read stored object {key}: {exc}") from None
     record = KeyRecord()
