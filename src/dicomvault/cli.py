@@ -27,6 +27,7 @@ from dicomvault.audit import (
     AuditOutcome,
     AuditTrail,
 )
+from dicomvault.cluster.leases import LeaseStore
 from dicomvault.config import (
     SAVED_SOURCE,
     ConfigError,
@@ -1032,7 +1033,11 @@ def _index_bucket_command(
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        task_id = context.tasks.create("index", location.url, str(mode), False, resumable=True)
+        task_id = _orphaned_bucket_task(context, location.url, mode)
+        if task_id is None:
+            task_id = context.tasks.create("index", location.url, str(mode), False, resumable=True)
+        else:
+            typer.echo(f"Resuming task {task_id}, whose process stopped", err=True)
         with ProgressBar(f"Task {task_id}") as bar:
             record = run_bucket_task(context, task_id, cancel, bar.update)
         files = context.tasks.files(task_id, REPORT_LINES)
@@ -1044,6 +1049,15 @@ def _index_bucket_command(
         context.pool.close()
         context.engine.dispose()
     raise typer.Exit({"completed": 0, "cancelled": 130}.get(record.status, 1))
+
+
+def _orphaned_bucket_task(context: IngestContext, url: str, mode: Mode) -> int | None:
+    """Return the id of an unfinished task of ``url`` and ``mode`` that no process holds."""
+    leases = LeaseStore(context.engine)
+    for task in context.tasks.claimable():
+        if task.path == url and task.mode == mode and leases.holder(f"task:{task.id}") is None:
+            return task.id
+    return None
 
 
 def _index_folder(context: IngestContext, folder: Path, mode: Mode, prune: bool) -> int:

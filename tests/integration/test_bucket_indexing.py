@@ -81,7 +81,7 @@ def index_contents(data_dir: Path) -> dict[str, Any]:
         engine.dispose()
 
 
-def test_bucket_and_folder_give_the_same_index(
+def test_bucket_and_folder_same_index(
     tmp_path: Path, moto_server: MotoServer, bucket_name: str
 ) -> None:
     root = tmp_path / "import"
@@ -137,7 +137,7 @@ def report_urls(run: ToolRun) -> dict[str, tuple[str, str]]:
     return entries
 
 
-def test_second_run_reads_only_changed_objects(
+def test_rerun_reads_changed_objects_only(
     tmp_path: Path, moto_server: MotoServer, bucket_name: str
 ) -> None:
     client = moto_server.client()
@@ -163,7 +163,7 @@ def test_second_run_reads_only_changed_objects(
     assert "Changed^Name" in names
 
 
-def test_import_copies_objects_into_the_storage(
+def test_import_copies_objects(
     tmp_path: Path, moto_server: MotoServer, bucket_name: str
 ) -> None:
     ds = make_instance()
@@ -193,7 +193,7 @@ def test_import_copies_objects_into_the_storage(
         ("s3://", "", "Error: "),
     ],
 )
-def test_bucket_outside_allowed_prefixes_refused(
+def test_bucket_outside_allowed_prefixes_rejected(
     tmp_path: Path, moto_server: MotoServer, bucket_name: str, url: str, allowed: str, message: str
 ) -> None:
     run = index_bucket(

@@ -112,7 +112,7 @@ def wait_for(client: httpx.Client, task_id: int, done: object, what: str) -> dic
     raise AssertionError(f"Task {task_id}: {what} within {TIMEOUT_SECONDS:.0f} s: {brief}")
 
 
-def test_task_completed_by_the_other_node_after_its_leader_is_killed(
+def test_killed_leader_task_finished_by_other_node(
     cluster: tuple[str, list[DicomvaultServer]], source_bucket: str
 ) -> None:
     index_url, nodes = cluster

@@ -15,7 +15,7 @@ from dicomvault.index.tasks import TaskStore
 SHORT = 0.3  # seconds; long enough for the steps between, short enough to wait out
 
 
-def test_lease_is_held_by_one_process_until_it_expires(migrated_engine: Engine) -> None:
+def test_lease_held_until_expiry(migrated_engine: Engine) -> None:
     first = LeaseStore(migrated_engine, owner="node-a")
     second = LeaseStore(migrated_engine, owner="node-b")
 
@@ -56,7 +56,7 @@ def task_counts(engine: Engine, task_id: int) -> tuple[int, int, int, int]:
     return row.files_found, row.files_skipped, row.files_indexed, row.files_failed
 
 
-def test_two_processes_claim_different_chunks(migrated_engine: Engine) -> None:
+def test_claims_never_overlap(migrated_engine: Engine) -> None:
     task_id = bucket_task(migrated_engine, objects=10, per_chunk=2)
     queue = ChunkQueue(migrated_engine)
 
@@ -71,7 +71,7 @@ def test_two_processes_claim_different_chunks(migrated_engine: Engine) -> None:
     assert task_counts(migrated_engine, task_id)[:2] == (12, 2)
 
 
-def test_completion_counts_once_and_only_for_the_holder(migrated_engine: Engine) -> None:
+def test_completion_counts_once_for_holder(migrated_engine: Engine) -> None:
     task_id = bucket_task(migrated_engine, objects=4, per_chunk=2)
     queue = ChunkQueue(migrated_engine)
     chunk, other = queue.claim("node-a", 30, 2)
@@ -89,7 +89,7 @@ def test_completion_counts_once_and_only_for_the_holder(migrated_engine: Engine)
     assert queue.counts(task_id).running == 1
 
 
-def test_chunk_of_a_stopped_holder_is_claimed_again(migrated_engine: Engine) -> None:
+def test_expired_chunk_claimed_again(migrated_engine: Engine) -> None:
     task_id = bucket_task(migrated_engine, objects=2, per_chunk=2)
     queue = ChunkQueue(migrated_engine)
     (stalled,) = queue.claim("node-a", SHORT, 1)
@@ -106,7 +106,7 @@ def test_chunk_of_a_stopped_holder_is_claimed_again(migrated_engine: Engine) -> 
     assert queue.counts(task_id).open == 0
 
 
-def test_renewed_chunk_is_not_taken_over(migrated_engine: Engine) -> None:
+def test_renewed_chunk_kept(migrated_engine: Engine) -> None:
     bucket_task(migrated_engine, objects=2, per_chunk=2)
     queue = ChunkQueue(migrated_engine)
     queue.claim("node-a", SHORT, 1)
@@ -115,7 +115,7 @@ def test_renewed_chunk_is_not_taken_over(migrated_engine: Engine) -> None:
     assert queue.claim("node-b", 30, 1) == []
 
 
-def test_failing_chunk_is_given_up_with_a_report(migrated_engine: Engine) -> None:
+def test_failing_chunk_given_up_with_report(migrated_engine: Engine) -> None:
     task_id = bucket_task(migrated_engine, objects=3, per_chunk=3)
     queue = ChunkQueue(migrated_engine)
     for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -132,7 +132,7 @@ def test_failing_chunk_is_given_up_with_a_report(migrated_engine: Engine) -> Non
     assert all("disk I/O error" in f.reason and f.outcome == "failed" for f in files)
 
 
-def test_given_back_and_cancelled_chunks(migrated_engine: Engine) -> None:
+def test_chunks_given_back_and_cancelled(migrated_engine: Engine) -> None:
     task_id = bucket_task(migrated_engine, objects=6, per_chunk=2)
     queue = ChunkQueue(migrated_engine)
     claimed = queue.claim("node-a", 30, 2)

@@ -37,7 +37,13 @@ class FakeListener:
 
 
 def settings(delay: float = 0.0, drain_seconds: float = 5.0) -> ServerSettings:
-    return ServerSettings(drain_delay=delay, drain_seconds=drain_seconds, readiness_timeout=1.0)
+    return ServerSettings(
+        drain_delay=delay,
+        drain_seconds=drain_seconds,
+        lease_seconds=30.0,
+        maintenance_interval=600.0,
+        readiness_timeout=1.0,
+    )
 
 
 @pytest.fixture

@@ -143,7 +143,7 @@ class ChunkQueue:
         if limit <= 0:
             return []
         now = _now()
-        candidates = (
+        available = (
             select(ingest_task_chunks.c.pk)
             .join(ingest_tasks, ingest_tasks.c.pk == ingest_task_chunks.c.task_pk)
             .where(
@@ -152,9 +152,13 @@ class ChunkQueue:
                 _claimable(now),
             )
             .order_by(ingest_task_chunks.c.pk)
-            .limit(limit)
-            .with_for_update(skip_locked=True, of=ingest_task_chunks)
         )
+        # Every server polls twice a second, so an idle poll must not take
+        # SQLite's write lock: only a read finds whether there is work.
+        with self.engine.connect() as connection:
+            if connection.execute(available.limit(1)).first() is None:
+                return []
+        candidates = available.limit(limit).with_for_update(skip_locked=True, of=ingest_task_chunks)
         with (
             self.engine.connect().execution_options(write=True) as connection,
             connection.begin(),

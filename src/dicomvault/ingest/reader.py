@@ -8,6 +8,7 @@ is truncated.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import enum
 import json
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from dicomvault.storage.s3 import S3Storage
 
 MEDIA_STORAGE_DIRECTORY_STORAGE = "1.2.840.10008.1.3.10"
+# Objects of a chunk read at once by each worker; each is whole in memory while it is read.
+OBJECT_READ_THREADS = 8
 DICOMDIR_REASON = (
     "DICOMDIR (Media Storage Directory Storage): a directory of other files, not an instance"
 )
@@ -89,14 +92,20 @@ def read_files(jobs: list[FileJob], options: ReadOptions) -> list[ReadResult]:
     An error in one file becomes that file's result, so the rest of the
     chunk is still read.
     """
-    results = []
-    for job in jobs:
-        try:
-            results.append(read_file(job, options))
-        except Exception as exc:  # one bad file must not lose the rest of the chunk
-            reason = f"Unexpected error: {exc}"
-            results.append(ReadResult(job, Outcome.FAILED, reason, retry=True))
-    return results
+    if any(is_bucket_url(job.path) for job in jobs):
+        # Each GET waits for the network far longer than the parsing takes,
+        # so the objects of a chunk are read by several threads at once.
+        with concurrent.futures.ThreadPoolExecutor(OBJECT_READ_THREADS) as executor:
+            return list(executor.map(lambda job: _read_safely(job, options), jobs))
+    return [_read_safely(job, options) for job in jobs]
+
+
+def _read_safely(job: FileJob, options: ReadOptions) -> ReadResult:
+    try:
+        return read_file(job, options)
+    except Exception as exc:  # one bad file must not lose the rest of the chunk
+        reason = f"Unexpected error: {exc}"
+        return ReadResult(job, Outcome.FAILED, reason, retry=True)
 
 
 def read_file(job: FileJob, options: ReadOptions) -> ReadResult:
