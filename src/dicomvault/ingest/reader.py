@@ -92,20 +92,17 @@ def read_files(jobs: list[FileJob], options: ReadOptions) -> list[ReadResult]:
     An error in one file becomes that file's result, so the rest of the
     chunk is still read.
     """
+    contents: list[bytes | ReadResult | Exception]
     if any(is_bucket_url(job.path) for job in jobs):
         # Each GET waits for the network far longer than the parsing takes,
-        # so the objects of a chunk are read by several threads at once.
+        # so several threads fetch the objects of a chunk at once. Parsing
+        # stays in this thread: pydicom and the warnings filters it relies
+        # on are not thread-safe.
         with concurrent.futures.ThreadPoolExecutor(OBJECT_READ_THREADS) as executor:
-            return list(executor.map(lambda job: _read_safely(job, options), jobs))
-    return [_read_safely(job, options) for job in jobs]
-
-
-def _read_safely(job: FileJob, options: ReadOptions) -> ReadResult:
-    try:
-        return read_file(job, options)
-    except Exception as exc:  # one bad file must not lose the rest of the chunk
-        reason = f"Unexpected error: {exc}"
-        return ReadResult(job, Outcome.FAILED, reason, retry=True)
+            contents = list(executor.map(lambda job: _load_safely(job, options), jobs))
+    else:
+        contents = [_load_safely(job, options) for job in jobs]
+    return [_parse_safely(job, loaded, options) for job, loaded in zip(jobs, contents, strict=True)]
 
 
 def read_file(job: FileJob, options: ReadOptions) -> ReadResult:
@@ -121,9 +118,37 @@ def read_file(job: FileJob, options: ReadOptions) -> ReadResult:
     ValueError
         If the job is an object and ``options.source`` is None.
     """
+    return _parse(job, _load(job, options), options)
+
+
+def _load(job: FileJob, options: ReadOptions) -> bytes | ReadResult:
+    """Return the content of the file or object of ``job``, or its result if it cannot be read."""
     # NOTE: the whole file is in memory while it is read, so a worker needs
     # as much memory as the largest file (multi-frame files may be gigabytes).
-    loaded = _read_object(job, options) if is_bucket_url(job.path) else _read_local_file(job)
+    return _read_object(job, options) if is_bucket_url(job.path) else _read_local_file(job)
+
+
+def _load_safely(job: FileJob, options: ReadOptions) -> bytes | ReadResult | Exception:
+    try:
+        return _load(job, options)
+    except Exception as exc:  # reported as the file's result by _parse_safely
+        return exc
+
+
+def _parse_safely(
+    job: FileJob, loaded: bytes | ReadResult | Exception, options: ReadOptions
+) -> ReadResult:
+    try:
+        if isinstance(loaded, Exception):
+            raise loaded
+        return _parse(job, loaded, options)
+    except Exception as exc:  # one bad file must not lose the rest of the chunk
+        reason = f"Unexpected error: {exc}"
+        return ReadResult(job, Outcome.FAILED, reason, retry=True)
+
+
+def _parse(job: FileJob, loaded: bytes | ReadResult, options: ReadOptions) -> ReadResult:
+    """Check and describe the content of a file; in import mode, also copy it into the storage."""
     if isinstance(loaded, ReadResult):
         return loaded
     data = loaded
