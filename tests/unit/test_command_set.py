@@ -1,24 +1,27 @@
-"""Hand-encoded C-STORE command sets, checked against pynetdicom's encoding and decoding."""
+"""Hand-encoded command sets, checked against pynetdicom's encoding and decoding."""
 
 from __future__ import annotations
 
 from io import BytesIO
 
 import pytest
-from pynetdicom.dimse_messages import C_STORE_RQ, C_STORE_RSP
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.dimse_messages import C_FIND_RSP, C_STORE_RQ, C_STORE_RSP
+from pynetdicom.dimse_primitives import C_FIND, C_STORE
 from pynetdicom.dsutils import decode, encode
 
 from dicomvault.dimse.command_set import (
     CommandSetError,
     command_field,
     decode_store_response,
+    encode_find_response,
     encode_store_request,
 )
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ODD_UID = "1.2.826.0.1.3680043.8.498.1"  # odd length: padded with a NUL
 EVEN_UID = "1.2.826.0.1.3680043.8.498.12"
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"  # odd length
+PATIENT_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.1.1"  # odd length
 
 
 def pynetdicom_request(originator: bool) -> bytes:
@@ -47,6 +50,51 @@ def pynetdicom_response(status: int, comment: str | None = None) -> bytes:
     message = C_STORE_RSP()
     message.primitive_to_message(response)
     return bytes(encode(message.command_set, True, True))
+
+
+def pynetdicom_find_response(
+    sop_class_uid: str, message_id: int, status: int, identifier: bool
+) -> bytes:
+    response = C_FIND()
+    response.MessageID = message_id
+    response.MessageIDBeingRespondedTo = message_id
+    response.AffectedSOPClassUID = sop_class_uid
+    response.Status = status
+    if identifier:
+        response.Identifier = BytesIO(b"\x08\x00\x52\x00\x06\x00\x00\x00STUDY ")
+    message = C_FIND_RSP()
+    message.primitive_to_message(response)
+    return bytes(encode(message.command_set, True, True))
+
+
+class TestEncodeFindResponse:
+    @pytest.mark.parametrize(
+        ("sop_class_uid", "message_id", "status", "identifier"),
+        [
+            pytest.param(STUDY_ROOT_FIND, 1, 0xFF00, True, id="pending"),
+            pytest.param(PATIENT_ROOT_FIND, 65535, 0xFF01, True, id="pending_warning"),
+            pytest.param(STUDY_ROOT_FIND, 3, 0x0000, False, id="success"),
+            pytest.param(EVEN_UID, 3, 0xFE00, False, id="cancel_even_uid"),
+        ],
+    )
+    def test_same_bytes_as_pynetdicom(
+        self, sop_class_uid: str, message_id: int, status: int, identifier: bool
+    ) -> None:
+        ours = encode_find_response(message_id, sop_class_uid, status, identifier)
+
+        assert ours == pynetdicom_find_response(sop_class_uid, message_id, status, identifier)
+
+    def test_readable_as_a_dataset(self) -> None:
+        encoded = encode_find_response(5, STUDY_ROOT_FIND, 0xFF00, has_identifier=True)
+
+        command = decode(BytesIO(encoded), True, True)
+
+        assert command.CommandField == 0x8020
+        assert command.MessageIDBeingRespondedTo == 5
+        assert command.AffectedSOPClassUID == STUDY_ROOT_FIND
+        assert command.Status == 0xFF00
+        assert command.CommandDataSetType != 0x0101
+        assert command.CommandGroupLength == len(encoded) - 12
 
 
 class TestEncodeStoreRequest:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from pydicom.uid import (
     MRImageStorage,
     UltrasoundImageStorage,
 )
-from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy import Engine, event, func, inspect, select, text
 from sqlalchemy.sql.schema import Table
 
 from dicomvault.archive import Archive
@@ -59,6 +59,7 @@ from tests.support.datasets import (
     make_instance,
     new_uid,
 )
+from tests.support.postgres import PostgresDatabases
 
 INDEX_TABLES = {
     "patients",
@@ -203,7 +204,7 @@ class TestMigrate:
         migrate(index_engine)
         with index_engine.connect() as connection:
             version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        assert version == "0009"
+        assert version == "0010"
 
     def test_newest_revision_is_alembic_head(self) -> None:
         config = Config()
@@ -854,6 +855,62 @@ class TestStoredValueForms:
         store(archive, ds)
         results = search(archive.engine, "STUDY", StudyTime="1030-1045")
         assert first_values(results, "StudyInstanceUID") == [ds.StudyInstanceUID]
+
+
+def search_plan(engine: Engine, level: str, **keys: Any) -> str:
+    """Return PostgreSQL's plan of the first statement of a search, with sequential scans off.
+
+    With ``enable_seqscan`` off the planner uses an index wherever one can
+    serve the condition, so the plan shows whether one can, whatever the
+    size of the test tables.
+    """
+    statements: list[tuple[str, Any]] = []
+
+    def capture(conn: Any, cursor: Any, statement: str, parameters: Any, *args: Any) -> None:
+        statements.append((statement, parameters))
+
+    event.listen(engine, "before_cursor_execute", capture)
+    try:
+        search(engine, level, **keys)
+    finally:
+        event.remove(engine, "before_cursor_execute", capture)
+    statement, parameters = statements[0]
+    with engine.begin() as connection:
+        connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        rows = connection.exec_driver_sql("EXPLAIN " + statement, parameters).all()
+    return "\n".join(row[0] for row in rows)
+
+
+@pytest.fixture(scope="module")
+def postgres_names(postgres_databases: PostgresDatabases) -> Iterator[Engine]:
+    """A PostgreSQL index of three patients, one with three component groups."""
+    engine = open_index_engine(postgres_databases.create())
+    writer = IndexWriter(engine)
+    names = ("Doe^John", "Yamada^Tarou=山田^太郎=やまだ^たろう", "Smith^Anna")
+    for number, name in enumerate(names):
+        ds = make_instance(
+            PatientID=f"NAME-{number}", PatientName=name, SpecificCharacterSet="ISO_IR 192"
+        )
+        writer.add_instance(stored_instance(ds, f"aa/bb/{number}.dcm"))
+    yield engine
+    engine.dispose()
+
+
+@pytest.mark.postgres
+class TestPatientNameIndexes:
+    """A Patient Name wildcard with a literal start reads indexes, not every patient."""
+
+    def test_wildcard_uses_indexes(self, postgres_names: Engine) -> None:
+        plan = search_plan(postgres_names, "STUDY", PatientName="DOE*")
+
+        assert "Seq Scan on patients" not in plan
+        assert "ix_patients_patient_name_match" in plan
+        assert "ix_patients_patient_name_groups" in plan
+
+    def test_wildcard_finds_later_group(self, postgres_names: Engine) -> None:
+        results = search(postgres_names, "STUDY", PatientName="山田*", PatientID="")
+
+        assert first_values(results, "PatientName") == ["Yamada^Tarou=山田^太郎=やまだ^たろう"]
 
 
 class TestSchemaMatchesMigrations:

@@ -1,14 +1,21 @@
-"""The C-FIND handler with an in-process archive: cancel, limits and failures."""
+"""The C-FIND handler with an in-process archive: cancel, limits and failures.
+
+The service class that sends its responses runs in an in-process DIMSE
+server, with a pynetdicom SCU.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     CTImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
@@ -17,7 +24,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from dicomvault.archive import Archive
 from dicomvault.audit import AuditEvent
 from dicomvault.config import load_settings
+from dicomvault.dimse import qr_scp, server
+from dicomvault.dimse.direct_send import MessageWriter
 from dicomvault.dimse.qr_scp import ExtendedNegotiation, handle_find
+from dicomvault.dimse.server import DimseServer
 from dicomvault.dimse.status import Status
 from dicomvault.events import QueryPerformed
 from dicomvault.index.database import open_index_engine
@@ -25,21 +35,24 @@ from dicomvault.permissions import ALL_PERMISSIONS, Permission
 from dicomvault.storage.filesystem import FilesystemStorage
 from tests.support.access import FakeAssociation, granted_access
 from tests.support.datasets import encode_dataset
+from tests.support.network import LOOPBACK, free_port
 
 STUDIES = 6
+TIMEOUT_SECONDS = 30
 
 
-@pytest.fixture
-def archive(tmp_path: Path) -> Archive:
+def build_archive(data_dir: Path, **overrides: Any) -> Archive:
+    """Store STUDIES studies in a new archive under ``data_dir``; ``overrides`` are settings."""
     settings = load_settings(
         environ={},
         overrides={
-            "storage.data_dir": str(tmp_path),
+            "storage.data_dir": str(data_dir),
             "query.max_matches": 4,
+            **overrides,
         },
     )
     engine = open_index_engine(settings.index_url)
-    archive = Archive(settings, engine, FilesystemStorage(tmp_path / "storage"))
+    archive = Archive(settings, engine, FilesystemStorage(data_dir / "storage"))
     for number in range(STUDIES):
         ds = Dataset()
         ds.SOPClassUID = CTImageStorage
@@ -51,6 +64,11 @@ def archive(tmp_path: Path) -> Archive:
         ds.Modality = "CT"
         archive.store(encode_dataset(ds), ExplicitVRLittleEndian)
     return archive
+
+
+@pytest.fixture
+def archive(tmp_path: Path) -> Archive:
+    return build_archive(tmp_path)
 
 
 class FakeEvent:
@@ -198,3 +216,125 @@ class TestAccess:
         assert audited[0].detail["caller"] == "unknown caller"
         assert audited[0].source == "127.0.0.1"
         assert audited[0].actor == "TESTSCU"
+
+
+@pytest.fixture
+def dimse_server(tmp_path: Path) -> Iterator[DimseServer]:
+    """A DIMSE server on 127.0.0.1 over an archive with STUDIES studies; stopped at the end."""
+    archive = build_archive(tmp_path, **{"dimse.host": LOOPBACK, "dimse.port": free_port()})
+    dimse = DimseServer(archive)
+    dimse.start()
+    yield dimse
+    dimse.stop(timeout=TIMEOUT_SECONDS)
+    archive.engine.dispose()
+
+
+@pytest.fixture
+def pynetdicom_debug() -> Iterator[None]:
+    """Log pynetdicom at DEBUG for the test, as ``dicomvault serve -v DEBUG`` does."""
+    logger = logging.getLogger("pynetdicom")
+    level = logger.level
+    logger.setLevel(logging.DEBUG)
+    yield
+    logger.setLevel(level)
+
+
+def send_find(
+    dimse: DimseServer, identifier: Dataset, transfer_syntax: str = ExplicitVRLittleEndian
+) -> list[tuple[int, str | None, Dataset | None]]:
+    """Send one Study Root C-FIND; return each response's status, Error Comment and Identifier."""
+    ae = AE(ae_title="FINDSCU")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = TIMEOUT_SECONDS
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, [transfer_syntax])
+    assoc = ae.associate(LOOPBACK, dimse.settings.port, ae_title=dimse.settings.ae_title)
+    assert assoc.is_established
+    try:
+        responses = [
+            (int(status.Status), status.get("ErrorComment"), found)
+            for status, found in assoc.send_c_find(
+                identifier, StudyRootQueryRetrieveInformationModelFind
+            )
+        ]
+    finally:
+        assoc.release()
+    return responses
+
+
+class TestFindServiceClass:
+    def test_matches_then_success(self, dimse_server: DimseServer) -> None:
+        responses = send_find(dimse_server, study_identifier(PatientName="FIND^2"))
+
+        assert [status for status, _, _ in responses] == [Status.PENDING, Status.SUCCESS]
+        identifier = responses[0][2]
+        assert identifier is not None
+        assert identifier.PatientName == "FIND^2"
+        assert identifier.StudyInstanceUID == "1.2.3.2"
+        assert identifier.RetrieveAETitle == "DICOMVAULT"
+
+    def test_limit_ends_with_failure(self, dimse_server: DimseServer) -> None:
+        responses = send_find(dimse_server, study_identifier(PatientName="FIND^*"))
+
+        assert [status for status, _, _ in responses] == [Status.PENDING] * 4 + [
+            Status.FIND_OUT_OF_RESOURCES
+        ]
+        assert responses[-1][1] == "More than 4 matches; refine the query"
+
+    def test_pending_written_by_association_thread(
+        self, dimse_server: DimseServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        written: list[bytes] = []
+        original = MessageWriter.write
+
+        def write(self: MessageWriter, context_id: int, command_set: bytes, *args: Any) -> None:
+            written.append(command_set)
+            original(self, context_id, command_set, *args)
+
+        monkeypatch.setattr(MessageWriter, "write", write)
+
+        responses = send_find(dimse_server, study_identifier(PatientName="FIND^2"))
+
+        assert len(responses) == 2
+        assert len(written) == 1
+
+    @pytest.mark.parametrize(
+        "transfer_syntax",
+        [
+            pytest.param(ExplicitVRLittleEndian, id="explicit"),
+            pytest.param(ImplicitVRLittleEndian, id="implicit"),
+        ],
+    )
+    def test_same_responses_as_pynetdicom(
+        self, dimse_server: DimseServer, transfer_syntax: str, request: pytest.FixtureRequest
+    ) -> None:
+        identifier = study_identifier(PatientName="FIND^*", PatientID="", ModalitiesInStudy="")
+        ours = send_find(dimse_server, identifier, transfer_syntax)
+        request.getfixturevalue("pynetdicom_debug")
+
+        theirs = send_find(dimse_server, identifier, transfer_syntax)
+
+        assert ours == theirs
+
+    def test_handler_failure(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        def fail(*args: Any) -> Iterator[tuple[int, Dataset | None]]:
+            yield Status.PENDING, study_identifier()
+            raise RuntimeError("handler bug")
+
+        monkeypatch.setattr(server, "handle_find", fail)
+        archive = build_archive(tmp_path, **{"dimse.host": LOOPBACK, "dimse.port": free_port()})
+        dimse = DimseServer(archive)
+        dimse.start()
+        try:
+            responses = send_find(dimse, study_identifier())
+        finally:
+            dimse.stop(timeout=TIMEOUT_SECONDS)
+
+        assert [status for status, _, _ in responses] == [Status.PENDING, 0xC311]
+
+    def test_unencodable_identifier(
+        self, dimse_server: DimseServer, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(qr_scp, "encode_identifier", lambda *args: None)
+
+        responses = send_find(dimse_server, study_identifier(PatientName="FIND^2"))
+
+        assert [status for status, _, _ in responses] == [0xC312]

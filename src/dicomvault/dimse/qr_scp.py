@@ -7,24 +7,33 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator
+from io import BytesIO
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pynetdicom import evt
+from pynetdicom.dimse_primitives import C_FIND
+from pynetdicom.service_class import QueryRetrieveServiceClass, attempt
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     PatientRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelFind,
 )
+from pynetdicom.status import STATUS_PENDING, STATUS_WARNING
 
 from dicomvault.archive import Archive, IndexUnavailableError
 from dicomvault.dicom.charset import charset_terms
 from dicomvault.dicom.matching import MatchOptions, QueryError, parse_identifier
 from dicomvault.dimse.access_control import AccessControl
-from dicomvault.dimse.identifiers import build_identifier
+from dicomvault.dimse.command_set import encode_find_response
+from dicomvault.dimse.direct_send import MessageWriter
+from dicomvault.dimse.identifiers import build_identifier, encode_identifier
+from dicomvault.dimse.service_classes import route_sop_classes
 from dicomvault.dimse.status import Status, status_dataset
 from dicomvault.events import QueryPerformed
 from dicomvault.permissions import Permission
 
 LOGGER = logging.getLogger(__name__)
+_PYNETDICOM_LOGGER = logging.getLogger("pynetdicom")
 
 INFORMATION_MODELS = {
     str(PatientRootQueryRetrieveInformationModelFind): "PATIENT",
@@ -36,6 +45,9 @@ FIND_SOP_CLASSES = tuple(INFORMATION_MODELS)
 # queries, byte 2 combined date and time matching, byte 3 fuzzy semantic
 # matching of person names, byte 4 timezone query adjustment.
 _COMBINED_DATE_TIME_BYTE = 1
+# pynetdicom's statuses for a failing handler and an Identifier it cannot encode.
+_HANDLER_FAILED = 0xC311
+_IDENTIFIER_NOT_ENCODED = 0xC312
 
 
 class ExtendedNegotiation:
@@ -68,6 +80,139 @@ class ExtendedNegotiation:
         """Return whether the association negotiated combined date-time matching."""
         with self._lock:
             return self._combined.get(assoc, False)
+
+
+class FindServiceClass(QueryRetrieveServiceClass):
+    """pynetdicom's Query/Retrieve service class, sending C-FIND responses faster.
+
+    pynetdicom encodes the command set and the Identifier of each Pending
+    response with pydicom, and formats a dump of the Identifier for its
+    DEBUG log even when nothing logs it. On the project's 2-core machine
+    that cost about 0.5 ms per match (pynetdicom 3.0.4, pydicom 3.0.2),
+    several times the index search. This class takes the same steps and
+    sends the same statuses as pynetdicom's, but encodes each Pending
+    response with ``encode_find_response`` and ``encode_identifier`` and
+    has the association's thread write it to the socket. Over TLS the
+    response goes through pynetdicom's queue instead, with the Identifier
+    encoded here. While pynetdicom logs at DEBUG, pynetdicom's own
+    implementation runs, so that its message dumps appear.
+    """
+
+    def _c_find_scp(self, req: C_FIND, context: Any) -> None:
+        if _PYNETDICOM_LOGGER.isEnabledFor(logging.DEBUG):
+            super()._c_find_scp(req, context)
+            return
+
+        context_id = int(context.context_id)
+        transfer_syntax = context.transfer_syntax[0]
+        writer = MessageWriter.for_association(self.assoc)
+        rsp = C_FIND()
+        rsp.MessageID = req.MessageID
+        rsp.MessageIDBeingRespondedTo = req.MessageID
+        rsp.AffectedSOPClassUID = req.AffectedSOPClassUID
+
+        with attempt(rsp, self.dimse, context_id, self.assoc) as ctx:
+            ctx.error_msg = "Exception in handler bound to 'evt.EVT_C_FIND'"
+            ctx.error_status = _HANDLER_FAILED
+            handler = evt.trigger(
+                self.assoc,
+                evt.EVT_C_FIND,
+                {
+                    "request": req,
+                    "context": context.as_tuple,
+                    "_is_cancelled": self.is_cancelled,
+                },
+            )
+        if not ctx.success or not self.assoc.is_established:
+            return
+        if handler is None:
+            handler = iter([(Status.SUCCESS, None)])
+
+        try:
+            for result, exc_info in self._wrap_handler(handler):
+                status: Any
+                identifier: Any
+                if exc_info is not None:
+                    LOGGER.error(
+                        "C-FIND from %s failed in its handler; sending 0xC311",
+                        self.assoc.requestor.ae_title,
+                        exc_info=exc_info,
+                    )
+                    status, identifier = _HANDLER_FAILED, None
+                else:
+                    status, identifier = result  # type: ignore[misc]
+                if not self.assoc.is_established:
+                    return
+                rsp = self.validate_status(status, rsp)
+                category = self.statuses.get(rsp.Status or 0, ("", ""))[0]
+
+                if category == STATUS_PENDING:
+                    if not self._send_match(writer, rsp, context_id, transfer_syntax, identifier):
+                        return
+                    continue
+                rsp.Identifier = None
+                self.dimse.send_msg(rsp, context_id)
+                if category != STATUS_WARNING:
+                    return  # Success, Cancel, Failure, or a status pynetdicom does not know
+
+            if self.assoc.is_established:
+                rsp.Identifier = None
+                rsp.Status = Status.SUCCESS
+                self.dimse.send_msg(rsp, context_id)
+        except OSError as exc:
+            LOGGER.warning("C-FIND responses to %s stopped: %s", self.assoc.requestor.ae_title, exc)
+        finally:
+            close = getattr(handler, "close", None)
+            if close is not None:
+                close()  # runs the handler's clean-up now, not when it is collected
+
+    def _send_match(
+        self,
+        writer: MessageWriter | None,
+        rsp: C_FIND,
+        context_id: int,
+        transfer_syntax: Any,
+        identifier: Any,
+    ) -> bool:
+        """Send one Pending response; return False if a failure was sent in its place.
+
+        Raises
+        ------
+        OSError
+            If the connection fails.
+        """
+        encoded = (
+            encode_identifier(identifier, transfer_syntax)
+            if isinstance(identifier, Dataset)
+            else None
+        )
+        if not encoded:
+            LOGGER.error(
+                "C-FIND from %s: cannot encode a response Identifier; sending 0xC312",
+                self.assoc.requestor.ae_title,
+            )
+            rsp.Identifier = None
+            rsp.Status = _IDENTIFIER_NOT_ENCODED
+            self.dimse.send_msg(rsp, context_id)
+            return False
+
+        if writer is None or rsp.ErrorComment is not None or rsp.OffendingElement is not None:
+            rsp.Identifier = BytesIO(encoded)
+            self.dimse.send_msg(rsp, context_id)
+            return True
+        command_set = encode_find_response(
+            rsp.MessageIDBeingRespondedTo or 0,
+            str(rsp.AffectedSOPClassUID),
+            rsp.Status or 0,
+            has_identifier=True,
+        )
+        writer.write(context_id, command_set, encoded)
+        return True
+
+
+def install_find_service() -> None:
+    """Route the C-FIND SOP classes to :class:`FindServiceClass`."""
+    route_sop_classes(FIND_SOP_CLASSES, FindServiceClass)
 
 
 def handle_find(

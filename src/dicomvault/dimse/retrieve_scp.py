@@ -5,8 +5,8 @@ it sets the archive's AE title as Move Originator. So the archive runs the
 sub-operations itself (PS3.4 C.4.2.3 and C.4.3.3). Stored files are sent as
 they are when the peer accepts their transfer syntax, and are decoded and
 converted only when it does not. The class below replaces pynetdicom's
-Query/Retrieve service class for the retrieve SOP classes. C-FIND still runs
-through pynetdicom's implementation and the archive's C-FIND handler.
+Query/Retrieve service class for the retrieve SOP classes. C-FIND has its
+own in ``qr_scp``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import pydicom
-import pynetdicom.association
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filereader import read_dataset
@@ -48,6 +47,7 @@ from dicomvault.audit import ActorKind, AuditAction, AuditEvent, AuditEventType,
 from dicomvault.dicom.attributes import UNIQUE_KEYS, Level
 from dicomvault.dicom.matching import MatchKind, Query, QueryError, parse_identifier
 from dicomvault.dimse.access_control import AccessControl
+from dicomvault.dimse.service_classes import route_sop_classes
 from dicomvault.dimse.status import Status, shorten_comment
 from dicomvault.dimse.store_sender import Originator, SendError, StoreSender
 from dicomvault.dimse.tcp import disable_nagle
@@ -132,23 +132,8 @@ class RetrieveServiceClass(QueryRetrieveServiceClass):
 
 
 def install_retrieve_service() -> None:
-    """Route the C-MOVE and C-GET SOP classes to :class:`RetrieveServiceClass`.
-
-    pynetdicom chooses the service class of a request with
-    ``uid_to_service_class``. The replacement returns ours for the retrieve
-    SOP classes and defers to pynetdicom for every other UID.
-    """
-    current = pynetdicom.association.uid_to_service_class  # type: ignore[attr-defined]
-    if getattr(current, "_dicomvault", False):
-        return
-
-    def service_class_for(uid: str) -> Any:
-        if uid in RETRIEVE_SOP_CLASSES:
-            return RetrieveServiceClass
-        return current(uid)
-
-    service_class_for._dicomvault = True  # type: ignore[attr-defined]
-    pynetdicom.association.uid_to_service_class = service_class_for  # type: ignore[attr-defined]
+    """Route the C-MOVE and C-GET SOP classes to :class:`RetrieveServiceClass`."""
+    route_sop_classes(RETRIEVE_SOP_CLASSES, RetrieveServiceClass)
 
 
 class _Retrieval:

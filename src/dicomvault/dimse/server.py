@@ -26,7 +26,12 @@ from dicomvault.audit import ActorKind, AuditAction, AuditEvent, AuditEventType,
 from dicomvault.config import DimseSettings
 from dicomvault.dimse.access_control import AccessControl
 from dicomvault.dimse.direct_send import send_directly
-from dicomvault.dimse.qr_scp import FIND_SOP_CLASSES, ExtendedNegotiation, handle_find
+from dicomvault.dimse.qr_scp import (
+    FIND_SOP_CLASSES,
+    ExtendedNegotiation,
+    handle_find,
+    install_find_service,
+)
 from dicomvault.dimse.retrieve_scp import (
     RETRIEVE_SOP_CLASSES,
     RetrieveAE,
@@ -119,6 +124,7 @@ class DimseServer:
 
     def _build_ae(self) -> AE:
         install_retrieve_service()
+        install_find_service()
         share_uids_when_copied()
         ae = RetrieveAE(ae_title=self.settings.ae_title)
         ae.archive = self.archive

@@ -21,6 +21,7 @@ from sqlalchemy import (
     MetaData,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -45,7 +46,19 @@ patients = Table(
     Column("patient_sex", Text, nullable=False, default=""),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_patients_patient_id", "patient_id"),
-    Index("ix_patients_patient_name_match", "patient_name_match"),
+    # text_pattern_ops lets PostgreSQL use the index for LIKE 'prefix%' in
+    # any collation. The partial index contains the names with component groups.
+    Index(
+        "ix_patients_patient_name_match",
+        "patient_name_match",
+        postgresql_ops={"patient_name_match": "text_pattern_ops"},
+    ),
+    Index(
+        "ix_patients_patient_name_groups",
+        "patient_name_match",
+        postgresql_where=text("patient_name_match LIKE '%=%'"),
+        sqlite_where=text("patient_name_match LIKE '%=%'"),
+    ),
 )
 
 studies = Table(

@@ -52,6 +52,9 @@ from dicomvault.index.schema import instances, patients, series, studies
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 500
+# The LIKE pattern of person names with component groups, as in the
+# predicate of the partial index ix_patients_patient_name_groups.
+_HAS_GROUPS = "%=%"
 _LEVEL_TABLES = {
     Level.PATIENT: patients,
     Level.STUDY: studies,
@@ -461,11 +464,21 @@ def _value_sql(attribute: ColumnAttribute, table: Any, value: str) -> Any:
         # A name without '=' may match any component group of the stored name.
         if "=" in value:
             return column.like(pattern, escape="\\")
+        # The whole name and its first group can be found through the index
+        # when the pattern starts with literal characters. Later groups are
+        # searched only in names that have groups. The condition repeats the
+        # predicate of the partial index ix_patients_patient_name_groups, so
+        # that PostgreSQL reads those names from it.
         return or_(
             column.like(pattern, escape="\\"),
             column.like(pattern + "=%", escape="\\"),
-            column.like("%=" + pattern, escape="\\"),
-            column.like("%=" + pattern + "=%", escape="\\"),
+            and_(
+                column.like(_HAS_GROUPS),
+                or_(
+                    column.like("%=" + pattern, escape="\\"),
+                    column.like("%=" + pattern + "=%", escape="\\"),
+                ),
+            ),
         )
     column = table.c[attribute.column]
     if has_wildcard(value):
