@@ -29,13 +29,12 @@ from dicomvault.ingest.bucket import (
     parse_bucket_url,
     source_client,
 )
-from dicomvault.ingest.indexer import CHUNK_BYTES, IngestContext
+from dicomvault.ingest.indexer import CHUNK_BYTES, IngestContext, split_into_chunks
+from dicomvault.ingest.jobs import FileJob
 
 LOGGER = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
-
-_Job = tuple[str, int, str]
 
 
 class BucketTaskLeader:
@@ -112,18 +111,19 @@ class BucketTaskLeader:
             if not page:
                 continue
             jobs, skipped = self._new_or_changed(location, page, known)
-            self.chunks.add_page(
-                self.task.id,
-                ListedPage(_chunks(jobs, batch, CHUNK_BYTES), len(page), skipped, page[-1].key),
-            )
+            chunks = [
+                [(job.path, job.size, job.etag) for job in chunk]
+                for chunk in split_into_chunks(jobs, batch, CHUNK_BYTES)
+            ]
+            self.chunks.add_page(self.task.id, ListedPage(chunks, len(page), skipped, page[-1].key))
             self._report_progress()
         self.chunks.finish_listing(self.task.id)
         LOGGER.info("Indexing task %d: listing of %s complete", self.task.id, location.url)
 
     def _new_or_changed(
         self, location: BucketLocation, page: Sequence[ObjectEntry], known: dict[str, FileState]
-    ) -> tuple[list[_Job], int]:
-        jobs: list[_Job] = []
+    ) -> tuple[list[FileJob], int]:
+        jobs: list[FileJob] = []
         skipped = 0
         for entry in page:
             url = object_url(location.bucket, entry.key)
@@ -136,7 +136,7 @@ class BucketTaskLeader:
             ):
                 skipped += 1
             else:
-                jobs.append((url, entry.size, entry.etag))
+                jobs.append(FileJob(url, entry.size, 0, entry.etag))
         return jobs, skipped
 
     # --- waiting for the chunks --------------------------------------------------------------
@@ -172,19 +172,3 @@ class BucketTaskLeader:
             record = self.context.tasks.get(self.task.id)
             if record is not None:
                 self.on_progress(record.counts)
-
-
-def _chunks(jobs: list[_Job], max_files: int, max_bytes: int) -> list[list[_Job]]:
-    """Cut the jobs into chunks of at most ``max_files`` objects and about ``max_bytes``."""
-    chunks: list[list[_Job]] = []
-    chunk: list[_Job] = []
-    size = 0
-    for job in jobs:
-        if chunk and (len(chunk) >= max_files or size + job[1] > max_bytes):
-            chunks.append(chunk)
-            chunk, size = [], 0
-        chunk.append(job)
-        size += job[1]
-    if chunk:
-        chunks.append(chunk)
-    return chunks

@@ -223,7 +223,7 @@ class FolderIndexer:
             If a chunk could not be indexed; chunks already committed stay.
         """
         changed: list[FileJob] = []
-        chunks = _chunks(jobs, self._chunk_files(len(jobs)), CHUNK_BYTES)
+        chunks = split_into_chunks(jobs, self._chunk_files(len(jobs)), CHUNK_BYTES)
         max_in_flight = CHUNKS_IN_FLIGHT_PER_WORKER * self.context.pool.workers
         in_flight: set[_Chunk] = set()
         position = 0
@@ -409,7 +409,7 @@ class FolderIndexer:
             raise IndexingError(f"The index database failed: {exc}") from exc
 
 
-def _chunks(jobs: list[FileJob], max_files: int, max_bytes: int) -> list[list[FileJob]]:
+def split_into_chunks(jobs: list[FileJob], max_files: int, max_bytes: int) -> list[list[FileJob]]:
     """Split the jobs into chunks of at most ``max_files`` files and about ``max_bytes`` bytes."""
     chunks: list[list[FileJob]] = []
     chunk: list[FileJob] = []
