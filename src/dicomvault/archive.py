@@ -30,6 +30,7 @@ from dicomvault.index.removal import remove_from_index
 from dicomvault.index.search import IndexSearch, SearchResult
 from dicomvault.index.writer import DuplicateInstanceError, IndexWriter, StoredInstance
 from dicomvault.storage.base import Storage, StorageError, StorageFullError
+from dicomvault.storage.checksum import Sha256Chunks
 from dicomvault.storage.in_bucket import is_indexed_in_place
 
 LOGGER = logging.getLogger(__name__)
@@ -231,11 +232,13 @@ class Archive:
             header.sop_class_uid, header.sop_instance_uid, transfer_syntax_uid, source_ae_title
         )
         key = new_storage_key()
-        size = self.storage.put(key, (meta, dataset))
+        written = Sha256Chunks((meta, dataset))
+        size = self.storage.put(key, written)
 
         try:
             outcome = self.writer.add_instance(
-                StoredInstance(header, key, size, source_ae_title), replace=replace
+                StoredInstance(header, key, size, source_ae_title, written.hexdigest()),
+                replace=replace,
             )
         except DuplicateInstanceError:
             self.storage.delete(key)

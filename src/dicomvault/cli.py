@@ -1151,6 +1151,61 @@ def remove_command(
     )
 
 
+@app.command("fsck")
+def fsck_command(
+    verify_checksums: Annotated[
+        bool,
+        typer.Option(
+            "--verify-checksums",
+            help="Also read every stored object and compare its SHA-256 with the recorded one.",
+        ),
+    ] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Re-index orphan objects, delete temporary leftovers and remove missing "
+            "instances from the index. Refused while a server holds the data directory.",
+        ),
+    ] = False,
+    config: ConfigOption = None,
+    data_dir: DataDirOption = None,
+    index_url: IndexUrlOption = None,
+) -> None:
+    """Check that the index and the storage agree; exit 0 if clean, 1 if problems remain."""
+    from dicomvault.fsck import check_archive, format_report, repair_archive  # see run_server
+
+    settings = _settings(config, {"storage.data_dir": data_dir, "index.url": index_url})
+    configure_logging("WARNING", settings.logging.format)
+    lock = None
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if repair:
+            lock = lock_data_dir(settings.data_dir)
+        storage = open_storage(settings)
+        engine = open_index_engine(settings.index_url)
+    except DataDirInUseError as exc:
+        raise _fail(f"{exc}. 'fsck --repair' needs the archive to itself") from None
+    except (StorageSetupError, DatabaseError) as exc:
+        raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(
+            f"Cannot use data directory {settings.data_dir}: {exc.strerror or exc}"
+        ) from None
+    try:
+        report = check_archive(engine, storage, verify_checksums)
+        if repair:
+            repair_archive(engine, storage, report)
+    except (OSError, SQLAlchemyError) as exc:
+        raise _fail(f"The check failed: {exc}") from None
+    finally:
+        engine.dispose()
+        if lock is not None:
+            lock.close()
+    typer.echo(format_report(report, verify_checksums, repair))
+    raise typer.Exit(1 if report.unrepaired else 0)
+
+
 tasks_app = typer.Typer(help="List, show and cancel indexing tasks.", no_args_is_help=True)
 app.add_typer(tasks_app, name="tasks")
 

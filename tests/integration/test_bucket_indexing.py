@@ -173,9 +173,7 @@ def test_rerun_reads_changed_objects_only(
     assert "Changed^Name" in names
 
 
-def test_import_copies_objects(
-    tmp_path: Path, moto_server: MotoServer, bucket_name: str
-) -> None:
+def test_import_copies_objects(tmp_path: Path, moto_server: MotoServer, bucket_name: str) -> None:
     ds = make_instance()
     path = write_instance(tmp_path / "one.dcm", ds)
     moto_server.client().put_object(

@@ -204,7 +204,7 @@ class TestMigrate:
         migrate(index_engine)
         with index_engine.connect() as connection:
             version = connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
-        assert version == "0010"
+        assert version == "0011"
 
     def test_newest_revision_is_alembic_head(self) -> None:
         config = Config()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -90,6 +91,22 @@ class TestReadFile:
         assert header.sop_instance_uid == reference.SOPInstanceUID
         assert isinstance(header.header_json, EncodedJSON)
         assert json.loads(header.header_json)["00100010"]["vr"] == "PN"
+
+    def test_in_place_records_sha256_of_file(self, tmp_path: Path) -> None:
+        path = PYDICOM_TEST_FILES / "CT_small.dcm"
+
+        result = read_in_place(path, tmp_path)
+
+        expected = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert result.sha256 == expected  # type: ignore[attr-defined]
+
+    def test_import_records_sha256_of_copy(self, tmp_path: Path) -> None:
+        source = PYDICOM_TEST_FILES / "MR_small.dcm"
+
+        result = read_file(job_for(source), ReadOptions(Mode.IMPORT, str(tmp_path)))
+
+        stored = (tmp_path / result.storage_key).read_bytes()
+        assert result.sha256 == hashlib.sha256(stored).hexdigest()
 
     def test_import_copies_dataset(self, tmp_path: Path) -> None:
         source = PYDICOM_TEST_FILES / "MR_small.dcm"

@@ -118,6 +118,9 @@ instances = Table(
     Column("specific_character_set", _text, nullable=False, default=""),
     Column("storage_key", Text, nullable=False),
     Column("size", BigInteger, nullable=False),
+    # SHA-256 of the plain DICOM bytes in hex, recorded at ingest; NULL for
+    # instances indexed before checksums were recorded.
+    Column("sha256", Text, nullable=True),
     Column("source_ae_title", Text, nullable=False, default=""),
     Column("received_at", DateTime(timezone=True), nullable=False),
     Column("header", HeaderJSON, nullable=False),

@@ -31,12 +31,17 @@ class DuplicateInstanceError(Exception):
 
 @dataclasses.dataclass(frozen=True)
 class StoredInstance:
-    """An instance whose file is durable, ready to be indexed."""
+    """An instance whose file is durable, ready to be indexed.
+
+    ``sha256`` is the checksum of the plain DICOM bytes of the file in hex;
+    None when it is unknown.
+    """
 
     header: InstanceHeader
     storage_key: str
     size: int
     source_ae_title: str
+    sha256: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -371,6 +376,7 @@ class IndexWriter:
                 "specific_character_set": header.specific_character_set,
                 "storage_key": stored.storage_key,
                 "size": stored.size,
+                "sha256": stored.sha256,
                 "source_ae_title": stored.source_ae_title,
                 "received_at": now,
                 "header": header.header_json,
@@ -534,6 +540,7 @@ def _image_row(item: StoredInstance) -> dict[str, Any]:
         "specific_character_set": header.specific_character_set,
         "storage_key": item.storage_key,
         "size": item.size,
+        "sha256": item.sha256,
         "source_ae_title": item.source_ae_title,
         "header": header.header_json,
     }

@@ -11,6 +11,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import enum
+import hashlib
 import json
 import os
 from typing import TYPE_CHECKING
@@ -38,6 +39,7 @@ from dicomvault.ingest.bucket import (
 )
 from dicomvault.ingest.jobs import FileJob, Mode, ReadOptions
 from dicomvault.storage.base import Storage, StorageError
+from dicomvault.storage.checksum import Sha256Chunks
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.in_bucket import in_bucket_key
 from dicomvault.storage.in_place import in_place_key
@@ -71,7 +73,8 @@ class ReadResult:
     written in import mode, which the caller deletes if indexing fails.
     ``size`` is the size of the file the key names. ``retry`` marks a
     failure of the file system or of the bucket rather than of the file's
-    content, which the next task tries again.
+    content, which the next task tries again. ``sha256`` is the checksum
+    of the file as read, or of the copy as written, in hex.
     """
 
     job: FileJob
@@ -81,6 +84,7 @@ class ReadResult:
     storage_key: str = ""
     size: int = 0
     retry: bool = False
+    sha256: str | None = None
 
 
 _storages: dict[tuple[str, StorageSettings | None, StorageSettings | None], Storage] = {}
@@ -160,7 +164,7 @@ def _parse(job: FileJob, loaded: bytes | ReadResult, options: ReadOptions) -> Re
         if part10.media_storage_sop_class_uid == MEDIA_STORAGE_DIRECTORY_STORAGE:
             return ReadResult(job, Outcome.IGNORED, DICOMDIR_REASON)
         dataset = data[part10.dataset_offset :]
-        header = _describe(dataset, part10.transfer_syntax_uid)
+        header = describe_dataset(dataset, part10.transfer_syntax_uid)
     except MissingAttributeError as exc:
         return ReadResult(
             job,
@@ -178,7 +182,14 @@ def _parse(job: FileJob, loaded: bytes | ReadResult, options: ReadOptions) -> Re
             key = in_bucket_key(*split_object_url(job.path))
         else:
             key = in_place_key(job.path)
-        return ReadResult(job, Outcome.INSTANCE, header=header, storage_key=key, size=job.size)
+        return ReadResult(
+            job,
+            Outcome.INSTANCE,
+            header=header,
+            storage_key=key,
+            size=job.size,
+            sha256=hashlib.sha256(data).hexdigest(),
+        )
     return _import(job, options, header, dataset)
 
 
@@ -220,7 +231,14 @@ def _read_object(job: FileJob, options: ReadOptions) -> bytes | ReadResult:
         return ReadResult(job, Outcome.FAILED, str(exc), retry=True)
 
 
-def _describe(dataset: bytes, transfer_syntax_uid: str) -> InstanceHeader:
+def describe_dataset(dataset: bytes, transfer_syntax_uid: str) -> InstanceHeader:
+    """Describe an encoded dataset for the index.
+
+    Raises
+    ------
+    InvalidDatasetError
+        If the dataset cannot be parsed or lacks a required UID.
+    """
     header = describe_encoded(dataset, transfer_syntax_uid)
     if header is not None:
         return header
@@ -251,12 +269,20 @@ def _import(
         header.sop_class_uid, header.sop_instance_uid, header.transfer_syntax_uid
     )
     key = new_storage_key()
+    written = Sha256Chunks((meta, dataset))
     try:
-        size = storage.put(key, (meta, dataset))
+        size = storage.put(key, written)
     except StorageError as exc:
         reason = f"Cannot be copied into the storage: {exc}"
         return ReadResult(job, Outcome.FAILED, reason, retry=True)
-    return ReadResult(job, Outcome.INSTANCE, header=header, storage_key=key, size=size)
+    return ReadResult(
+        job,
+        Outcome.INSTANCE,
+        header=header,
+        storage_key=key,
+        size=size,
+        sha256=written.hexdigest(),
+    )
 
 
 def import_storage(options: ReadOptions) -> Storage:

@@ -88,7 +88,7 @@ class _Chunk:
             # A bucket task lists each object once: a changed one waits for the next task.
             self.unreadable += [TaskFile(job.path, "pending", CHANGED_REASON) for job in changed]
         stored = [
-            StoredInstance(r.header, r.storage_key, r.size, "")  # type: ignore[arg-type]
+            StoredInstance(r.header, r.storage_key, r.size, "", r.sha256)  # type: ignore[arg-type]
             for r in self.read
         ]
         try:
