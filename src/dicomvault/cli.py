@@ -368,6 +368,15 @@ def run_server(configured: Settings) -> int:
         engine.url.render_as_string(hide_password=True),
         storage.describe(),
     )
+    if engine.dialect.name != "sqlite" and settings.storage.backend == "filesystem":
+        # NOTE: the server cannot tell whether other servers share this index.
+        LOGGER.warning(
+            "The index is a database server but files are stored in %s: every server that "
+            "shares this index must see the same folder (a shared file system), or use "
+            'storage.backend = "s3"; otherwise instances stored or imported through one '
+            "server cannot be retrieved through another",
+            storage.location,
+        )
 
     while not signals.stop_requested.wait(1.0):
         pass

@@ -199,6 +199,12 @@ def test_import_copies_objects(tmp_path: Path, moto_server: MotoServer, bucket_n
             "prefix",
         ),
         ("s3://", "", "Error: "),
+        (
+            "S3://other-bucket/incoming/",
+            "",
+            "Error: Cannot index S3://other-bucket/incoming/: only folders and "
+            "s3://bucket/prefix URLs (in lower case) can be indexed",
+        ),
     ],
 )
 def test_bucket_outside_allowed_prefixes_rejected(
@@ -215,3 +221,12 @@ def test_bucket_outside_allowed_prefixes_rejected(
 @pytest.fixture
 def bucket_name(moto_server: MotoServer) -> str:
     return moto_server.new_bucket()
+
+
+def test_prefix_without_slash_gets_advice(
+    tmp_path: Path, moto_server: MotoServer, bucket_name: str
+) -> None:
+    url = f"s3://{bucket_name}/{PREFIX.rstrip('/')}"
+    run = index_bucket(moto_server, url, tmp_path / "data")
+    assert run.returncode == 2, run.describe()
+    assert f"end the URL with '/' ({url}/) to index the allowed prefix" in run.output

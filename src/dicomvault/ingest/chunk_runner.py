@@ -139,6 +139,15 @@ class ChunkRunner:
             return
         except Exception as exc:  # a worker died or failed outside the database
             error = f"A worker process failed: {exc}"
+        if not error:
+            LOGGER.info(
+                "Task %d: chunk %d of %d objects indexed by %s",
+                chunk.task_id,
+                chunk.pk,
+                len(chunk.jobs),
+                self.owner,
+            )
+            return
         if error:
             try:
                 self.queue.release(chunk, self.owner, error)

@@ -35,6 +35,12 @@ def resolve_folder(path: str | Path, roots: Sequence[Path]) -> Path:
     text = str(path)
     if not text.strip():
         raise PathNotAllowedError("The folder to index is empty; give a path", not_a_folder=True)
+    if "://" in text:
+        raise PathNotAllowedError(
+            f"Cannot index {text}: only folders and s3://bucket/prefix URLs (in lower case) "
+            "can be indexed",
+            not_a_folder=True,
+        )
     if not roots:
         raise PathNotAllowedError(
             f"Cannot index {text}: no import roots are configured; list the folders that "
@@ -74,7 +80,10 @@ def resolve_bucket(url: str, allowed: Sequence[str]) -> BucketLocation:
         permitted = parse_bucket_url(text)
         if location.bucket == permitted.bucket and location.prefix.startswith(permitted.prefix):
             return location
+    advice = "add it to [ingest] import_buckets or choose one under them"
+    if any(text.rstrip("/") == location.url for text in allowed):
+        advice = f"end the URL with '/' ({location.url}/) to index the allowed prefix"
     raise PathNotAllowedError(
         f"Cannot index {url}: it is not under an allowed bucket prefix "
-        f"({', '.join(allowed)}); add it to [ingest] import_buckets or choose one under them"
+        f"({', '.join(allowed)}); {advice}"
     )
