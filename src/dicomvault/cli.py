@@ -345,6 +345,8 @@ def run_server(configured: Settings) -> int:
             ssl_context=http_tls,
             trusted_proxies=settings.http.trusted_proxies,
             shutdown_timeout=settings.server.drain_seconds,
+            keep_alive_timeout=settings.http.keep_alive_timeout,
+            read_timeout=settings.http.read_timeout,
         )
         try:
             http.start()

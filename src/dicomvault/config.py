@@ -479,21 +479,40 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         "max_associations",
         _parse_int_range(1, 1000),
         32,
-        "maximum number of concurrent associations",
+        "maximum number of concurrent associations; one more is rejected with "
+        "A-ASSOCIATE-RJ (rejected-transient, local-limit-exceeded)",
+    ),
+    SettingDefinition(
+        "dimse",
+        "max_associations_per_ae",
+        _parse_int_range(0, 1000),
+        0,
+        "maximum number of concurrent associations of one calling AE title, rejected like "
+        "dimse.max_associations; 0 sets no limit of its own",
     ),
     SettingDefinition(
         "dimse",
         "max_pdu_size",
         _parse_int_range(0, 2**32 - 1),
         262144,
-        "maximum PDU size in bytes the archive receives; 0 means no limit",
+        "maximum PDU size in bytes the archive receives; a peer that sends a longer "
+        "P-DATA-TF PDU is aborted; 0 means no limit",
+    ),
+    SettingDefinition(
+        "dimse",
+        "max_dataset_size",
+        _parse_int_range(1, 2**63 - 1),
+        1024**3,
+        "maximum size in bytes of a data set received with C-STORE; a larger one is "
+        "discarded and answered with 0xA700 Out of Resources; the archive holds one "
+        "data set per association in memory",
     ),
     SettingDefinition(
         "dimse",
         "acse_timeout",
         _parse_float_range(1, 3600),
         30.0,
-        "seconds to wait for association messages",
+        "seconds to wait for association messages, and for the A-ASSOCIATE-RQ of a new connection",
     ),
     SettingDefinition(
         "dimse",
@@ -507,7 +526,7 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         "network_timeout",
         _parse_float_range(1, 3600),
         60.0,
-        "seconds an idle association is kept open",
+        "seconds an idle association is kept open, and that the rest of a PDU may take to arrive",
     ),
     SettingDefinition(
         "dimse",
@@ -744,6 +763,37 @@ SETTINGS: tuple[SettingDefinition, ...] = (
         16 * 1024**3,
         "maximum size in bytes of one STOW-RS request body, which is spooled to a "
         "temporary file before any instance is stored",
+    ),
+    SettingDefinition(
+        "http",
+        "max_request_size",
+        _parse_int_range(1, 2**63 - 1),
+        16 * 1024**2,
+        "maximum size in bytes of a request body to any endpoint but STOW-RS, which "
+        "http.stow_max_request_size limits; a larger one is answered with 413",
+    ),
+    SettingDefinition(
+        "http",
+        "max_concurrent_requests",
+        _parse_int_range(1, 100_000),
+        256,
+        "maximum number of requests served at once; more are answered with 503 and "
+        "Retry-After; /health and /ready are not counted",
+    ),
+    SettingDefinition(
+        "http",
+        "read_timeout",
+        _parse_float_range(1, 3600),
+        60.0,
+        "seconds a client may take to send a request's line and headers, and between two "
+        "parts of its body; a stalled body is answered with 408, and the connection closed",
+    ),
+    SettingDefinition(
+        "http",
+        "keep_alive_timeout",
+        _parse_int_range(1, 3600),
+        5,
+        "seconds an idle keep-alive connection is kept open between requests",
     ),
     SettingDefinition(
         "http",
@@ -1049,7 +1099,9 @@ class DimseSettings:
     allowed_calling_ae_titles: list[str]
     unknown_callers: str
     max_associations: int
+    max_associations_per_ae: int
     max_pdu_size: int
+    max_dataset_size: int
     tls_port: int
     tls_cert_file: str
     tls_key_file: str
@@ -1116,6 +1168,10 @@ class HttpSettings:
     port: int
     stow_max_instance_size: int
     stow_max_request_size: int
+    max_request_size: int
+    max_concurrent_requests: int
+    read_timeout: float
+    keep_alive_timeout: int
     cors_allow_origins: list[str]
     public_url: str
     dicomweb_access: str

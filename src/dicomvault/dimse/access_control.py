@@ -116,7 +116,7 @@ class AccessControl:
                 exc,
             )
             reason = "the node registry could not be read from the index database"
-            self._reject(assoc, reason, REJECT_TRANSIENT)
+            self.reject(assoc, reason, REJECT_TRANSIENT)
             return
 
         subject = None
@@ -126,7 +126,7 @@ class AccessControl:
             ae_title, address, node, self.archive.settings.dimse.unknown_callers, subject
         )
         if isinstance(decision, Rejection):
-            self._reject(assoc, decision.reason, REJECT_CALLING_AE_TITLE)
+            self.reject(assoc, decision.reason, REJECT_CALLING_AE_TITLE)
             return
         self.record_grant(assoc, decision)
 
@@ -163,7 +163,12 @@ class AccessControl:
             _, source, diagnostic = _pynetdicom_rejection(assoc)
         return REJECT_REASON_NAMES.get((source, diagnostic), "unknown")
 
-    def _reject(self, assoc: Any, reason: str, result_source_reason: tuple[int, int, int]) -> None:
+    def reject(self, assoc: Any, reason: str, result_source_reason: tuple[int, int, int]) -> None:
+        """Send A-ASSOCIATE-RJ with ``result_source_reason`` and end ``assoc``.
+
+        Call it from an ``evt.EVT_REQUESTED`` handler. :meth:`rejection_reason`
+        and :meth:`rejection_code` then return ``reason`` and the PS3.8 name.
+        """
         with self._lock:
             self._rejections[assoc] = (reason, result_source_reason)
         # The same steps as pynetdicom's own rejection during negotiation.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 import ssl
 import threading
@@ -26,6 +25,7 @@ from dicomvault.audit import ActorKind, AuditAction, AuditEvent, AuditEventType,
 from dicomvault.config import DimseSettings
 from dicomvault.dimse.access_control import AccessControl
 from dicomvault.dimse.direct_send import send_directly
+from dicomvault.dimse.limits import AssociationsPerAE, limit_dataset_size, limit_pdu_length
 from dicomvault.dimse.qr_scp import (
     FIND_SOP_CLASSES,
     ExtendedNegotiation,
@@ -112,6 +112,9 @@ class DimseServer:
         self.tls_context = tls_context
         self.negotiation = ExtendedNegotiation()
         self.access = AccessControl(archive)
+        self.associations_per_ae = AssociationsPerAE(
+            self.settings.max_associations_per_ae, self.access
+        )
         self.ae = self._build_ae()
         self._server: Any = None  # the plain port's listener
         self._tls_server: Any = None
@@ -154,13 +157,28 @@ class DimseServer:
             (evt.EVT_C_STORE, handle_store, [self.archive, self.access]),
             (evt.EVT_C_FIND, handle_find, [self.archive, self.negotiation, self.access]),
             (evt.EVT_SOP_EXTENDED, self.negotiation.handle),
-            (evt.EVT_CONN_OPEN, functools.partial(_prepare_connection, self.settings.acse_timeout)),
+            (evt.EVT_CONN_OPEN, self._prepare_connection),
+            # The access control first: it sets the calling AE title the limit counts by.
             (evt.EVT_REQUESTED, self.access.on_requested),
+            (evt.EVT_REQUESTED, self.associations_per_ae.on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
             (evt.EVT_REJECTED, self._on_rejected),
             (evt.EVT_RELEASED, self._on_released),
             (evt.EVT_ABORTED, self._on_aborted),
         ]
+
+    def _prepare_connection(self, event: Any) -> None:
+        # Runs on the connection's own thread, before the association starts.
+        # NOTE: pynetdicom 3.0 starts a thread for each TCP connection before any
+        # limit applies, and one that sends nothing keeps it for dimse.acse_timeout.
+        # A flood of silent connections is bounded only by that timeout.
+        settings = self.settings
+        if not complete_handshake(event.assoc, settings.acse_timeout):
+            return
+        disable_nagle(event.assoc)
+        read_promptly(event.assoc, settings.network_timeout)
+        limit_pdu_length(event.assoc, settings.max_pdu_size)
+        limit_dataset_size(event.assoc, settings.max_dataset_size)
 
     def _on_accepted(self, event: Any) -> None:
         transport = getattr(event.assoc.dul.socket, "socket", None)
@@ -321,6 +339,7 @@ class DimseServer:
                 ).start()
             self.ae.ae_title = settings.ae_title
             self.ae.require_calling_aet = list(settings.allowed_calling_ae_titles)
+            self.associations_per_ae.set_limit(settings.max_associations_per_ae)
             for server in self._live():
                 server.ae_title = settings.ae_title
             self.settings = settings
@@ -430,14 +449,6 @@ def share_uids_when_copied() -> None:
 
 def _same_uid(uid: UID, memo: dict[int, Any]) -> UID:
     return uid
-
-
-def _prepare_connection(handshake_timeout: float, event: Any) -> None:
-    # Runs on the connection's own thread, before the association starts.
-    if not complete_handshake(event.assoc, handshake_timeout):
-        return
-    disable_nagle(event.assoc)
-    read_promptly(event.assoc)
 
 
 def _established(servers: list[Any]) -> list[Any]:

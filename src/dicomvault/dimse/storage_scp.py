@@ -18,6 +18,7 @@ from dicomvault.archive import (
 )
 from dicomvault.dicom.header import MissingAttributeError
 from dicomvault.dimse.access_control import AccessControl
+from dicomvault.dimse.limits import DiscardedDataSet
 from dicomvault.dimse.status import Status, status_dataset
 from dicomvault.permissions import Permission
 
@@ -49,7 +50,9 @@ def handle_store(event: Any, archive: Archive, access: AccessControl) -> Dataset
       or the request's SOP Instance UID differs from the dataset's.
     - 0xC000 Failure: the dataset cannot be parsed or is truncated.
     - 0x0111 Failure: the instance exists and the duplicate policy is reject.
-    - 0xA700 Failure: no space left in storage.
+    - 0xA700 Failure: no space left in storage, or the data set is larger
+      than ``dimse.max_dataset_size``; its bytes were discarded as they
+      arrived.
     - 0x0110 Failure: storage or index error.
     - 0x0124 Refused: Not authorized (PS3.7 C.5): the calling AE title lacks
       the store permission; the received data set is neither parsed nor stored.
@@ -63,6 +66,9 @@ def handle_store(event: Any, archive: Archive, access: AccessControl) -> Dataset
     request = event.request
     calling_ae = event.assoc.requestor.ae_title
     sop_instance_uid = str(request.AffectedSOPInstanceUID or "")
+    if isinstance(request.DataSet, DiscardedDataSet):
+        return _too_large(request.DataSet, calling_ae, sop_instance_uid)
+
     try:
         result = archive.store(
             dataset=request.DataSet.getvalue(),
@@ -85,6 +91,22 @@ def handle_store(event: Any, archive: Archive, access: AccessControl) -> Dataset
             "SOP Class UID of request and dataset differ",
         )
     return status_dataset(Status.SUCCESS)
+
+
+def _too_large(data_set: DiscardedDataSet, calling_ae: str, sop_instance_uid: str) -> Dataset:
+    LOGGER.error(
+        "C-STORE of %s from %s failed with 0x%04X: the data set of %d bytes exceeds "
+        "dimse.max_dataset_size (%d bytes)",
+        sop_instance_uid,
+        calling_ae,
+        Status.OUT_OF_RESOURCES,
+        data_set.received,
+        data_set.limit,
+    )
+    return status_dataset(
+        Status.OUT_OF_RESOURCES,
+        f"Data set exceeds dimse.max_dataset_size ({data_set.limit} bytes)",
+    )
 
 
 def _failure(exc: Exception, calling_ae: str, sop_instance_uid: str) -> Dataset:

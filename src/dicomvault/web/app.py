@@ -34,6 +34,7 @@ from dicomvault.web.auth import Authenticator, OpenAccess, UserAuthenticator
 from dicomvault.web.dicomweb.errors import install_error_handlers
 from dicomvault.web.dicomweb.routers import include_dicomweb
 from dicomvault.web.identity import require_admin
+from dicomvault.web.limits import RequestLimitsMiddleware
 from dicomvault.web.oidc import install_oidc
 from dicomvault.web.ui import include_console
 
@@ -133,6 +134,12 @@ def create_app(
             expose_headers=CORS_EXPOSED_HEADERS,
         )
         LOGGER.info("CORS allows origins %s", ", ".join(origins))
+    app.add_middleware(
+        RequestLimitsMiddleware,
+        max_request_size=http_settings.max_request_size,
+        max_concurrent_requests=http_settings.max_concurrent_requests,
+        read_timeout=http_settings.read_timeout,
+    )
     # Added last, so that it runs outside the other middleware and counts their responses too.
     app.add_middleware(HttpMetricsMiddleware, metrics=metrics)
     return app

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import socket
@@ -9,9 +10,11 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 LOGGER = logging.getLogger(__name__)
 
@@ -22,6 +25,10 @@ GRACEFUL_SHUTDOWN_SECONDS = 5
 STOP_POLL_SECONDS = 0.1
 # Time given to uvicorn to cancel the requests left after its graceful shutdown timeout.
 CANCEL_SECONDS = 2.0
+# The default of http.keep_alive_timeout, and of uvicorn 0.55.
+KEEP_ALIVE_SECONDS = 5
+# The default of http.read_timeout.
+READ_TIMEOUT_SECONDS = 60.0
 
 
 class HttpServer:
@@ -42,6 +49,13 @@ class HttpServer:
         are ignored from every client.
     shutdown_timeout : float
         Seconds that requests in flight get to finish at a stop.
+    keep_alive_timeout : int
+        Seconds an idle keep-alive connection is kept open (``http.keep_alive_timeout``).
+    read_timeout : float
+        Seconds a client may take to send a request line and headers
+        (``http.read_timeout``); a connection that has not sent them by then
+        is closed. The body's parts are timed by
+        :class:`dicomvault.web.limits.RequestLimitsMiddleware`.
     """
 
     def __init__(
@@ -52,6 +66,8 @@ class HttpServer:
         ssl_context: ssl.SSLContext | None = None,
         trusted_proxies: Sequence[str] = (),
         shutdown_timeout: float = GRACEFUL_SHUTDOWN_SECONDS,
+        keep_alive_timeout: int = KEEP_ALIVE_SECONDS,
+        read_timeout: float = READ_TIMEOUT_SECONDS,
     ) -> None:
         self.host = host
         self.port = port
@@ -62,6 +78,8 @@ class HttpServer:
             lifespan="off",
             # uvicorn's setting is an int of seconds; a fraction is rounded up.
             timeout_graceful_shutdown=math.ceil(shutdown_timeout),
+            timeout_keep_alive=keep_alive_timeout,
+            http=request_head_timeout_protocol(read_timeout),
             # uvicorn trusts forwarded headers from 127.0.0.1 by default and
             # reads FORWARDED_ALLOW_IPS; only the setting decides here.
             proxy_headers=bool(trusted_proxies),
@@ -159,6 +177,69 @@ class SuccessfulProbeFilter(logging.Filter):
             return True
         _, method, path, _, status = args
         return not (method in ("GET", "HEAD") and path in PROBE_PATHS and status == 200)
+
+
+class _TimedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection whose request head does not arrive in time.
+
+    uvicorn 0.55 times only the idle time between requests
+    (``timeout_keep_alive``), and that timer stops at the first byte. A
+    client that connects and sends nothing, or part of a request head,
+    would hold its connection for good. Here a timer runs from the
+    connection's start, and from the end of each response, until a
+    request's line and headers are complete.
+    """
+
+    head_timeout: float = READ_TIMEOUT_SECONDS
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._start_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_timer()
+        super().connection_lost(exc)
+
+    def handle_events(self) -> None:
+        cycle = self.cycle
+        super().handle_events()
+        if self.cycle is not cycle:  # a request's head is complete
+            self._stop_head_timer()
+
+    def on_response_complete(self) -> None:
+        # Started first: uvicorn handles a pipelined request inside, which stops it again.
+        self._start_head_timer()
+        super().on_response_complete()
+
+    def _start_head_timer(self) -> None:
+        self._stop_head_timer()
+        self._head_timer = self.loop.call_later(self.head_timeout, self._on_head_timeout)
+
+    def _stop_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _on_head_timeout(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        LOGGER.debug(
+            "Closed the connection from %s: no request head within %g s (http.read_timeout)",
+            _format_address(self.client),
+            self.head_timeout,
+        )
+        self.transport.close()
+
+
+def request_head_timeout_protocol(seconds: float) -> type[asyncio.Protocol]:
+    """Return uvicorn's h11 protocol with a ``seconds`` timeout for each request head."""
+    return type("TimedH11Protocol", (_TimedH11Protocol,), {"head_timeout": seconds})
+
+
+def _format_address(address: tuple[str, int] | None) -> str:
+    return "unknown" if address is None else f"{address[0]}:{address[1]}"
 
 
 def _fixed_context(
