@@ -159,6 +159,41 @@ class TestPut:
         assert "server-side encryption aws:kms" in storage.describe()
 
 
+class TestExpectContinue:
+    """A PUT sends its body at once; multipart parts still wait for "100 Continue"."""
+
+    def test_put_object_without_expect(self, storage: S3Storage) -> None:
+        sent = record_expect_headers(storage)
+
+        storage.put(KEY, [b"DICM", b"data"])
+
+        assert sent == [("PutObject", None)]
+
+    def test_upload_parts_keep_expect(self, storage: S3Storage) -> None:
+        sent = record_expect_headers(storage)
+
+        storage.put(KEY, [random_bytes(PART_SIZE + 1000)])
+
+        parts = [expect for operation, expect in sent if operation == "UploadPart"]
+        assert parts == ["100-continue", "100-continue"]
+        assert ("PutObject", None) not in sent
+
+
+def record_expect_headers(storage: S3Storage) -> list[tuple[str, str | None]]:
+    """Record the operation and Expect header of every request that ``storage`` sends."""
+    sent: list[tuple[str, str | None]] = []
+
+    def record(request: Any, event_name: str, **_: Any) -> None:
+        value = request.headers.get("Expect")
+        if isinstance(value, bytes):
+            value = value.decode("ascii")
+        sent.append((event_name.rsplit(".", 1)[-1], value))
+
+    # Registered after the storage's own handlers, so it sees the headers as sent.
+    storage.client.meta.events.register("before-send.s3", record)
+    return sent
+
+
 class TestOpen:
     def test_ranged_reads_and_seeks(self, storage: S3Storage) -> None:
         data = random_bytes(3 * READ_BLOCK_MIN + 123)

@@ -46,6 +46,7 @@ from dicomvault.storage.s3_reader import (
 )
 
 if TYPE_CHECKING:
+    from botocore.awsrequest import AWSPreparedRequest
     from types_boto3_s3 import S3Client
 
 LOGGER = logging.getLogger(__name__)
@@ -88,7 +89,23 @@ def new_s3_client(settings: StorageSettings) -> S3Client:
     client: S3Client = session.client(
         "s3", endpoint_url=settings.s3_endpoint_url or None, config=config
     )
+    client.meta.events.register("before-send.s3.PutObject", _remove_expect_continue)
     return client
+
+
+def _remove_expect_continue(request: AWSPreparedRequest, **kwargs: Any) -> None:
+    """Send a PutObject request's body without waiting for "100 Continue".
+
+    botocore 1.44 adds "Expect: 100-continue" to every PutObject request,
+    so each PUT waits one round trip to the endpoint before it sends the
+    object. The objects sent in one PUT are smaller than
+    storage.s3_part_size (16 MiB by default), so sending the body of a PUT
+    that is then rejected wastes less than one round trip on every store
+    does. Multipart parts keep the header. The header is not signed, so
+    removing it after signing is safe.
+    """
+    # Deleting a header that is not there is no error.
+    del request.headers["Expect"]
 
 
 class S3Storage:
