@@ -12,7 +12,12 @@ Sections:
   set-ups receives the ingest corpus of ``bench/run.py`` from storescu:
   the embedded default (SQLite, files), PostgreSQL with files, and
   PostgreSQL with the bucket. The runs are interleaved so that load from
-  other tenants of the machine spreads over all three.
+  other tenants of the machine spreads over all three. Besides the rate,
+  the CPU time of dicomvault per instance is read from /proc, and on the
+  bucket the requests per instance (from moto's request log) and moto's
+  CPU time per request. Then one object of the corpus's mean size is
+  written ``--put-repeats`` times, each one alone, to a storage folder and
+  to the bucket, to compare the two writes without DICOM around them.
 - ``find``: a new PostgreSQL database is migrated, then filled by SQL
   (``generate_series``) with ``--find-instances`` instances, and one
   dicomvault on it receives STUDY level C-FIND requests by Patient ID, by a
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import secrets
@@ -128,9 +134,41 @@ def fake_aws_environment(workdir: Path) -> dict[str, str]:
     }
 
 
+@dataclasses.dataclass(frozen=True)
+class MotoProcess:
+    """A running moto server: its endpoint URL, process id and request log."""
+
+    endpoint: str
+    pid: int
+    log_path: Path
+
+    def log_size(self) -> int:
+        """Return the size of the request log in bytes, to count the requests after it."""
+        return self.log_path.stat().st_size
+
+    def count_requests(self, bucket: str, log_offset: int) -> int:
+        """Return the requests to ``bucket`` that the log lists after byte ``log_offset``.
+
+        moto logs one line per request, such as
+        ``"PUT /bucket/archive/ab/cd/x.dcm HTTP/1.1" 200 -``, once it has
+        answered it.
+        """
+        with self.log_path.open("rb") as log:
+            log.seek(log_offset)
+            text = log.read().decode("utf-8", errors="replace")
+        count = 0
+        for line in text.splitlines():
+            _, _, request = line.partition('"')
+            method, _, rest = request.partition(" ")
+            path = rest.partition(" ")[0]
+            if method and (path == f"/{bucket}" or path.startswith((f"/{bucket}/", f"/{bucket}?"))):
+                count += 1
+        return count
+
+
 @contextlib.contextmanager
-def moto_server(workdir: Path) -> Iterator[str]:
-    """Run moto's S3 server on a loopback port; yield its endpoint URL.
+def moto_server(workdir: Path) -> Iterator[MotoProcess]:
+    """Run moto's S3 server on a loopback port; yield the running server.
 
     Raises
     ------
@@ -163,7 +201,7 @@ def moto_server(workdir: Path) -> Iterator[str]:
                     f"{MOTO_START_TIMEOUT_SECONDS:.0f} s; see {log.name}"
                 )
             time.sleep(0.1)
-        yield endpoint
+        yield MotoProcess(endpoint, process.pid, workdir / "moto.log")
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -200,50 +238,188 @@ def s3_config(endpoint: str, bucket: str) -> str:
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class StoreRun:
+    """One set-up's C-STORE run: its rate, dicomvault's CPU and, on the bucket, moto's share."""
+
+    rate: float
+    server_cpu_ms: float  # dicomvault's CPU time per instance, all threads
+    requests: int  # requests to the run's bucket while the instances arrived
+    moto_cpu_ms: float  # moto's CPU time in that window, per request
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """Return the user and system CPU time that process ``pid`` has used, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text(encoding="ascii").rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def store_once(
+    setup: str,
+    workdir: Path,
+    folders: Sequence[Path],
+    expected: int,
+    moto: MotoProcess,
+    aws_env: dict[str, str],
+    postgres: Postgres,
+) -> StoreRun:
+    """Send ``folders`` to a new dicomvault on ``setup``; return the measured run.
+
+    Raises
+    ------
+    ServerError
+        If dicomvault did not store all ``expected`` instances.
+    """
+    index_url = "" if setup.startswith("sqlite") else postgres.create()
+    bucket = new_bucket(moto.endpoint, aws_env) if "s3" in setup else ""
+    config = s3_config(moto.endpoint, bucket) if bucket else ""
+    server = SharedDicomvault(workdir, index_url, config, aws_env)
+    with server:
+        assert server.process is not None
+        log_offset = moto.log_size()
+        moto_cpu = process_cpu_seconds(moto.pid)
+        server_cpu = process_cpu_seconds(server.process.pid)
+        seconds = send_folders(server.port, server.ae_title, folders, nodelay=True)
+        server_cpu = process_cpu_seconds(server.process.pid) - server_cpu
+        moto_cpu = process_cpu_seconds(moto.pid) - moto_cpu
+        stored = server.count_instances()
+        requests = moto.count_requests(bucket, log_offset) if bucket else 0
+    if stored != expected:
+        raise ServerError(f"{setup} stored {stored} of {expected} instances\n{server.log_tail()}")
+    if server.data_dir.exists():
+        shutil.rmtree(server.data_dir)
+    postgres.drop_all()
+    return StoreRun(
+        rate=expected / seconds,
+        server_cpu_ms=server_cpu * 1000 / expected,
+        requests=requests,
+        moto_cpu_ms=moto_cpu * 1000 / requests if requests else 0.0,
+    )
+
+
 def run_store(args: argparse.Namespace, work: Path, postgres: Postgres) -> list[str]:
-    """Measure C-STORE on the three set-ups, interleaved; return the Markdown lines."""
+    """Measure C-STORE on the three set-ups, interleaved, then single writes; return Markdown."""
     spec = CorpusSpec(patients=args.instances, max_instances=args.instances, seed=args.seed)
     corpus = write_corpus(spec, work / "corpus")
     files = sorted(corpus.folder.rglob("*.dcm"))
     folders = split_into_folders(files, work / "parts", args.associations)
     aws_env = fake_aws_environment(work / "aws")
-    rates: dict[str, list[float]] = {setup: [] for setup in SETUPS}
+    runs: dict[str, list[StoreRun]] = {setup: [] for setup in SETUPS}
 
-    with moto_server(work / "moto") as endpoint:
+    with moto_server(work / "moto") as moto:
         for run in range(args.runs):
             for setup in SETUPS:
-                index_url = "" if setup.startswith("sqlite") else postgres.create()
-                config = s3_config(endpoint, new_bucket(endpoint, aws_env)) if "s3" in setup else ""
-                server = SharedDicomvault(work / f"{setup}-{run}", index_url, config, aws_env)
-                with server:
-                    seconds = send_folders(server.port, server.ae_title, folders, nodelay=True)
-                    stored = server.count_instances()
-                if stored != len(files):
-                    raise ServerError(
-                        f"{setup} stored {stored} of {len(files)} instances\n{server.log_tail()}"
-                    )
-                rates[setup].append(len(files) / seconds)
-                LOGGER.info("run %d %s: %.0f instances/s", run + 1, setup, rates[setup][-1])
-                if server.data_dir.exists():
-                    shutil.rmtree(server.data_dir)
-                postgres.drop_all()
+                result = store_once(
+                    setup, work / f"{setup}-{run}", folders, len(files), moto, aws_env, postgres
+                )
+                runs[setup].append(result)
+                LOGGER.info("run %d %s: %.0f instances/s", run + 1, setup, result.rate)
+        write_lines = run_writes(args, work / "writes", files, moto, aws_env)
 
-    embedded = statistics.median(rates[SETUPS[0]])
+    embedded = statistics.median(run.rate for run in runs[SETUPS[0]])
     lines = [
         f"### C-STORE per node, {len(files)} instances of {corpus.mean_instance_kb:.0f} kB, "
         f"{args.associations} association(s), {args.runs} interleaved runs",
         "",
-        "| set-up | instances/s, median (range) | ratio to SQLite + files |",
-        "|---|---|---|",
+        "| set-up | instances/s, median (range) | ratio to SQLite + files "
+        "| dicomvault CPU ms per instance | bucket requests per instance "
+        "| moto CPU ms per request |",
+        "|---|---|---|---|---|---|",
     ]
     for setup in SETUPS:
-        values = rates[setup]
-        median = statistics.median(values)
+        rates = [run.rate for run in runs[setup]]
+        median = statistics.median(rates)
+        server_cpu = statistics.median(run.server_cpu_ms for run in runs[setup])
+        if "s3" in setup:
+            requests = statistics.median(run.requests for run in runs[setup]) / len(files)
+            moto_cpu = statistics.median(run.moto_cpu_ms for run in runs[setup])
+            bucket_columns = f"{requests:.2f} | {moto_cpu:.1f}"
+        else:
+            bucket_columns = "- | -"
         lines.append(
-            f"| {setup} | {median:.0f} ({min(values):.0f}-{max(values):.0f}) "
-            f"| {median / embedded:.2f}x |"
+            f"| {setup} | {median:.0f} ({min(rates):.0f}-{max(rates):.0f}) "
+            f"| {median / embedded:.2f}x | {server_cpu:.1f} | {bucket_columns} |"
+        )
+    return [*lines, "", *write_lines]
+
+
+def run_writes(
+    args: argparse.Namespace,
+    work: Path,
+    files: Sequence[Path],
+    moto: MotoProcess,
+    aws_env: dict[str, str],
+) -> list[str]:
+    """Time single object writes to a storage folder and to the bucket; return Markdown.
+
+    The object is the corpus file whose size is nearest the mean. Each
+    write runs alone, one after another, in this process, so the times
+    are the latency of one write without DICOM, index or network peer.
+    """
+    from dicomvault.archive import new_storage_key
+    from dicomvault.config import load_settings
+    from dicomvault.storage.filesystem import FilesystemStorage
+    from dicomvault.storage.s3 import S3Storage
+
+    sizes = {path: path.stat().st_size for path in files}
+    mean = sum(sizes.values()) / len(sizes)
+    data = min(files, key=lambda path: abs(sizes[path] - mean)).read_bytes()
+    bucket = new_bucket(moto.endpoint, aws_env)
+    settings = load_settings(
+        environ={},
+        overrides={
+            "storage.data_dir": str(work),
+            "storage.backend": "s3",
+            "storage.s3_bucket": bucket,
+            "storage.s3_prefix": "archive/",
+            "storage.s3_endpoint_url": moto.endpoint,
+        },
+    )
+    with patched_environment(aws_env):
+        bucket_storage = S3Storage(settings.storage)
+    targets = {
+        "storage folder (write, fsync, rename, fsync folder)": FilesystemStorage(work / "files"),
+        "bucket on moto (one PUT)": bucket_storage,
+    }
+    lines = [
+        f"### One object of {len(data) / 1000:.0f} kB written {args.put_repeats} times, "
+        "one write at a time",
+        "",
+        "| storage | ms per write, median (range) | bench CPU ms per write "
+        "| moto CPU ms per write |",
+        "|---|---|---|---|",
+    ]
+    for name, storage in targets.items():
+        moto_cpu = process_cpu_seconds(moto.pid)
+        own_cpu = time.process_time()
+        milliseconds = []
+        for _ in range(args.put_repeats):
+            started = time.perf_counter()
+            storage.put(new_storage_key(), (data,))
+            milliseconds.append((time.perf_counter() - started) * 1000)
+        own_cpu = (time.process_time() - own_cpu) * 1000 / args.put_repeats
+        moto_cpu = (process_cpu_seconds(moto.pid) - moto_cpu) * 1000 / args.put_repeats
+        lines.append(
+            f"| {name} | {statistics.median(milliseconds):.2f} "
+            f"({min(milliseconds):.2f}-{max(milliseconds):.2f}) | {own_cpu:.2f} "
+            f"| {moto_cpu:.2f} |"
         )
     return lines
+
+
+@contextlib.contextmanager
+def patched_environment(values: dict[str, str]) -> Iterator[None]:
+    """Set ``values`` in os.environ, and restore the earlier values on exit."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 FILL_STATEMENTS = (
@@ -365,6 +541,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--associations", type=int, default=1, help="parallel storescu associations (default 1)"
+    )
+    parser.add_argument(
+        "--put-repeats",
+        type=int,
+        default=200,
+        help="single writes timed per storage after the C-STORE runs (default 200)",
     )
     parser.add_argument(
         "--find-instances",

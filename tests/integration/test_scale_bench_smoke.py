@@ -35,6 +35,8 @@ def test_scale_bench_tiny(tmp_path: Path) -> None:
             "2000",
             "--find-repeats",
             "2",
+            "--put-repeats",
+            "3",
         ],
         cwd=REPOSITORY,
         env={k: v for k, v in os.environ.items() if not k.startswith("DICOMVAULT_")},
@@ -49,5 +51,10 @@ def test_scale_bench_tiny(tmp_path: Path) -> None:
     rows = [line for line in completed.stdout.splitlines() if line.startswith("| ")]
     for setup in ("sqlite+files", "postgres+files", "postgres+s3"):
         assert any(row.startswith(f"| {setup} |") for row in rows), completed.stdout
+    # One PUT per instance, and no other request to the bucket while storing.
+    bucket_row = next(row for row in rows if row.startswith("| postgres+s3 |"))
+    assert bucket_row.split(" | ")[4] == "1.00", bucket_row
+    for storage in ("| storage folder", "| bucket on moto"):
+        assert any(row.startswith(storage) for row in rows), completed.stdout
     for query in ("PatientID=", "PatientName=", "StudyDate="):
         assert any(row.startswith(f"| {query}") for row in rows), completed.stdout
