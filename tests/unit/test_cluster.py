@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import datetime
 import time
+from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select, update
 
 from dicomvault.cluster.leases import LeaseStore
+from dicomvault.cluster.maintenance import Maintenance
+from dicomvault.config import load_settings
 from dicomvault.index.chunks import MAX_ATTEMPTS, ChunkLostError, ChunkQueue, ListedPage
-from dicomvault.index.schema import ingest_tasks
+from dicomvault.index.schema import ingest_tasks, sessions
 from dicomvault.index.tasks import TaskStore
+from dicomvault.index.users import UserStore
+from dicomvault.ingest.manager import TaskManager
+from dicomvault.ingest.pool import ReaderPool
+from dicomvault.storage.filesystem import FilesystemStorage
+from dicomvault.users import Role
+from tests.support.network import wait_until
+from tests.unit.test_ingest_indexer import make_context
 
 SHORT = 0.3  # seconds; long enough for the steps between, short enough to wait out
 
@@ -150,3 +161,62 @@ def test_cancelled_task_offers_no_chunks(migrated_engine: Engine) -> None:
     task_id = bucket_task(migrated_engine, objects=2, per_chunk=1)
     TaskStore(migrated_engine).request_cancel(task_id)
     assert ChunkQueue(migrated_engine).claim("node-a", 30, 2) == []
+
+
+def test_maintenance_runs_once_per_round(migrated_engine: Engine, tmp_path: Path) -> None:
+    storage = FilesystemStorage(tmp_path / "storage")
+    settings = load_settings(environ={}, overrides={"storage.data_dir": str(tmp_path)}).server
+    first = Maintenance(migrated_engine, storage, settings)
+    second = Maintenance(migrated_engine, storage, settings)
+    second.leases = LeaseStore(migrated_engine, owner="node-b")
+    users = UserStore(migrated_engine)
+    user = users.add("reader", Role.USER, "a long enough password")
+    session_id, _ = users.create_session(user)
+    with migrated_engine.begin() as connection:
+        connection.execute(update(sessions).values(expires_at=datetime.datetime(2000, 1, 1)))
+
+    assert first.run_if_due()
+    assert not second.run_if_due(), "the other process skips the round"
+    assert users.get_session(session_id) is None
+    with migrated_engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(sessions)).scalar() == 0
+
+
+def test_watched_folder_scanned_by_one_manager(
+    migrated_engine: Engine, tmp_path: Path, pool: ReaderPool
+) -> None:
+    folder = tmp_path / "root" / "incoming"
+    folder.mkdir(parents=True)
+    managers = []
+    for name in ("a", "b"):
+        context = make_context(
+            tmp_path / f"data-{name}",
+            migrated_engine,
+            pool,
+            ingest__import_roots=[str(tmp_path / "root")],
+            ingest__watch_interval=0.2,
+            server__lease_seconds=3.0,
+        )
+        manager = TaskManager(context)
+        manager.keeper.store.owner = f"node-{name}"
+        managers.append(manager)
+    managers[0].start()
+    managers[0].watch([folder])
+    assert wait_until(lambda: watch_statuses(migrated_engine) == ["running"], 10)
+    managers[1].start()
+    managers[1].watch([folder])
+    time.sleep(1.0)
+    assert watch_statuses(migrated_engine) == ["running"], "the second manager stands by"
+
+    managers[0].stop(10)
+    # The stopped manager released its lease, so the other one takes the folder over.
+    assert wait_until(lambda: watch_statuses(migrated_engine) == ["running", "stopped"], 10)
+    managers[1].stop(10)
+
+
+def watch_statuses(engine: Engine) -> list[str]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            select(ingest_tasks.c.status).where(ingest_tasks.c.kind == "watch")
+        ).scalars()
+        return sorted(rows)
