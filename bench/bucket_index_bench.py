@@ -129,7 +129,8 @@ def run(args: argparse.Namespace) -> list[str]:
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("DICOMVAULT_", "AWS_"))}
     aws = fake_aws_environment(work / "aws")
     rates: dict[str, list[float]] = {"folder": [], "bucket": [], "get": []}
-    with moto_server(work / "moto") as endpoint:
+    with moto_server(work / "moto") as moto:
+        endpoint = moto.endpoint
         bucket = new_bucket(endpoint, aws)
         count = upload(corpus, endpoint, bucket, aws)
         LOGGER.info("Uploaded %d objects to s3://%s/%s", count, bucket, PREFIX)
