@@ -377,7 +377,7 @@ def run_writes(
     )
     with patched_environment(aws_env):
         bucket_storage = S3Storage(settings.storage)
-    targets = {
+    targets: dict[str, FilesystemStorage | S3Storage] = {
         "storage folder (write, fsync, rename, fsync folder)": FilesystemStorage(work / "files"),
         "bucket on moto (one PUT)": bucket_storage,
     }
