@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import gc
 import hashlib
 import logging
 import random
 import signal
+import socket
 import sqlite3
 import threading
 import time
@@ -27,7 +29,7 @@ from pathlib import Path
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 from tests.support.cli import run_cli
 from tests.support.corpus import dataset_offset
@@ -208,19 +210,29 @@ def store_until_acknowledged(
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = SCU_TIMEOUT_SECONDS
     ae.add_requested_context(MRImageStorage, [ExplicitVRLittleEndian])
+    # pynetdicom 3.0.4 skips closing a socket whose shutdown fails, as it does
+    # once a kill of the server has reset the connection, so the test closes it.
+    opened: list[socket.socket] = []
+
+    def keep_socket(event: evt.Event) -> None:
+        transport = event.assoc.dul.socket
+        if transport is not None and transport.socket is not None:
+            opened.append(transport.socket)
 
     while not work.done() and time.monotonic() < deadline:
-        # pynetdicom 3.0 leaves the socket open when a connection is refused,
+        # pynetdicom 3.0.4 leaves the socket open when a connection is refused,
         # so wait for the restarted server's port before associating.
         if not port_accepts_connections(port):
             time.sleep(RECONNECT_INTERVAL_SECONDS)
             continue
-        assoc = ae.associate(LOOPBACK, port, ae_title=called_ae)
-        if not assoc.is_established:
-            work.count("association not established")
-            time.sleep(RECONNECT_INTERVAL_SECONDS)
-            continue
+        assoc = ae.associate(
+            LOOPBACK, port, ae_title=called_ae, evt_handlers=[(evt.EVT_CONN_OPEN, keep_socket)]
+        )
         try:
+            if not assoc.is_established:
+                work.count("association not established")
+                time.sleep(RECONNECT_INTERVAL_SECONDS)
+                continue
             while assoc.is_established and not work.done() and time.monotonic() < deadline:
                 instance = work.take()
                 if instance is None:
@@ -244,6 +256,10 @@ def store_until_acknowledged(
         finally:
             if assoc.is_established:
                 assoc.release()
+            assoc.join(timeout=SCU_TIMEOUT_SECONDS)
+            for sock in opened:
+                sock.close()
+            opened.clear()
 
 
 def run_ingest_with_kills(server: CrashingServer, work: SharedWork) -> int:
@@ -316,7 +332,7 @@ def orphan_count(output: str) -> int:
     raise AssertionError(f"no orphan count in the fsck output:\n{output}")
 
 
-# pynetdicom 3.0 leaves the socket of a refused connection open. A kill
+# pynetdicom 3.0.4 leaves the socket of a refused connection open. A kill
 # between the port check and the connect in store_until_acknowledged gets
 # a connection refused, so the garbage collector reports an unclosed socket.
 @pytest.mark.filterwarnings(
@@ -329,6 +345,9 @@ def test_kills_during_ingest_lose_nothing(crashing_server: CrashingServer) -> No
     work = SharedWork(list(sent.values()))
     kills = run_ingest_with_kills(crashing_server, work)
     ingest_seconds = time.monotonic() - started
+    # Collect the sockets of refused connections now, while the warning
+    # filter of this test applies, and not during a later test.
+    gc.collect()
 
     acknowledged = work.acknowledged
     outcomes = work.outcomes
