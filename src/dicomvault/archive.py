@@ -235,6 +235,8 @@ class Archive:
         written = Sha256Chunks((meta, dataset))
         size = self.storage.put(key, written)
 
+        # NOTE: a crash from here to the commit leaves the file with no index
+        # row. Start-up does not look for it; `dicomvault fsck --repair` does.
         try:
             outcome = self.writer.add_instance(
                 StoredInstance(header, key, size, source_ae_title, written.hexdigest()),

@@ -175,7 +175,9 @@ def repair_archive(engine: Engine, storage: Storage, report: FsckReport) -> None
     Orphans are read like an import and indexed, before missing instances
     are handled, so an orphan that is the only copy of a missing instance
     takes its place. An orphan whose SOP Instance UID is indexed with a
-    present object is left as it is. Temporary leftovers are deleted.
+    present object is deleted when it has the same dataset (the File Meta
+    Information may differ) and the indexed object matches its recorded
+    SHA-256, and left as it is otherwise. Temporary leftovers are deleted.
     Missing instances and rows without parents are removed from the index,
     with a WARNING log line and an audit event per instance. Checksum
     mismatches are never repaired: the original bytes are gone, so only a
@@ -351,6 +353,17 @@ def _reindex_orphan(
     try:
         writer.add_instance(stored, replace=replaces_missing)
     except DuplicateInstanceError:
+        if _is_intact_copy(writer.engine, storage, uid, data):
+            # A server killed after writing the file and before its index
+            # commit leaves such a copy, and the client that sends the instance
+            # again gets a new one indexed with the same dataset.
+            storage.delete(problem.key)
+            problem.repaired = True
+            problem.detail = f"orphan object is a copy of the dataset of indexed instance {uid}"
+            LOGGER.warning(
+                "Deleted orphan object %s: a copy of the dataset of instance %s", problem.key, uid
+            )
+            return
         problem.detail = (
             f"orphan object is a second copy of indexed instance {uid}, left as it is; "
             "delete it if the indexed copy is the one to keep"
@@ -362,6 +375,35 @@ def _reindex_orphan(
     if replaces_missing:
         missing[uid].repaired = True
         missing[uid].detail += f"; replaced by orphan object {problem.key}"
+
+
+def _is_intact_copy(engine: Engine, storage: Storage, sop_instance_uid: str, data: bytes) -> bool:
+    """Return whether ``data`` has the dataset of the indexed object and that object is intact.
+
+    The File Meta Information may differ, such as in the Source AE Title
+    of a second C-STORE from another association. The indexed object must
+    match its recorded SHA-256, so that the only intact copy is never deleted.
+    """
+    query = select(instances.c.storage_key, instances.c.sha256).where(
+        instances.c.sop_instance_uid == sop_instance_uid
+    )
+    with engine.connect() as connection:
+        row = connection.execute(query).first()
+    # A file indexed in place may be moved or deleted by its owner, so the
+    # archive's copy is kept.
+    if row is None or row.sha256 is None or is_indexed_in_place(row.storage_key):
+        return False
+    try:
+        with storage.open(row.storage_key) as stream:
+            indexed = stream.read()
+        indexed_offset = split_part10(indexed).dataset_offset
+        offset = split_part10(data).dataset_offset
+    except (OSError, StorageError, ValueError) as exc:
+        LOGGER.warning("Cannot compare %s with an orphan copy: %s", row.storage_key, exc)
+        return False
+    if hashlib.sha256(indexed).hexdigest() != row.sha256:
+        return False
+    return indexed[indexed_offset:] == data[offset:]
 
 
 def _remove_temporary(storage: Storage, report: FsckReport) -> None:

@@ -23,6 +23,7 @@ from dicomvault.storage.encrypted import EncryptedStorage
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.s3 import S3Storage
 from dicomvault.storage.setup import open_storage
+from tests.support.corpus import dataset_offset
 from tests.support.datasets import encode_dataset, make_instance
 from tests.support.moto import PREFIX, MotoServer, s3_settings
 
@@ -238,6 +239,60 @@ class TestRepair:
         assert report.unrepaired == []
         assert indexed_uids(archive) == {result.sop_instance_uid}
         assert check_archive(archive.engine, archive.storage).problems == []
+
+    def test_identical_copy_of_indexed_instance_deleted(self, archive: Archive) -> None:
+        # A server killed between the file's rename and the index commit
+        # leaves such a copy once the client has sent the instance again.
+        result = store_one(archive)
+        path = storage_of(archive).path_for(result.storage_key)
+        storage_of(archive).put("aa/bb/copy.dcm", [path.read_bytes()])
+        report = check_archive(archive.engine, archive.storage)
+
+        repair_archive(archive.engine, archive.storage, report)
+
+        assert report.unrepaired == []
+        assert not storage_of(archive).exists("aa/bb/copy.dcm")
+        assert path.exists()
+        assert check_archive(archive.engine, archive.storage, True).problems == []
+
+    def test_copy_from_other_association_deleted(self, archive: Archive) -> None:
+        result = store_one(archive)
+        data = storage_of(archive).path_for(result.storage_key).read_bytes()
+        meta = encode_file_meta(
+            result.sop_class_uid, result.sop_instance_uid, ExplicitVRLittleEndian, "OTHERSCU"
+        )
+        storage_of(archive).put("aa/bb/copy.dcm", [meta, data[dataset_offset(data) :]])
+        report = check_archive(archive.engine, archive.storage)
+
+        repair_archive(archive.engine, archive.storage, report)
+
+        assert report.unrepaired == []
+        assert not storage_of(archive).exists("aa/bb/copy.dcm")
+
+    def test_differing_copy_of_indexed_instance_kept(self, archive: Archive) -> None:
+        result = store_one(archive)
+        ds = make_instance(SOPInstanceUID=result.sop_instance_uid, PatientName="Other^Version")
+        meta = encode_file_meta(ds.SOPClassUID, ds.SOPInstanceUID, ExplicitVRLittleEndian)
+        storage_of(archive).put("aa/bb/copy.dcm", [meta, encode_dataset(ds)])
+        report = check_archive(archive.engine, archive.storage)
+
+        repair_archive(archive.engine, archive.storage, report)
+
+        assert [p.key for p in report.unrepaired] == ["aa/bb/copy.dcm"]
+        assert "second copy" in report.unrepaired[0].detail
+        assert storage_of(archive).exists("aa/bb/copy.dcm")
+
+    def test_copy_of_damaged_indexed_file_kept(self, archive: Archive) -> None:
+        result = store_one(archive)
+        path = storage_of(archive).path_for(result.storage_key)
+        storage_of(archive).put("aa/bb/copy.dcm", [path.read_bytes()])
+        path.write_bytes(path.read_bytes()[:-1] + b"\x00")
+        report = check_archive(archive.engine, archive.storage)
+
+        repair_archive(archive.engine, archive.storage, report)
+
+        assert [p.key for p in report.unrepaired] == ["aa/bb/copy.dcm"]
+        assert storage_of(archive).exists("aa/bb/copy.dcm")
 
     def test_unreadable_orphan_left_unrepaired(self, archive: Archive) -> None:
         storage_of(archive).put("aa/bb/junk.dcm", [b"not DICOM"])
