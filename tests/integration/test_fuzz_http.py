@@ -123,3 +123,19 @@ def test_login_no_server_error(login_schema: BaseSchema, server: DicomvaultServe
     with requests.Session() as session:
         fuzzed = fuzz_operations(login_schema, server, session)
     assert fuzzed == ["POST /api/login"]
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param("/api/tasks/9223372036854775808", id="task-id"),
+        pytest.param("/api/audit?offset=9223372036854775808", id="audit-offset"),
+    ],
+)
+def test_integer_beyond_64_bits_422(
+    path: str, server: DicomvaultServer, admin_session: requests.Session
+) -> None:
+    # Found by the fuzzing: the index raised on these values and the response was 500.
+    url = f"http://{LOOPBACK}:{server.http_port}{path}"
+    response = admin_session.get(url, timeout=HTTP_TIMEOUT_SECONDS)
+    assert response.status_code == 422, response.text
