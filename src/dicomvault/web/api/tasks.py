@@ -17,7 +17,7 @@ router = APIRouter(prefix="/api/tasks", tags=["indexing tasks"])
 
 MAX_REPORT_FILES = 10_000
 # Task ids are 64-bit signed integers in SQLite and PostgreSQL. A larger id in
-# a path is answered 422, not passed to the index, where it would raise.
+# a path is rejected with 422, not passed to the index, where it would raise.
 MAX_TASK_ID = 2**63 - 1
 TaskId = Annotated[int, Path(ge=1, le=MAX_TASK_ID)]
 
