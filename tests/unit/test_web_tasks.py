@@ -142,6 +142,12 @@ class TestListAndCancel:
         assert response.status_code == 404
         assert response.json() == {"detail": "No indexing task has id 999999"}
 
+    @pytest.mark.parametrize("task_id", ["0", "9223372036854775808", "-1"])
+    def test_task_id_out_of_range(self, client: httpx.Client, task_id: str) -> None:
+        # An id beyond 64 bits used to reach the index and fail with 500.
+        assert client.get(f"/api/tasks/{task_id}").status_code == 422
+        assert client.post(f"/api/tasks/{task_id}/cancel").status_code == 422
+
     def test_cancel_finished_task(self, client: httpx.Client, root: Path) -> None:
         write_old(root / "a.dcm")
         task_id = client.post("/api/tasks", json={"path": str(root)}).json()["id"]

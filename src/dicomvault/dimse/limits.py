@@ -19,7 +19,7 @@ import struct
 import threading
 from typing import Any
 
-from pynetdicom.pdu import A_ABORT_RQ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import P_DATA
 
 from dicomvault.dimse.access_control import AccessControl
@@ -39,7 +39,11 @@ PDU_TYPE_NAMES = {
     0x06: "A-RELEASE-RP",
     0x07: "A-ABORT",
 }
+A_ASSOCIATE_RQ_TYPE = 0x01
 P_DATA_TF = 0x04
+# PDUs only an association requestor receives. The archive's listener is the acceptor,
+# and pynetdicom 3.0's logging handlers raise on some malformed ones of these.
+REQUESTOR_ONLY_PDU_TYPES = frozenset({0x02, 0x03})
 # Maximum length of every PDU other than P-DATA-TF, which dimse.max_pdu_size
 # limits. An A-ASSOCIATE-RQ proposing 128 presentation contexts with a dozen
 # transfer syntaxes each is about 45 KiB (an estimate), so 1 MiB leaves room
@@ -49,6 +53,8 @@ MAX_ASSOCIATION_PDU_LENGTH = 1024 * 1024
 # (PS3.8 Table 9-26).
 ABORT_SOURCE_PROVIDER = 0x02
 ABORT_INVALID_PARAMETER_VALUE = 0x06
+# The logger of pynetdicom.utils.decode_bytes, which decodes AE titles and UIDs.
+PYNETDICOM_TEXT_LOGGER = "pynetdicom.utils"
 # A DIMSE command set contains a few short elements, so a longer one is not a command.
 MAX_COMMAND_SET_LENGTH = 64 * 1024
 
@@ -138,7 +144,8 @@ def limit_pdu_length(assoc: Any, max_pdu_size: int) -> None:
 
     Replaces the DUL's PDU read of pynetdicom 3.0, keeping its events:
     Evt17 when the connection closes or times out during a read, Evt19 for
-    an unknown PDU type or a PDU that cannot be decoded.
+    an unknown PDU type or a PDU that cannot be decoded. An A-ASSOCIATE-AC
+    or A-ASSOCIATE-RJ PDU is Evt19 too, because the archive is the acceptor.
     """
     dul = assoc.dul
 
@@ -157,6 +164,15 @@ def limit_pdu_length(assoc: Any, max_pdu_size: int) -> None:
         if pdu_type not in PDU_TYPE_NAMES:
             LOGGER.warning(
                 "Unknown PDU type 0x%02X from %s; aborting the association", pdu_type, _peer(assoc)
+            )
+            dul.event_queue.put("Evt19")
+            return
+        if pdu_type in REQUESTOR_ONLY_PDU_TYPES:
+            LOGGER.warning(
+                "Unexpected %s PDU from %s, which only an association requestor receives; "
+                "aborting the association",
+                PDU_TYPE_NAMES[pdu_type],
+                _peer(assoc),
             )
             dul.event_queue.put("Evt19")
             return
@@ -193,6 +209,8 @@ def limit_pdu_length(assoc: Any, max_pdu_size: int) -> None:
             return
 
         try:
+            if pdu_type == A_ASSOCIATE_RQ_TYPE:
+                _check_association_rq(header + body)
             pdu, event = dul._decode_pdu(header + body)
         except Exception as exc:  # pynetdicom raises many kinds for malformed PDUs
             LOGGER.warning(
@@ -209,19 +227,51 @@ def limit_pdu_length(assoc: Any, max_pdu_size: int) -> None:
     dul._read_pdu_data = read_pdu
 
 
+def end_unrequested_association(event: Any) -> None:
+    """End an acceptor's association whose connection closed before an A-ASSOCIATE-RQ arrived.
+
+    Bind to ``evt.EVT_FSM_TRANSITION``. pynetdicom 3.0 waits ``dimse.acse_timeout``
+    for the request even when the DUL aborted a malformed PDU or the peer
+    closed the connection, and the waiting association counts towards
+    ``dimse.max_associations``. So a few dozen malformed connections would
+    block every new association for that long. On the move to Sta1 (idle,
+    connection closed) this wakes the association with no request, which
+    pynetdicom takes as the timeout and ends at once.
+    """
+    if event.next_state != "Sta1":
+        return
+    assoc = event.assoc
+    if not assoc.is_acceptor or assoc.requestor.primitive is not None:
+        return
+    # receive_pdu returns None on a timeout, so None ends the wait the same way.
+    assoc.dul.to_user_queue.put(None)
+
+
 def limit_dataset_size(assoc: Any, max_dataset_size: int) -> None:
     """Discard a received data set beyond ``max_dataset_size`` bytes as it arrives.
 
     The message still completes. Its data set is then a
     :class:`DiscardedDataSet`, for which the C-STORE handler returns 0xA700.
-    A command set longer than ``MAX_COMMAND_SET_LENGTH`` aborts the
-    association.
+    A command set longer than ``MAX_COMMAND_SET_LENGTH``, or one that
+    pynetdicom fails to decode, aborts the association.
     """
     dimse = assoc.dimse
     receive = dimse.receive_primitive
 
     def receive_primitive(primitive: Any) -> None:
-        receive(primitive)
+        try:
+            receive(primitive)
+        except Exception as exc:  # pynetdicom raises many kinds for a malformed command set
+            # Raised inside the state machine's action, the error would end the
+            # DUL thread with a traceback; an abort ends the association cleanly.
+            LOGGER.warning(
+                "Failed to decode a DIMSE message from %s; aborting the association: %r",
+                _peer(assoc),
+                exc,
+            )
+            dimse.message = None
+            assoc.dul.event_queue.put("Evt19")
+            return
         message = dimse.message
         if message is None or not isinstance(primitive, P_DATA):
             return  # the message is complete, or there is none
@@ -250,6 +300,47 @@ def limit_dataset_size(assoc: Any, max_dataset_size: int) -> None:
             message.data_set = DiscardedDataSet(received, max_dataset_size)
 
     dimse.receive_primitive = receive_primitive
+
+
+def _check_association_rq(data: bytes) -> None:
+    """Raise ValueError if the A-ASSOCIATE-RQ in `data` has no User Information item.
+
+    PS3.8 9.3.2 requires the item, and pynetdicom 3.0's logging handler raises
+    AttributeError (with a traceback in the log) on a request without it.
+    The PDU is decoded here without pynetdicom's events, which run on
+    :meth:`DULServiceProvider._decode_pdu`.
+    """
+    pdu = A_ASSOCIATE_RQ()
+    pdu.decode(bytes(data))
+    if pdu.user_information is None:
+        raise ValueError("the A-ASSOCIATE-RQ has no User Information item")
+
+
+class TextDecodeErrorFilter(logging.Filter):
+    """Logging filter that turns pynetdicom's text decoding tracebacks into one-line warnings.
+
+    pynetdicom 3.0 logs every failed codec with its traceback when an AE
+    title or UID in a received PDU is not ASCII. The peer caused it and the
+    archive survives it (the decoding falls back to other codecs, or the PDU
+    is rejected as undecodable), so the traceback is dropped.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Drop the traceback of a UnicodeError record and lower it to WARNING."""
+        if record.exc_info and isinstance(record.exc_info[1], UnicodeError):
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno = logging.WARNING
+            record.levelname = logging.getLevelName(logging.WARNING)
+        return True
+
+
+_TEXT_DECODE_ERROR_FILTER = TextDecodeErrorFilter()
+
+
+def shorten_text_decode_errors() -> None:
+    """Install :class:`TextDecodeErrorFilter` on pynetdicom's logger; idempotent."""
+    logging.getLogger(PYNETDICOM_TEXT_LOGGER).addFilter(_TEXT_DECODE_ERROR_FILTER)
 
 
 def _abort_invalid_pdu(dul: Any) -> None:

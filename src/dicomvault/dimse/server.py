@@ -25,7 +25,13 @@ from dicomvault.audit import ActorKind, AuditAction, AuditEvent, AuditEventType,
 from dicomvault.config import DimseSettings
 from dicomvault.dimse.access_control import AccessControl
 from dicomvault.dimse.direct_send import send_directly
-from dicomvault.dimse.limits import AssociationsPerAE, limit_dataset_size, limit_pdu_length
+from dicomvault.dimse.limits import (
+    AssociationsPerAE,
+    end_unrequested_association,
+    limit_dataset_size,
+    limit_pdu_length,
+    shorten_text_decode_errors,
+)
 from dicomvault.dimse.qr_scp import (
     FIND_SOP_CLASSES,
     ExtendedNegotiation,
@@ -129,6 +135,7 @@ class DimseServer:
         install_retrieve_service()
         install_find_service()
         share_uids_when_copied()
+        shorten_text_decode_errors()
         ae = RetrieveAE(ae_title=self.settings.ae_title)
         ae.archive = self.archive
         ae.access = self.access
@@ -158,6 +165,7 @@ class DimseServer:
             (evt.EVT_C_FIND, handle_find, [self.archive, self.negotiation, self.access]),
             (evt.EVT_SOP_EXTENDED, self.negotiation.handle),
             (evt.EVT_CONN_OPEN, self._prepare_connection),
+            (evt.EVT_FSM_TRANSITION, end_unrequested_association),
             # The access control first: it sets the calling AE title the limit counts by.
             (evt.EVT_REQUESTED, self.access.on_requested),
             (evt.EVT_REQUESTED, self.associations_per_ae.on_requested),

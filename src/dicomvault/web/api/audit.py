@@ -82,7 +82,10 @@ CodeQuery = Annotated[str, Query(description="Event type code, such as 110112 (Q
 StudyQuery = Annotated[str, Query(description="Study Instance UID the event concerns.")]
 FailuresQuery = Annotated[bool, Query(description="Only events whose outcome is a failure.")]
 LimitQuery = Annotated[int, Query(ge=1, le=MAX_EVENTS)]
-OffsetQuery = Annotated[int, Query(ge=0)]
+# The index takes OFFSET as a 64-bit signed integer, so a larger value is rejected with
+# 422 here instead of failing in the database.
+MAX_OFFSET = 2**63 - 1
+OffsetQuery = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 
 
 @router.get("", response_model=list[AuditEntry])

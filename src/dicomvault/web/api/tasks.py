@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, status
+from fastapi import APIRouter, HTTPException, Path, Query, Request, status
 from pydantic import BaseModel, Field
 
 from dicomvault.index.tasks import TaskFile, TaskNotFoundError, TaskRecord
@@ -16,6 +16,10 @@ from dicomvault.ingest.roots import PathNotAllowedError
 router = APIRouter(prefix="/api/tasks", tags=["indexing tasks"])
 
 MAX_REPORT_FILES = 10_000
+# Task ids are 64-bit signed integers in SQLite and PostgreSQL. A larger id in
+# a path is rejected with 422, not passed to the index, where it would raise.
+MAX_TASK_ID = 2**63 - 1
+TaskId = Annotated[int, Path(ge=1, le=MAX_TASK_ID)]
 
 
 class TaskRequest(BaseModel):
@@ -152,7 +156,7 @@ def list_tasks(
 
 @router.get("/{task_id}", response_model=TaskReport)
 def get_task(
-    task_id: int,
+    task_id: TaskId,
     request: Request,
     limit: Annotated[int, Query(ge=0, le=MAX_REPORT_FILES)] = 1000,
 ) -> TaskReport:
@@ -173,7 +177,7 @@ def get_task(
 
 
 @router.post("/{task_id}/cancel", status_code=status.HTTP_202_ACCEPTED, response_model=TaskSummary)
-def cancel_task(task_id: int, request: Request) -> TaskSummary:
+def cancel_task(task_id: TaskId, request: Request) -> TaskSummary:
     """Ask a queued or running task to stop; it keeps what it has indexed so far.
 
     Notes
