@@ -256,7 +256,9 @@ def store_until_acknowledged(
         finally:
             if assoc.is_established:
                 assoc.release()
-            assoc.join(timeout=SCU_TIMEOUT_SECONDS)
+            # An association whose connection failed was never started as a thread.
+            if assoc.ident is not None:
+                assoc.join(timeout=SCU_TIMEOUT_SECONDS)
             for sock in opened:
                 sock.close()
             opened.clear()

