@@ -73,7 +73,8 @@ def test_claims_never_overlap(migrated_engine: Engine) -> None:
 
     first = queue.claim("node-a", 30, 3)
     second = queue.claim("node-b", 30, 3)
-    assert len(first) == 3 and len(second) == 2
+    assert len(first) == 3
+    assert len(second) == 2
     assert {c.pk for c in first}.isdisjoint(c.pk for c in second)
     assert first[0].jobs[0] == ("s3://b/p/0000", 10, "etag0")
     assert queue.claim("node-c", 30, 3) == []
@@ -108,7 +109,8 @@ def test_expired_chunk_claimed_again(migrated_engine: Engine) -> None:
 
     time.sleep(SHORT + 0.1)
     (taken,) = queue.claim("node-b", 30, 1)
-    assert taken.pk == stalled.pk and taken.attempts == 2
+    assert taken.pk == stalled.pk
+    assert taken.attempts == 2
     counts = {"indexed": 2, "failed": 0, "ignored": 0, "pending": 0}
     with pytest.raises(ChunkLostError), migrated_engine.begin() as connection:
         ChunkQueue.complete(connection, stalled.pk, "node-a", task_id, counts)
@@ -150,7 +152,8 @@ def test_chunks_given_back_and_cancelled(migrated_engine: Engine) -> None:
     queue.give_back(claimed[1:], "node-a")
     assert queue.counts(task_id).queued == 2
     (again,) = queue.claim("node-b", 30, 1)
-    assert again.pk == claimed[1].pk and again.attempts == 1
+    assert again.pk == claimed[1].pk
+    assert again.attempts == 1
 
     assert queue.cancel_queued(task_id) == 1
     counts = queue.counts(task_id)

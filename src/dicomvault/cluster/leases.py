@@ -3,8 +3,8 @@
 Several ``dicomvault serve`` processes share one index database. Work that
 must run once at a time (a task, a watched folder, the periodic
 maintenance) is done by the process holding its lease. The holder renews
-the lease well before it expires; a process that dies stops renewing it,
-and another process takes the work over once the lease has expired.
+the lease well before it expires. A process that dies stops renewing it,
+so another process takes the work over once the lease has expired.
 
 Expiry times are written by each process from its own clock, so the
 clocks of the machines must agree to well within the lease duration
@@ -34,8 +34,8 @@ _PROCESS_ID = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 def process_id() -> str:
     """Return the id this process holds leases under: "host:pid:random".
 
-    The random part tells apart two processes with the same host name and
-    process id, as containers restarted on one host may have.
+    The random part distinguishes two processes with the same host name
+    and process id, as containers restarted on one host may have.
     """
     return _PROCESS_ID
 

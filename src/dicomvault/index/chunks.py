@@ -3,9 +3,9 @@
 A bucket task's listing writes the objects to index in chunks, each with
 the task's counts of what was listed, in one transaction per page. Every
 server process claims queued chunks (or chunks whose holder's lease
-expired) and indexes them; a chunk is marked done in the same transaction
-that indexes it, together with the task's counts, so each chunk counts
-exactly once however many processes tried it.
+expired) and indexes them. A chunk is marked done in the transaction that
+indexes it, together with the task's counts, so each chunk counts exactly
+once however many processes tried it.
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ class ChunkQueue:
         Raises
         ------
         ChunkLostError
-            If ``owner`` no longer holds the chunk; the caller must roll back.
+            If ``owner`` no longer owns the chunk. The caller must roll back.
         """
         done = connection.execute(
             update(ingest_task_chunks)

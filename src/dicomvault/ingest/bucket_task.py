@@ -74,7 +74,7 @@ class BucketTaskLeader:
 
         The final status is "completed" (also when some objects failed: the
         report lists them), "cancelled", or "failed" when the bucket cannot
-        be listed or the index database failed; the message then says why.
+        be listed or the index database failed; the message then gives the reason.
         """
         task_id = self.task.id
         tasks = self.context.tasks

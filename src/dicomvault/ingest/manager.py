@@ -2,8 +2,8 @@
 
 Several server processes may share one index database. Tasks queued
 through any of them are kept in the database, and each is run by the
-process that takes its lease "task:<id>" first; if that process stops, another
-one resumes the task once the lease has expired. Chunks of bucket tasks
+process that takes its lease "task:<id>" first. If that process stops,
+another one resumes the task once the lease has expired. Chunks of bucket tasks
 are indexed by every process (see :mod:`dicomvault.ingest.chunk_runner`).
 A watched folder is scanned by one process at a time, the holder of the
 lease "watch:<folder>"; the others stand by.
