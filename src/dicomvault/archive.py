@@ -6,6 +6,7 @@ raises the domain errors below, which each protocol translates at its edge.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
@@ -28,10 +29,16 @@ from dicomvault.dicom.matching import Query
 from dicomvault.events import EventBus, InstanceRejected, InstanceStored
 from dicomvault.index.removal import remove_from_index
 from dicomvault.index.search import IndexSearch, SearchResult
-from dicomvault.index.writer import DuplicateInstanceError, IndexWriter, StoredInstance
+from dicomvault.index.writer import (
+    DuplicateInstanceError,
+    IndexOutcome,
+    IndexWriter,
+    StoredInstance,
+)
 from dicomvault.storage.base import Storage, StorageError, StorageFullError
 from dicomvault.storage.checksum import Sha256Chunks
 from dicomvault.storage.in_bucket import is_indexed_in_place
+from dicomvault.storage.journal import WriteJournal
 
 LOGGER = logging.getLogger(__name__)
 
@@ -109,15 +116,26 @@ def rejection_category(exc: Exception) -> str:
 
 
 class Archive:
-    """Stores instances durably and indexes them; searches the index."""
+    """Stores instances durably and indexes them; searches the index.
+
+    With a ``journal``, every key written is recorded until its index
+    transaction ends, so that start-up can remove what a killed process
+    wrote but never indexed (see :mod:`dicomvault.recovery`).
+    """
 
     def __init__(
-        self, settings: Settings, engine: Engine, storage: Storage, events: EventBus | None = None
+        self,
+        settings: Settings,
+        engine: Engine,
+        storage: Storage,
+        events: EventBus | None = None,
+        journal: WriteJournal | None = None,
     ) -> None:
         self.settings = settings
         self.engine = engine
         self.storage = storage
         self.events = events or EventBus()
+        self.journal = journal
         self.writer = IndexWriter(engine)
         self.searcher = IndexSearch(engine)
 
@@ -232,31 +250,15 @@ class Archive:
             header.sop_class_uid, header.sop_instance_uid, transfer_syntax_uid, source_ae_title
         )
         key = new_storage_key()
-        written = Sha256Chunks((meta, dataset))
-        size = self.storage.put(key, written)
-
-        # NOTE: a crash from here to the commit leaves the file with no index
-        # row. Start-up does not look for it; `dicomvault fsck --repair` does.
-        try:
-            outcome = self.writer.add_instance(
-                StoredInstance(header, key, size, source_ae_title, written.hexdigest()),
-                replace=replace,
+        with self._journaled(header.sop_instance_uid, key):
+            written = Sha256Chunks((meta, dataset))
+            size = self.storage.put(key, written)
+            outcome = self._index(
+                StoredInstance(header, key, size, source_ae_title, written.hexdigest()), replace
             )
-        except DuplicateInstanceError:
-            self.storage.delete(key)
-            raise
-        except SQLAlchemyError as exc:
-            self.storage.delete(key)
-            LOGGER.error(
-                "Index update failed for %s; the new file was removed",
-                header.sop_instance_uid,
-                exc_info=True,
-            )
-            raise IndexUnavailableError(
-                f"Cannot index {header.sop_instance_uid}: the index database failed"
-            ) from exc
         if outcome.replaced_storage_key:
-            self.storage.delete(outcome.replaced_storage_key)
+            with self._journaled(header.sop_instance_uid, outcome.replaced_storage_key):
+                self.storage.delete(outcome.replaced_storage_key)
 
         self.events.publish(
             InstanceStored(
@@ -282,6 +284,27 @@ class Archive:
             study_instance_uid=header.study_instance_uid,
             series_instance_uid=header.series_instance_uid,
         )
+
+    def _index(self, instance: StoredInstance, replace: bool) -> IndexOutcome:
+        """Add a written instance to the index; delete its object if that fails."""
+        try:
+            return self.writer.add_instance(instance, replace=replace)
+        except DuplicateInstanceError:
+            self.storage.delete(instance.storage_key)
+            raise
+        except SQLAlchemyError as exc:
+            self.storage.delete(instance.storage_key)
+            uid = instance.header.sop_instance_uid
+            LOGGER.error("Index update failed for %s; the new file was removed", uid, exc_info=True)
+            raise IndexUnavailableError(f"Cannot index {uid}: the index database failed") from exc
+
+    def _journaled(
+        self, sop_instance_uid: str, storage_key: str
+    ) -> contextlib.AbstractContextManager[None]:
+        """Record a key in the write journal for the block, when the archive has one."""
+        if self.journal is None:
+            return contextlib.nullcontext()
+        return self.journal.writing(sop_instance_uid, storage_key)
 
     def _instance_exists(self, sop_instance_uid: str) -> bool:
         try:

@@ -57,7 +57,9 @@ from dicomvault.logging_setup import configure_logging
 from dicomvault.nodes import RemoteNode, make_node
 from dicomvault.permissions import format_permissions, parse_permissions
 from dicomvault.recent_logs import install_recent_log_handler
+from dicomvault.recovery import journal_directory, remove_unindexed_writes
 from dicomvault.shutdown import Listener, StopSignals, drain
+from dicomvault.storage.journal import WriteJournal
 from dicomvault.storage.lock import DataDirInUseError, lock_data_dir
 from dicomvault.storage.setup import StorageSetupError, open_storage
 from dicomvault.users import InvalidUserError, check_user_name, parse_role
@@ -67,6 +69,7 @@ if TYPE_CHECKING:
     from dicomvault.dev_certs import DevCertificates
     from dicomvault.dimse.server import DimseServer
     from dicomvault.metrics import ArchiveMetrics
+    from dicomvault.storage.base import Storage
 
 LOGGER = logging.getLogger(__name__)
 
@@ -296,7 +299,9 @@ def run_server(configured: Settings) -> int:
         engine.dispose()
         return 1
 
-    archive = Archive(settings, engine, storage)
+    _recover_unindexed_writes(data_dir, storage, engine)
+    journal = WriteJournal(journal_directory(data_dir))
+    archive = Archive(settings, engine, storage, journal=journal)
     log_store_events(archive.events)
     audit = AuditTrail(engine)
     audit.subscribe(archive.events)
@@ -384,10 +389,26 @@ def run_server(configured: Settings) -> int:
         pass
     listeners: list[Listener] = [server] if http is None else [server, http]
     drain(settings.server, signals, listeners, lambda: manager.stop(INGEST_STOP_SECONDS))
+    journal.close()
     audit.stop()
     engine.dispose()
     lock.close()
     return 0
+
+
+def _recover_unindexed_writes(data_dir: Path, storage: Storage, engine: Engine) -> None:
+    """Remove what a killed server wrote but never indexed; on failure, log and go on.
+
+    The journals stay in place when recovery fails, so the next start-up tries again.
+    """
+    try:
+        remove_unindexed_writes(data_dir, storage, engine)
+    except (SQLAlchemyError, OSError) as exc:
+        LOGGER.error(
+            "Cannot remove the objects written but never indexed before the last stop: %s; "
+            "the next start tries again, and 'dicomvault fsck --repair' reports and repairs them",
+            exc,
+        )
 
 
 def _server_metrics(

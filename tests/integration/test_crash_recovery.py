@@ -55,10 +55,10 @@ KILLS = 10
 KILL_RANGE = range(50, INSTANCES - 50)
 KILL_JITTER_SECONDS = 0.2
 # Bounds of the whole ingest and of the wait for each kill threshold. The
-# ingest takes 40 to 70 s on a shared 2-core machine, so the bound only
-# stops a hung run.
-INGEST_TIMEOUT_SECONDS = 150.0
-THRESHOLD_TIMEOUT_SECONDS = 20.0
+# ingest takes 40 to 70 s on a shared 2-core machine, and several times
+# that when other test runs load it, so the bounds only stop a hung run.
+INGEST_TIMEOUT_SECONDS = 300.0
+THRESHOLD_TIMEOUT_SECONDS = 60.0
 RECONNECT_INTERVAL_SECONDS = 0.05
 SCU_TIMEOUT_SECONDS = 10
 WADO_SAMPLE = 25
@@ -166,6 +166,15 @@ class CrashingServer:
                 if "temporary files left in" in line:
                     total += int(line.split("Removed ")[1].split()[0])
         return total
+
+    def removed_unindexed_objects(self) -> int:
+        """Count the objects that the start-ups after a kill removed as never indexed."""
+        return sum(
+            line.count("but never indexed")
+            for server in self.runs
+            for line in server.log_text().splitlines()
+            if "Removed " in line and "write journals" not in line
+        )
 
 
 @pytest.fixture
@@ -326,14 +335,6 @@ def fsck(server: CrashingServer, *options: str) -> ToolRun:
     return run_cli(["fsck", "--data-dir", str(server.data_dir), *options], server.workdir)
 
 
-def orphan_count(output: str) -> int:
-    """Read the number of orphans from the counts that `dicomvault fsck` prints."""
-    for line in output.splitlines():
-        if line.startswith("orphan: "):
-            return int(line.split()[1])
-    raise AssertionError(f"no orphan count in the fsck output:\n{output}")
-
-
 # pynetdicom 3.0.4 leaves the socket of a refused connection open. A kill
 # between the port check and the connect in store_until_acknowledged gets
 # a connection refused, so the garbage collector reports an unclosed socket.
@@ -413,25 +414,19 @@ def test_kills_during_ingest_lose_nothing(crashing_server: CrashingServer) -> No
             assert part[dataset_offset(part) :] == sent[uid].encoded, uid
 
     # fsck with the server stopped. A kill between a file's rename and its
-    # index commit leaves an orphan file, and the second C-STORE of that
-    # instance indexes a new file with the same dataset. Those orphans are
-    # the only problem allowed, and the repair deletes them.
+    # index commit leaves a file no row names; each start-up removed those
+    # that the write journal of the killed server listed, so nothing is left.
     assert crashing_server.stop() == 0, crashing_server.server.describe()
     checked = fsck(crashing_server, "--verify-checksums")
-    for kind in ("missing", "checksum-mismatch", "temporary", "no-parent"):
+    assert checked.returncode == 0, checked.describe()
+    for kind in ("missing", "orphan", "checksum-mismatch", "temporary", "no-parent"):
         assert f"{kind}: 0" in checked.output, checked.describe()
-    orphans = orphan_count(checked.output)
-    assert orphans <= kills * ASSOCIATIONS, checked.describe()
-    repaired = fsck(crashing_server, "--repair")
-    assert repaired.returncode == 0, repaired.describe()
-    assert f"orphan: {orphans} ({orphans} repaired)" in repaired.output or orphans == 0
-    after = fsck(crashing_server, "--verify-checksums")
-    assert after.returncode == 0, after.describe()
-    assert f"Checked {INSTANCES} indexed instances and {INSTANCES} stored objects" in after.output
-    assert f"Verified {INSTANCES} checksums" in after.output
+    assert f"Checked {INSTANCES} indexed instances and {INSTANCES} stored objects" in checked.output
+    assert f"Verified {INSTANCES} checksums" in checked.output
     assert not list((storage / ".tmp").iterdir())
+    assert not list((crashing_server.data_dir / "journal").iterdir())
     LOGGER.info(
-        "%d orphan copies deleted by fsck --repair; total %.1f s",
-        orphans,
+        "%d unindexed objects removed at start-up; total %.1f s",
+        crashing_server.removed_unindexed_objects(),
         time.monotonic() - started,
     )

@@ -165,7 +165,21 @@ def open_instance(archive: Archive, ref: InstanceRef) -> BinaryIO:
 
 
 def read_chunks(archive: Archive, ref: InstanceRef) -> Iterator[bytes]:
-    """Yield the stored file of ``ref`` in chunks of READ_CHUNK_BYTES."""
-    with archive.storage.open(ref.storage_key) as stream:
+    """Open the stored file of ``ref`` now; return its bytes in chunks of READ_CHUNK_BYTES.
+
+    Opening before the caller iterates lets a response report a missing
+    file with a status code instead of cutting its body.
+
+    Raises
+    ------
+    OSError
+        If the file is missing or cannot be opened.
+    """
+    return chunks_of(open_instance(archive, ref))
+
+
+def chunks_of(stream: BinaryIO) -> Iterator[bytes]:
+    """Yield the bytes of an open stream in chunks of READ_CHUNK_BYTES; close it at the end."""
+    with stream:
         while chunk := stream.read(READ_CHUNK_BYTES):
             yield chunk

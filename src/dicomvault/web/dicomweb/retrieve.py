@@ -7,6 +7,7 @@ study is never held in memory.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 from collections.abc import Iterator
@@ -99,11 +100,14 @@ def _retrieve(request: Request, archive: Archive, refs: list[InstanceRef]) -> St
             ) from None
         plan.append((ref, syntax))
 
-    # A single instance is converted before the response starts, so that a
-    # failure still gets a status code.
-    first: bytes | None = None
-    if len(plan) == 1 and plan[0][1] != ANY_SYNTAX:
-        first = _convert(archive, *plan[0])
+    # The first part is opened, or converted, before the response starts, so
+    # that a failure of a single-instance retrieve still gets a status code.
+    parts = _parts(archive, plan)
+    first = next(parts, None)
+    if first is None:
+        raise FileNotFoundError(
+            f"none of the {len(plan)} instances requested has its file in the storage"
+        )
 
     boundary = multipart.new_boundary()
     LOGGER.info(
@@ -123,23 +127,35 @@ def _retrieve(request: Request, archive: Archive, refs: list[InstanceRef]) -> St
         detail={"operation": "WADO-RS"},
     )
     return StreamingResponse(
-        multipart.stream_parts(boundary, _parts(archive, plan, first)),
+        multipart.stream_parts(boundary, itertools.chain([first], parts)),
         media_type=multipart.content_type(DICOM, boundary),
     )
 
 
 def _parts(
-    archive: Archive, plan: list[tuple[InstanceRef, str]], first: bytes | None
+    archive: Archive, plan: list[tuple[InstanceRef, str]]
 ) -> Iterator[tuple[str, Iterator[bytes]]]:
+    """Yield the content type and chunks of each planned instance, opened in turn.
+
+    An instance whose file is missing from the storage is left out with an
+    ERROR log line, so that the body stays well formed once its status is sent.
+    """
     for ref, syntax in plan:
-        if syntax == ANY_SYNTAX:
-            yield (
-                f"{DICOM}; transfer-syntax={ref.transfer_syntax_uid}",
-                read_chunks(archive, ref),
+        try:
+            if syntax == ANY_SYNTAX:
+                chunks = read_chunks(archive, ref)
+                part = f"{DICOM}; transfer-syntax={ref.transfer_syntax_uid}", chunks
+            else:
+                part = f"{DICOM}; transfer-syntax={syntax}", iter([_convert(archive, ref, syntax)])
+        except FileNotFoundError:
+            LOGGER.error(
+                "WADO-RS left out %s: its file %s is missing from the storage; "
+                "'dicomvault fsck' reports such instances",
+                ref.sop_instance_uid,
+                ref.storage_key,
             )
             continue
-        data = first if first is not None else _convert(archive, ref, syntax)
-        yield f"{DICOM}; transfer-syntax={syntax}", iter([data])
+        yield part
 
 
 def _convert(archive: Archive, ref: InstanceRef, syntax: str) -> bytes:
