@@ -7,6 +7,8 @@ import json
 import logging
 import sys
 
+from pynetdicom import _config as pynetdicom_config
+
 TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -39,7 +41,10 @@ def configure_logging(level: str, log_format: str) -> None:
     """Send log records at ``level`` and above to stderr in ``log_format``.
 
     pynetdicom's own loggers stay at WARNING unless ``level`` is DEBUG,
-    because at INFO they print every PDU exchange.
+    because at INFO they print every PDU exchange. Below DEBUG, pynetdicom's
+    standard event handlers are not bound to new associations either: they
+    format every PDU and DIMSE message whatever the level, and log a
+    traceback for a malformed command set that the server aborts anyway.
     """
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
@@ -50,6 +55,7 @@ def configure_logging(level: str, log_format: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("pynetdicom").setLevel("DEBUG" if level == "DEBUG" else "WARNING")
+    pynetdicom_config.LOG_HANDLER_LEVEL = "standard" if level == "DEBUG" else "none"
     logging.getLogger("alembic").setLevel("WARNING")
     # pydicom reports non-conformant values it reads as warnings; log them.
     logging.captureWarnings(True)

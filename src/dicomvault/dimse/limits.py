@@ -19,6 +19,7 @@ import struct
 import threading
 from typing import Any
 
+from pynetdicom.dimse_messages import DIMSEMessage
 from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RQ
 from pynetdicom.pdu_primitives import P_DATA
 
@@ -259,6 +260,18 @@ def limit_dataset_size(assoc: Any, max_dataset_size: int) -> None:
     receive = dimse.receive_primitive
 
     def receive_primitive(primitive: Any) -> None:
+        if isinstance(primitive, P_DATA) and _data_before_command_set(
+            dimse.message, primitive.presentation_data_value_list
+        ):
+            # pynetdicom would log tracebacks for it, then abort.
+            LOGGER.warning(
+                "DIMSE data set fragment from %s before a complete command set; "
+                "aborting the association",
+                _peer(assoc),
+            )
+            dimse.message = None
+            assoc.dul.event_queue.put("Evt19")
+            return
         try:
             receive(primitive)
         except Exception as exc:  # pynetdicom raises many kinds for a malformed command set
@@ -300,6 +313,26 @@ def limit_dataset_size(assoc: Any, max_dataset_size: int) -> None:
             message.data_set = DiscardedDataSet(received, max_dataset_size)
 
     dimse.receive_primitive = receive_primitive
+
+
+def _data_before_command_set(message: Any, values: list[tuple[int, bytes]]) -> bool:
+    """Return whether a data set fragment in ``values`` comes before the command set ends.
+
+    ``message`` is the DIMSE message being received, None before its first
+    fragment; its class changes from the base DIMSEMessage once its command
+    set is complete. The control header's bit 0 marks a command fragment and
+    bit 1 the last one (PS3.8 E.2).
+    """
+    command_complete = message is not None and type(message) is not DIMSEMessage
+    for _, value in values:
+        if not value:
+            return False  # pynetdicom rejects an empty value itself
+        control = value[0]
+        if control & 0x01:
+            command_complete = bool(control & 0x02)
+        elif not command_complete:
+            return True
+    return False
 
 
 def _check_association_rq(data: bytes) -> None:
