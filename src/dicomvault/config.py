@@ -766,6 +766,13 @@ SETTINGS: tuple[SettingDefinition, ...] = (
     ),
     SettingDefinition(
         "http",
+        "stow_max_parts",
+        _parse_int_range(1, 10_000_000),
+        10000,
+        "maximum number of parts (instances) in one STOW-RS request body",
+    ),
+    SettingDefinition(
+        "http",
         "max_request_size",
         _parse_int_range(1, 2**63 - 1),
         16 * 1024**2,
@@ -1168,6 +1175,7 @@ class HttpSettings:
     port: int
     stow_max_instance_size: int
     stow_max_request_size: int
+    stow_max_parts: int
     max_request_size: int
     max_concurrent_requests: int
     read_timeout: float

@@ -616,6 +616,22 @@ class TestBadRequests:
         assert "limit set by http.stow_max_request_size" in response.json()["detail"]
         assert stored_files(archive) == []
 
+    def test_too_many_parts(
+        self, make_archive: Callable[..., Archive], use_archive: Callable[[Archive], httpx.Client]
+    ) -> None:
+        archive = make_archive(http__stow_max_parts=2)
+        with use_archive(archive) as client:
+            response = post(
+                client, multipart_body([part10_bytes(make_instance()) for _ in range(3)])
+            )
+
+        assert response.status_code == 413
+        assert response.json()["detail"] == (
+            "The request body has more than 2 parts, the limit set by http.stow_max_parts; "
+            "send fewer instances per request"
+        )
+        assert stored_files(archive) == []
+
     def test_request_too_large_streamed(
         self, make_archive: Callable[..., Archive], use_archive: Callable[[Archive], httpx.Client]
     ) -> None:

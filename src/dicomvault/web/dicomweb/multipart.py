@@ -93,6 +93,10 @@ class PartSpool:
         Maximum size of all part bodies together, in bytes.
     part_limit_name, total_limit_name : str
         Setting names quoted when a limit is exceeded.
+    max_parts : int, optional
+        Maximum number of parts; none by default.
+    parts_limit_name : str, optional
+        Setting name quoted when ``max_parts`` is exceeded.
     encrypt : bool
         Encrypt what goes to disk under a key held only in memory, for an
         archive with encryption at rest on.
@@ -105,8 +109,12 @@ class PartSpool:
         part_limit_name: str = "",
         total_limit_name: str = "",
         encrypt: bool = False,
+        max_parts: int | None = None,
+        parts_limit_name: str = "",
     ) -> None:
         self.max_part_size = max_part_size
+        self.max_parts = max_parts
+        self.parts_limit_name = parts_limit_name
         self.max_total_size = max_total_size
         self.part_limit_name = part_limit_name
         self.total_limit_name = total_limit_name
@@ -120,7 +128,18 @@ class PartSpool:
         self._part_offset = 0
 
     def begin_part(self, headers: Mapping[str, str]) -> None:
-        """Start a new part with these headers (names in lower case)."""
+        """Start a new part with these headers (names in lower case).
+
+        Raises
+        ------
+        PayloadTooLargeError
+            If the body already has ``max_parts`` parts.
+        """
+        if self.max_parts is not None and len(self.parts) >= self.max_parts:
+            raise PayloadTooLargeError(
+                f"The request body has more than {self.max_parts} parts, the limit set by "
+                f"{self.parts_limit_name or 'the server'}; send fewer instances per request"
+            )
         self._part_headers = dict(headers)
         self._part_offset = self._size
 

@@ -180,7 +180,8 @@ async def store_instances(request: Request) -> Response:
     - 400: the body is not well-formed multipart, has no part, or a part is
       not a DICOM file or has no SOP Class or SOP Instance UID. Nothing is stored.
     - 413: an instance or the whole body exceeds ``http.stow_max_instance_size``
-      or ``http.stow_max_request_size``. Nothing is stored.
+      or ``http.stow_max_request_size``, or has more parts than
+      ``http.stow_max_parts``. Nothing is stored.
     - 415: the Content-Type is neither multipart/related with
       type="application/dicom" nor application/dicom, or a part has another
       media type. Nothing is stored.
@@ -269,6 +270,8 @@ async def _spool_body(request: Request, archive: Archive) -> PartSpool:
         "http.stow_max_instance_size",
         "http.stow_max_request_size",
         encrypt=archive.settings.encryption.enabled,
+        max_parts=settings.stow_max_parts,
+        parts_limit_name="http.stow_max_parts",
     )
     try:
         reader = _body_reader(request.headers.get("content-type", ""), spool)
