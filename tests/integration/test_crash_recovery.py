@@ -7,6 +7,10 @@ SCUs send again every instance that got no success status. At the end every
 acknowledged instance must be indexed, retrievable and byte-identical to
 what was sent, and `dicomvault fsck` must find the index and the storage in
 agreement.
+
+It runs on the embedded default (SQLite and a storage folder: 2,000
+instances, 10 kills) and, shorter, on PostgreSQL with a bucket on moto's
+S3-compatible server (600 instances, 5 kills).
 """
 
 from __future__ import annotations
@@ -19,23 +23,26 @@ import logging
 import random
 import signal
 import socket
-import sqlite3
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage
 from pynetdicom import AE, evt
+from sqlalchemy import create_engine, text
 
 from tests.support.cli import run_cli
 from tests.support.corpus import dataset_offset
 from tests.support.datasets import encode_dataset, make_instance, new_uid
 from tests.support.dcmtk import findscu
+from tests.support.moto import PREFIX, MotoServer
 from tests.support.network import LOOPBACK, port_accepts_connections, wait_until
+from tests.support.postgres import PostgresDatabases
 from tests.support.process import ToolRun
 from tests.support.retrieval_checks import DICOM_ANY_SYNTAX, http_client, parse_multipart
 from tests.support.server import DicomvaultServer
@@ -45,14 +52,13 @@ pytestmark = pytest.mark.integration
 LOGGER = logging.getLogger(__name__)
 
 SEED = 20261205
-INSTANCES = 2000
 STUDIES = 20
 ASSOCIATIONS = 4
-KILLS = 10
 # The server is killed once the number of acknowledged instances reaches
-# each of KILLS thresholds drawn from this range, then after a random delay
-# of up to KILL_JITTER_SECONDS, so that kills land at any step of a C-STORE.
-KILL_RANGE = range(50, INSTANCES - 50)
+# each of the kill thresholds, drawn from the instances but the first and
+# last KILL_MARGIN, then after a random delay of up to KILL_JITTER_SECONDS,
+# so that kills land at any step of a C-STORE.
+KILL_MARGIN = 50
 KILL_JITTER_SECONDS = 0.2
 # Bounds of the whole ingest and of the wait for each kill threshold. The
 # ingest takes 40 to 70 s on a shared 2-core machine, and several times
@@ -67,11 +73,101 @@ SUCCESS = 0x0000
 
 @pytest.fixture(scope="module")
 def index_backend() -> str:
-    """SQLite only: the index runs inside the server process, so a kill can cut its commit short.
-
-    PostgreSQL runs in its own process, which a kill of the server does not reach.
-    """
+    """Unused: each deployment below names its own index and storage."""
     return "sqlite"
+
+
+class Deployment(Protocol):
+    """Where a crashing server keeps its index and its files, and how the test reads them."""
+
+    name: str
+    instances: int
+    kills: int
+    index_url: str
+
+    @property
+    def config(self) -> str | None:
+        """The TOML configuration of the server; None for the defaults."""
+        ...
+
+    def stored_bytes(self, data_dir: Path, key: str) -> bytes:
+        """Return the bytes stored under ``key``."""
+        ...
+
+    def leftovers(self, data_dir: Path) -> list[str]:
+        """Return temporary leftovers of interrupted writes."""
+        ...
+
+
+@dataclasses.dataclass
+class EmbeddedDeployment:
+    """The embedded default: SQLite in the server process, files in DATA_DIR/storage.
+
+    A kill can cut a SQLite commit short, since the index runs inside the
+    server process.
+    """
+
+    name: str = "SQLite and files"
+    instances: int = 2000
+    kills: int = 10
+    index_url: str = ""
+    config: str | None = None
+
+    def stored_bytes(self, data_dir: Path, key: str) -> bytes:
+        return (data_dir / "storage" / key).read_bytes()
+
+    def leftovers(self, data_dir: Path) -> list[str]:
+        return [path.name for path in (data_dir / "storage" / ".tmp").iterdir()]
+
+
+@dataclasses.dataclass
+class SharedDeployment:
+    """PostgreSQL and a bucket on moto: the set-up of several servers, here with one.
+
+    PostgreSQL and moto run in their own processes, which a kill of the
+    server does not reach, so a kill can land between a PUT or a commit and
+    the response.
+    """
+
+    index_url: str
+    moto_server: MotoServer
+    bucket: str
+    name: str = "PostgreSQL and a bucket"
+    instances: int = 600
+    kills: int = 5
+
+    @property
+    def config(self) -> str:
+        return (
+            "[storage]\n"
+            'backend = "s3"\n'
+            f's3_bucket = "{self.bucket}"\n'
+            f's3_prefix = "{PREFIX}"\n'
+            f's3_endpoint_url = "{self.moto_server.endpoint_url}"\n'
+        )
+
+    def stored_bytes(self, data_dir: Path, key: str) -> bytes:
+        response = self.moto_server.client().get_object(Bucket=self.bucket, Key=PREFIX + key)
+        body: bytes = response["Body"].read()
+        return body
+
+    def leftovers(self, data_dir: Path) -> list[str]:
+        uploads = self.moto_server.client().list_multipart_uploads(Bucket=self.bucket)
+        return [upload["Key"] for upload in uploads.get("Uploads", [])]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("embedded", id="sqlite-files"),
+        pytest.param("shared", id="postgres-bucket", marks=pytest.mark.postgres),
+    ]
+)
+def deployment(request: pytest.FixtureRequest) -> Deployment:
+    if request.param == "embedded":
+        return EmbeddedDeployment()
+    databases: PostgresDatabases = request.getfixturevalue("postgres_databases")
+    moto_server: MotoServer = request.getfixturevalue("moto_server")
+    return SharedDeployment(databases.create(), moto_server, moto_server.new_bucket())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,8 +222,9 @@ class SharedWork:
 class CrashingServer:
     """A `dicomvault serve` that can be killed and restarted on the same data and ports."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, deployment: Deployment) -> None:
         self.workdir = workdir
+        self.deployment = deployment
         self.data_dir = workdir / "data"
         self.runs: list[DicomvaultServer] = []
         self.server = self._start(port=None, http_port=None)
@@ -135,8 +232,14 @@ class CrashingServer:
         self.http_port = self.server.http_port
 
     def _start(self, port: int | None, http_port: int | None) -> DicomvaultServer:
+        run_dir = self.workdir / f"run-{len(self.runs)}"
+        run_dir.mkdir()
         server = DicomvaultServer(
-            self.workdir / f"run-{len(self.runs)}", "", data_dir=self.data_dir, port=port
+            run_dir,
+            self.deployment.index_url,
+            config=self.deployment.config,
+            data_dir=self.data_dir,
+            port=port,
         )
         if http_port is not None:
             server.http_port = http_port
@@ -178,20 +281,20 @@ class CrashingServer:
 
 
 @pytest.fixture
-def crashing_server(tmp_path: Path) -> Iterator[CrashingServer]:
+def crashing_server(tmp_path: Path, deployment: Deployment) -> Iterator[CrashingServer]:
     """A server on a new data directory, stopped when the test ends."""
-    server = CrashingServer(tmp_path)
+    server = CrashingServer(tmp_path, deployment)
     try:
         yield server
     finally:
         server.stop()
 
 
-def generate_instances() -> dict[str, SentInstance]:
-    """Build INSTANCES small MR instances in STUDIES studies of one series each."""
+def generate_instances(count: int) -> dict[str, SentInstance]:
+    """Build ``count`` small MR instances in STUDIES studies of one series each."""
     studies = [(new_uid(), new_uid()) for _ in range(STUDIES)]
     sent: dict[str, SentInstance] = {}
-    for number in range(INSTANCES):
+    for number in range(count):
         study_uid, series_uid = studies[number % STUDIES]
         ds = make_instance(
             StudyInstanceUID=study_uid,
@@ -276,7 +379,8 @@ def store_until_acknowledged(
 def run_ingest_with_kills(server: CrashingServer, work: SharedWork) -> int:
     """Ingest ``work`` over ASSOCIATIONS threads while killing the server; return the kills."""
     rng = random.Random(SEED)
-    thresholds = sorted(rng.sample(KILL_RANGE, KILLS))
+    kill_range = range(KILL_MARGIN, work.total - KILL_MARGIN)
+    thresholds = sorted(rng.sample(kill_range, server.deployment.kills))
     started = time.monotonic()
     deadline = started + INGEST_TIMEOUT_SECONDS
     threads = [
@@ -318,21 +422,30 @@ def run_ingest_with_kills(server: CrashingServer, work: SharedWork) -> int:
     return kills
 
 
-def indexed_instances(data_dir: Path) -> dict[str, tuple[str, str | None]]:
+def indexed_instances(server: CrashingServer) -> dict[str, tuple[str, str | None]]:
     """Read SOP Instance UID, storage key and SHA-256 of every indexed instance."""
-    uri = f"file:{data_dir / 'index.sqlite'}?mode=ro"
-    with sqlite3.connect(uri, uri=True) as connection:
-        rows = connection.execute(
-            "SELECT sop_instance_uid, storage_key, sha256 FROM instances"
-        ).fetchall()
-    connection.close()
+    url = server.deployment.index_url or f"sqlite:///{server.data_dir / 'index.sqlite'}"
+    engine = create_engine(url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT sop_instance_uid, storage_key, sha256 FROM instances")
+            ).all()
+    finally:
+        engine.dispose()
     assert len(rows) == len({row[0] for row in rows}), "an instance is indexed twice"
     return {row[0]: (row[1], row[2]) for row in rows}
 
 
 def fsck(server: CrashingServer, *options: str) -> ToolRun:
-    """Run `dicomvault fsck` on the server's data directory."""
-    return run_cli(["fsck", "--data-dir", str(server.data_dir), *options], server.workdir)
+    """Run `dicomvault fsck` on the server's data directory, index and storage."""
+    arguments = ["fsck", "--data-dir", str(server.data_dir)]
+    config = server.server.config_path
+    if config is not None:
+        arguments += ["--config", str(config)]
+    if server.deployment.index_url:
+        arguments += ["--index-url", server.deployment.index_url]
+    return run_cli([*arguments, *options], server.workdir)
 
 
 # pynetdicom 3.0.4 leaves the socket of a refused connection open. A kill
@@ -343,7 +456,9 @@ def fsck(server: CrashingServer, *options: str) -> ToolRun:
 )
 def test_kills_during_ingest_lose_nothing(crashing_server: CrashingServer) -> None:
     started = time.monotonic()
-    sent = generate_instances()
+    deployment = crashing_server.deployment
+    instances = deployment.instances
+    sent = generate_instances(instances)
 
     work = SharedWork(list(sent.values()))
     kills = run_ingest_with_kills(crashing_server, work)
@@ -355,30 +470,30 @@ def test_kills_during_ingest_lose_nothing(crashing_server: CrashingServer) -> No
     acknowledged = work.acknowledged
     outcomes = work.outcomes
     LOGGER.info(
-        "%d kills, %d instances acknowledged in %.1f s; other outcomes: %s; "
+        "%s: %d kills, %d instances acknowledged in %.1f s; other outcomes: %s; "
         "temporary files removed at start-up: %d",
+        deployment.name,
         kills,
         len(acknowledged),
         ingest_seconds,
         dict(outcomes),
         crashing_server.removed_temporary_files(),
     )
-    assert kills == KILLS
+    assert kills == deployment.kills
     assert len(acknowledged) == len(set(acknowledged)), "an instance was acknowledged twice"
     assert set(acknowledged) == set(sent), f"not all instances acknowledged: {dict(outcomes)}"
 
     # Present: every acknowledged instance has exactly one index row.
     data_dir = crashing_server.data_dir
-    index = indexed_instances(data_dir)
+    index = indexed_instances(crashing_server)
     missing = sorted(set(acknowledged) - set(index))
     assert not missing, f"{len(missing)} acknowledged instances are not indexed: {missing[:5]}"
     assert set(index) == set(sent)
 
     # Identical: each file is the File Meta Information plus the bytes sent,
     # and the SHA-256 recorded at ingest is the SHA-256 of the file.
-    storage = data_dir / "storage"
     for uid, (key, recorded_sha256) in index.items():
-        data = (storage / key).read_bytes()
+        data = deployment.stored_bytes(data_dir, key)
         dataset = data[dataset_offset(data) :]
         assert hashlib.sha256(dataset).hexdigest() == sent[uid].sha256, uid
         assert dataset == sent[uid].encoded, uid
@@ -397,7 +512,7 @@ def test_kills_during_ingest_lose_nothing(crashing_server: CrashingServer) -> No
     )
     assert found.status == SUCCESS, found.describe()
     assert len(found.responses) == STUDIES
-    assert sum(int(rsp.NumberOfStudyRelatedInstances) for rsp in found.responses) == INSTANCES
+    assert sum(int(rsp.NumberOfStudyRelatedInstances) for rsp in found.responses) == instances
 
     # WADO-RS returns the bytes sent, for a sample.
     sample = random.Random(SEED).sample(sorted(sent), WADO_SAMPLE)
@@ -421,12 +536,15 @@ def test_kills_during_ingest_lose_nothing(crashing_server: CrashingServer) -> No
     assert checked.returncode == 0, checked.describe()
     for kind in ("missing", "orphan", "checksum-mismatch", "temporary", "no-parent"):
         assert f"{kind}: 0" in checked.output, checked.describe()
-    assert f"Checked {INSTANCES} indexed instances and {INSTANCES} stored objects" in checked.output
-    assert f"Verified {INSTANCES} checksums" in checked.output
-    assert not list((storage / ".tmp").iterdir())
-    assert not list((crashing_server.data_dir / "journal").iterdir())
+    assert f"Checked {instances} indexed instances and {instances} stored objects" in (
+        checked.output
+    )
+    assert f"Verified {instances} checksums" in checked.output
+    assert deployment.leftovers(data_dir) == []
+    assert not list((data_dir / "journal").iterdir())
     LOGGER.info(
-        "%d unindexed objects removed at start-up; total %.1f s",
+        "%s: %d unindexed objects removed at start-up; total %.1f s",
+        deployment.name,
         crashing_server.removed_unindexed_objects(),
         time.monotonic() - started,
     )
