@@ -1,4 +1,8 @@
-"""Storage SCP: store pydicom's bundled files with storescu, find each one, reject broken files."""
+"""Storage SCP: store pydicom's bundled files with storescu, find each one, reject broken files.
+
+storescu sends the files; each is then found with a C-FIND at IMAGE level,
+all over one pynetdicom association (test_find.py covers findscu).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom import uid
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind
 from sqlalchemy.engine import make_url
 
 from tests.support.corpus import (
@@ -22,6 +29,7 @@ from tests.support.corpus import (
     make_uid,
 )
 from tests.support.dcmtk import StoreResult, findscu, format_status, storescu
+from tests.support.network import LOOPBACK
 from tests.support.scu import send_file_unchanged
 from tests.support.server import DicomvaultServer, ServerFactory
 
@@ -63,6 +71,7 @@ STORESCU_SKIPS = {
 BUNDLED = bundled_files(PYDICOM_TEST_FILES) + bundled_files(PYDICOM_CHARSET_FILES)
 
 SUCCESS = 0x0000
+FIND_TIMEOUT_SECONDS = 30
 
 
 class FileNotSent(AssertionError):
@@ -93,6 +102,42 @@ class StoredBundle:
     # files share a SOP Instance UID, and the default duplicate policy keeps the
     # newest one.
     newest: dict[str, BundledFile]
+    # For each of those, the final C-FIND status and the SOP Instance UIDs of
+    # the matches of an IMAGE level query by its study, series and instance UIDs.
+    found: dict[str, tuple[int | None, list[str]]]
+
+
+def find_each(
+    server: DicomvaultServer, files: list[BundledFile]
+) -> dict[str, tuple[int | None, list[str]]]:
+    """Query each file's instance at IMAGE level over one association."""
+    ae = AE(ae_title="STORETEST")
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = FIND_TIMEOUT_SECONDS
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate(LOOPBACK, server.port, ae_title=server.ae_title)
+    assert assoc.is_established, server.describe()
+    found: dict[str, tuple[int | None, list[str]]] = {}
+    try:
+        for bundled in files:
+            identifier = Dataset()
+            identifier.QueryRetrieveLevel = "IMAGE"
+            identifier.StudyInstanceUID = bundled.study_instance_uid
+            identifier.SeriesInstanceUID = bundled.series_instance_uid
+            identifier.SOPInstanceUID = bundled.sop_instance_uid
+            matches: list[str] = []
+            final: int | None = None
+            for status, match in assoc.send_c_find(
+                identifier, StudyRootQueryRetrieveInformationModelFind
+            ):
+                code = status.get("Status") if status else None
+                if code in (0xFF00, 0xFF01) and match is not None:
+                    matches.append(match.SOPInstanceUID)
+                else:
+                    final = code
+            found[bundled.sop_instance_uid] = (final, matches)
+    finally:
+        assoc.release()
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +175,7 @@ def stored_bundle(start_module_server: ServerFactory) -> StoredBundle:
             if result.sent and result.status == SUCCESS:
                 newest[bundled.sop_instance_uid] = bundled
 
-    return StoredBundle(server, results, newest)
+    return StoredBundle(server, results, newest, find_each(server, list(newest.values())))
 
 
 @pytest.mark.parametrize("bundled", _bundled_params())
@@ -143,23 +188,10 @@ def test_bundled_file_found_once(bundled: BundledFile, stored_bundle: StoredBund
         f"Error Comment {result.error_comment!r}, storescu messages {result.messages}"
     )
 
-    # Query the UIDs of the newest file stored with this SOP Instance UID.
-    newest = stored_bundle.newest[bundled.sop_instance_uid]
-    server = stored_bundle.server
-    find = findscu(
-        server.port,
-        {
-            "QueryRetrieveLevel": "IMAGE",
-            "StudyInstanceUID": newest.study_instance_uid,
-            "SeriesInstanceUID": newest.series_instance_uid,
-            "SOPInstanceUID": newest.sop_instance_uid,
-        },
-        server.ae_title,
-    )
-
-    assert find.status == SUCCESS, find.describe()
-    assert len(find.responses) == 1, find.describe()
-    assert find.responses[0].SOPInstanceUID == newest.sop_instance_uid
+    # The query used the UIDs of the newest file stored with this SOP Instance UID.
+    status, matches = stored_bundle.found[bundled.sop_instance_uid]
+    assert status == SUCCESS, f"C-FIND status {format_status(status)}"
+    assert matches == [bundled.sop_instance_uid]
 
 
 # Broken files, each built from a valid CT image with new UIDs. storescu parses
@@ -234,12 +266,22 @@ BROKEN_FILES: dict[str, Callable[[Path], BrokenFile]] = {
 }
 
 
+@pytest.fixture(scope="module")
+def raw_server(start_module_server: ServerFactory) -> DicomvaultServer:
+    """A server for the files sent unchanged, shared by the tests below.
+
+    Each test compares the files it leaves with those before it.
+    """
+    return start_module_server()
+
+
 @pytest.mark.parametrize("build", BROKEN_FILES.values(), ids=BROKEN_FILES.keys())
 def test_broken_file_rejected(
-    build: Callable[[Path], BrokenFile], start_server: ServerFactory, tmp_path: Path
+    build: Callable[[Path], BrokenFile], raw_server: DicomvaultServer, tmp_path: Path
 ) -> None:
-    server = start_server()
+    server = raw_server
     broken = build(tmp_path)
+    before = leftover_files(server.data_dir)
 
     rsp = send_file_unchanged(server.port, broken.path, server.ae_title)
 
@@ -247,7 +289,7 @@ def test_broken_file_rejected(
         f"expected a failure status 0xA900 or 0xCxxx, got 0x{rsp.status:04X}"
     )
     assert rsp.error_comment, "the failure response has no Error Comment (0000,0902)"
-    assert leftover_files(server.data_dir) == []
+    assert leftover_files(server.data_dir) == before
 
     find = findscu(
         server.port,
@@ -278,19 +320,21 @@ SKIPPED_BY_STORESCU_EXPECTED = {
 @pytest.mark.parametrize(
     "name", SKIPPED_BY_STORESCU_EXPECTED, ids=list(SKIPPED_BY_STORESCU_EXPECTED)
 )
-def test_storescu_skipped_file_sent_raw(name: str, start_server: ServerFactory) -> None:
-    server = start_server()
+def test_storescu_skipped_file_sent_raw(name: str, raw_server: DicomvaultServer) -> None:
+    server = raw_server
     path = PYDICOM_TEST_FILES.parent / name
+    before = leftover_files(server.data_dir)
 
     rsp = send_file_unchanged(server.port, path, server.ae_title)
 
+    added = set(leftover_files(server.data_dir)) - set(before)
     if SKIPPED_BY_STORESCU_EXPECTED[name] == "stored":
         assert rsp.status == SUCCESS, rsp.error_comment
-        assert len(leftover_files(server.data_dir)) == 1
+        assert len(added) == 1
     else:
         assert rsp.status == 0xC000, f"0x{rsp.status:04X} {rsp.error_comment}"
         assert rsp.error_comment.startswith("The dataset is truncated")
-        assert leftover_files(server.data_dir) == []
+        assert leftover_files(server.data_dir) == before
 
 
 def test_server_log_has_no_database_password(stored_bundle: StoredBundle) -> None:

@@ -163,11 +163,18 @@ def stored_file_for(data_dir: Path, sop_instance_uid: str) -> list[Path]:
 
 
 def leftover_files(data_dir: Path) -> list[str]:
-    """List files under `data_dir` other than the SQLite index and the lock, relative to it."""
+    """List files under `data_dir` relative to it, but the SQLite index, the lock and journals.
+
+    The write journal of a running server stays while it runs (see
+    dicomvault.storage.journal).
+    """
     if not data_dir.exists():
         return []
+    journals = data_dir / "journal"
     return sorted(
         p.relative_to(data_dir).as_posix()
         for p in data_dir.rglob("*")
-        if p.is_file() and not (p.parent == data_dir and p.name in _INDEX_DATABASE_NAMES)
+        if p.is_file()
+        and not (p.parent == data_dir and p.name in _INDEX_DATABASE_NAMES)
+        and p.parent != journals
     )
