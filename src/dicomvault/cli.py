@@ -228,7 +228,7 @@ def run_server(configured: Settings) -> int:
     # about a second to import, which every other command would otherwise pay.
     from dicomvault.archive import Archive
     from dicomvault.dimse.server import DimseServer, ListenError
-    from dicomvault.dimse.service import DimseService
+    from dicomvault.dimse.service import DimseService, SavedSettingsFollower
     from dicomvault.readiness import ReadinessChecker
     from dicomvault.tls import TLSFileError
     from dicomvault.web.app import create_app
@@ -324,6 +324,7 @@ def run_server(configured: Settings) -> int:
         engine.dispose()
         return 1
 
+    dimse_service = DimseService(archive, configured, saved, server)
     manager = TaskManager(
         IngestContext(settings, engine, storage, ReaderPool(settings.ingest.workers))
     )
@@ -333,7 +334,7 @@ def run_server(configured: Settings) -> int:
         app = create_app(
             manager,
             archive,
-            dimse_service=DimseService(archive, configured, saved, server),
+            dimse_service=dimse_service,
             recent_logs=recent_logs,
             readiness=ReadinessChecker(
                 engine,
@@ -385,8 +386,9 @@ def run_server(configured: Settings) -> int:
             storage.location,
         )
 
+    follower = SavedSettingsFollower(dimse_service, settings.server.settings_poll_interval)
     while not signals.stop_requested.wait(1.0):
-        pass
+        follower.poll()
     listeners: list[Listener] = [server] if http is None else [server, http]
     drain(settings.server, signals, listeners, lambda: manager.stop(INGEST_STOP_SECONDS))
     journal.close()

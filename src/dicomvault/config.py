@@ -871,6 +871,14 @@ SETTINGS: tuple[SettingDefinition, ...] = (
     ),
     SettingDefinition(
         "server",
+        "settings_poll_interval",
+        _parse_float_range(0, 3600),
+        10.0,
+        "seconds between two reads of the DIMSE settings saved through the HTTP API of any "
+        "server sharing the index, applied when they changed; 0 reads them only at start",
+    ),
+    SettingDefinition(
+        "server",
         "readiness_timeout",
         _parse_float_range(0.1, 60),
         2.0,
@@ -1197,6 +1205,7 @@ class ServerSettings:
     drain_seconds: float
     lease_seconds: float
     maintenance_interval: float
+    settings_poll_interval: float
     readiness_timeout: float
 
 

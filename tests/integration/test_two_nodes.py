@@ -25,9 +25,9 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from tests.integration.test_s3_storage import s3_config, store_corpus
 from tests.support.corpus import dataset_offset, make_uid
-from tests.support.dcmtk import findscu
+from tests.support.dcmtk import echoscu, findscu
 from tests.support.moto import MotoServer
-from tests.support.network import LOOPBACK
+from tests.support.network import LOOPBACK, wait_until
 from tests.support.postgres import PostgresDatabases
 from tests.support.retrieval_checks import (
     CORPUS,
@@ -47,6 +47,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
 ADMIN_NAME = "clusteradmin"
 ADMIN_PASSWORD = "cluster admin password"
+FOLLOW_TIMEOUT_SECONDS = 20.0
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def nodes(
     migration lock, the second failed creating a table the first had created.
     """
     index_url = postgres_databases.create()
-    config = s3_config(moto_server, bucket)
+    config = s3_config(moto_server, bucket) + "[server]\nsettings_poll_interval = 1.0\n"
     node_a = DicomvaultServer(tmp_path_factory.mktemp("node-a"), index_url, config=config)
     node_b = DicomvaultServer(tmp_path_factory.mktemp("node-b"), index_url, config=config)
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
@@ -317,3 +318,29 @@ def test_token_from_a_deletes_on_b(
     assert response.json()["deleted_files"] == study_size
     assert find_instances(node_a, bundled.study_instance_uid) == set()
     assert len(moto_server.object_names(bucket)) == objects_before - study_size
+
+
+def echo_accepted(node: DicomvaultServer, calling_ae: str) -> bool:
+    return echoscu(node.port, node.ae_title, calling_ae=calling_ae).returncode == 0
+
+
+def test_dimse_setting_saved_on_a_applies_on_b(
+    node_a: DicomvaultServer, node_b: DicomvaultServer
+) -> None:
+    cookies, csrf = login(node_a)
+    with http_client(node_a, cookies=cookies, headers={"X-CSRF-Token": csrf}) as client:
+        changed = client.patch("/api/dimse", json={"allowed_calling_ae_titles": ["FOLLOWER"]})
+        try:
+            assert changed.status_code == 200, changed.text
+            # Node B reads the saved settings every second (settings_poll_interval).
+            assert wait_until(lambda: not echo_accepted(node_b, "OTHER"), FOLLOW_TIMEOUT_SECONDS)
+            assert echo_accepted(node_b, "FOLLOWER")
+            with http_client(node_b, cookies=cookies, headers={"X-CSRF-Token": csrf}) as on_b:
+                status = on_b.get("/api/dimse").json()
+            assert status["allowed_calling_ae_titles"] == ["FOLLOWER"]
+        finally:
+            reset = client.delete("/api/dimse/saved")
+
+    assert reset.status_code == 200, reset.text
+    assert wait_until(lambda: echo_accepted(node_b, "OTHER"), FOLLOW_TIMEOUT_SECONDS)
+    assert "Applied the DIMSE settings saved by another server" in node_b.log_text()

@@ -5,11 +5,20 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from dicomvault.archive import Archive
-from dicomvault.config import DimseSettings, Settings, apply_saved_settings, parse_setting
+from dicomvault.config import (
+    ConfigError,
+    DimseSettings,
+    Settings,
+    apply_saved_settings,
+    parse_setting,
+)
 from dicomvault.index.saved_settings import SavedSettings
 
 if TYPE_CHECKING:
@@ -46,9 +55,11 @@ class DimseService:
     ``archive.settings``, so that the C-FIND, C-MOVE and C-ECHO code paths
     use the new AE title. Changes are serialized by a lock.
 
-    NOTE: with several nodes on one index, a change applies at once only to
-    the node that received it. The other nodes read the saved values at
-    their next start, and every node then listens on the saved host and port.
+    With several servers on one index, a change applies at once to the
+    server that received it; the others apply it when :meth:`follow_saved`
+    next runs, every ``server.settings_poll_interval`` seconds. All then
+    listen on the saved host and port, so a port change suits servers on
+    separate machines.
 
     Parameters
     ----------
@@ -155,6 +166,45 @@ class DimseService:
         LOGGER.info("User %s removed %d saved DIMSE settings", user_name, removed)
         return self.status()
 
+    def follow_saved(self) -> bool:
+        """Apply the saved DIMSE settings when they differ from those in effect.
+
+        Another server sharing the index may have saved or reset them. Return
+        whether anything changed.
+
+        Raises
+        ------
+        ConfigError
+            If a saved value is invalid; nothing changes.
+        ListenError
+            If the saved host and port cannot be bound; nothing changes.
+        sqlalchemy.exc.SQLAlchemyError
+            If the index database fails.
+        """
+        values = {
+            name: value for name, value in self.saved.load().items() if name.startswith("dimse.")
+        }
+        wanted = apply_saved_settings(self.startup, values)
+        with self._lock:
+            current = self.archive.settings
+            if wanted.dimse == current.dimse:
+                return False
+            self._apply(current.dimse, wanted.dimse)
+            sources = dict(current.sources)
+            sources.update(
+                {f"dimse.{key}": wanted.sources[f"dimse.{key}"] for key in CHANGEABLE_KEYS}
+            )
+            self.archive.settings = dataclasses.replace(
+                current, dimse=wanted.dimse, sources=sources
+            )
+        changed = [
+            key
+            for key in CHANGEABLE_KEYS
+            if getattr(current.dimse, key) != getattr(wanted.dimse, key)
+        ]
+        LOGGER.info("Applied the DIMSE settings saved by another server: %s", ", ".join(changed))
+        return True
+
     def _apply(self, current: DimseSettings, updated: DimseSettings) -> None:
         if self.server is None or not self.server.is_running:
             return
@@ -170,3 +220,28 @@ class DimseService:
             raise ListenError(
                 f"{reason}; the DIMSE service still listens on {current.host}:{current.port}"
             ) from exc
+
+
+class SavedSettingsFollower:
+    """Applies the DIMSE settings that other servers on the index saved, at an interval."""
+
+    def __init__(self, service: DimseService, interval: float) -> None:
+        self.service = service
+        self.interval = interval
+        self._next = time.monotonic() + interval
+        self._last_error = ""
+
+    def poll(self) -> None:
+        """Read and apply the saved settings if the interval has passed; log a failure once."""
+        if not self.interval or time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.interval
+        try:
+            self.service.follow_saved()
+        except (ConfigError, ListenError, SQLAlchemyError) as exc:
+            error = str(exc)
+            if error != self._last_error:
+                LOGGER.warning("Cannot apply the DIMSE settings saved in the index: %s", error)
+            self._last_error = error
+        else:
+            self._last_error = ""
