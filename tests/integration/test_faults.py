@@ -1,10 +1,10 @@
-"""Fault tests on a running `dicomvault serve`: full storage, a stopped database, stalled clients.
+"""Fault tests on a running `dicomvault serve`: full or read-only storage, database outage, stalls.
 
 Nothing is simulated. The storage is a small tmpfs that fills up, the
 index is a throw-away PostgreSQL cluster that the test stops and starts in
 the middle of an ingest, and the stalled clients are real sockets and
 associations that stop sending. Each test checks that the server returns
-a failure instead of hanging, keeps nothing half-stored, and serves
+a failure instead of hanging, keeps nothing half stored, and serves
 again once the fault is gone, without a restart.
 
 The tests run as root, as CI does: they mount a tmpfs and run the
@@ -87,9 +87,9 @@ ACKNOWLEDGED_AFTER_RESTART = 20
 PHASE_TIMEOUT_SECONDS = 20.0
 
 # Stalled clients: timeouts of a few seconds, so that each stall ends quickly.
-ACSE_TIMEOUT_SECONDS = 2
-NETWORK_TIMEOUT_SECONDS = 3
-HTTP_READ_TIMEOUT_SECONDS = 2
+ACSE_TIMEOUT_SECONDS = 3
+NETWORK_TIMEOUT_SECONDS = 4
+HTTP_READ_TIMEOUT_SECONDS = 3
 # A stalled connection must be closed within its timeout plus this margin.
 CLOSE_MARGIN_SECONDS = 3.0
 # Threads the server may keep above its baseline once every stalled client is gone, such as
@@ -360,6 +360,51 @@ def test_full_storage_fails_then_recovers(
     assert_nothing_half_stored(server, storage, acknowledged + 2)
 
 
+def remount(storage: Path, mode: str) -> None:
+    """Remount the tmpfs on ``storage`` with ``mode`` "ro" or "rw"."""
+    remounted = run_tool(["mount", "-o", f"remount,{mode}", str(storage)])
+    assert remounted.returncode == 0, remounted.describe()
+
+
+def test_read_only_storage_fails_then_recovers(
+    tmpfs_server: DicomvaultServer, tmpfs_storage: Path
+) -> None:
+    server = tmpfs_server
+    storage = tmpfs_storage
+    pid = server_pid(server)
+    with association(server.port, server.ae_title) as assoc:
+        status = c_store(assoc, mr_instance(INSTANCE_PIXEL_BYTES))
+    assert status == SUCCESS, format_status(status)
+
+    # Read-only: C-STORE gets 0xA700, STOW-RS 507, and /ready reports the storage full.
+    remount(storage, "ro")
+    try:
+        with association(server.port, server.ae_title) as assoc:
+            status = c_store(assoc, mr_instance(INSTANCE_PIXEL_BYTES))
+        rejected = stow(server, mr_instance(INSTANCE_PIXEL_BYTES))
+        not_ready = wait_for_readiness(server, ready=False)
+    finally:
+        remount(storage, "rw")
+    assert status == OUT_OF_RESOURCES, format_status(status)
+    assert rejected.status_code == 507, rejected.text
+    (failed,) = rejected.json()["00081198"]["Value"]
+    assert failed["00081197"]["Value"] == [OUT_OF_RESOURCES]
+    assert not_ready.status_code == 503, not_ready.text
+    assert not_ready.json()["checks"]["storage"] == "full"
+    assert_nothing_half_stored(server, storage, 1)
+
+    # Writable again: the same server process stores over DIMSE and HTTP.
+    with association(server.port, server.ae_title) as assoc:
+        status = c_store(assoc, mr_instance(INSTANCE_PIXEL_BYTES))
+    assert status == SUCCESS, format_status(status)
+    stored = stow(server, mr_instance(INSTANCE_PIXEL_BYTES))
+    assert stored.status_code == 200, stored.text
+    ready = wait_for_readiness(server, ready=True)
+    assert ready.status_code == 200, ready.text
+    assert server_pid(server) == pid
+    assert_nothing_half_stored(server, storage, 3)
+
+
 # --- PostgreSQL stopped and started during an ingest ----------------------------------------
 
 
@@ -499,8 +544,9 @@ class StoreAttempt:
 class Ingest:
     """C-STORE small instances one after another on one association, in a thread of its own.
 
-    The loop ends on :meth:`stop`, after ``INGEST_MAX_ATTEMPTS`` instances
-    or after ``INGEST_TIMEOUT_SECONDS``, whichever comes first.
+    The loop ends when the ``with`` block ends, after ``INGEST_MAX_ATTEMPTS``
+    instances or after ``INGEST_TIMEOUT_SECONDS``, whichever comes first.
+    An exception in the loop is kept in ``error``.
     """
 
     def __init__(self, server: DicomvaultServer) -> None:
@@ -622,7 +668,7 @@ def test_postgres_restart_during_ingest(
     assert ready.status_code == 200, ready.text
     assert server_pid(server) == pid
 
-    # Every store was answered in time, with success or a failure status.
+    # Every store got a response in time, with success or a failure status.
     attempts = ingest.snapshot()
     unanswered = [attempt for attempt in attempts if attempt.status is None]
     assert unanswered == [], f"{len(unanswered)} of {len(attempts)} stores got no response"
@@ -634,17 +680,17 @@ def test_postgres_restart_during_ingest(
     during_outage = [
         a for a in attempts if stopped <= a.started and a.started + a.seconds < restarting
     ]
+    assert len(during_outage) >= FAILURES_DURING_OUTAGE
     assert all(attempt.status == PROCESSING_FAILURE for attempt in during_outage)
 
     LOGGER.info(
         "%d stores: %d acknowledged, %d failed with 0x0110; slowest response %.2f s; "
-        "%d acknowledged in the %.1f s after the database started again",
+        "%d acknowledged after the database started again",
         len(attempts),
         sum(1 for attempt in attempts if attempt.status == SUCCESS),
         sum(1 for attempt in attempts if attempt.status == PROCESSING_FAILURE),
         slowest,
         sum(1 for a in attempts if a.status == SUCCESS and a.started >= restarted),
-        max(a.started for a in attempts) - restarted,
     )
 
     # Every acknowledged instance is indexed, no failed one is, and fsck finds
@@ -653,6 +699,10 @@ def test_postgres_restart_during_ingest(
     failed = {a.sop_instance_uid for a in attempts if a.status != SUCCESS}
     indexed = cluster.indexed_sop_instance_uids()
     assert acknowledged - indexed == set()
+    # NOTE: a commit that PostgreSQL applies just before a fast stop, while
+    # the server loses the connection before the reply, would make the store
+    # fail with its row committed and its file removed. This check and fsck
+    # would then fail; no run so far has hit that window.
     assert indexed & failed == set()
     checked = fsck(server)
     assert checked.returncode == 0, checked.describe()
@@ -711,7 +761,7 @@ def stalled_pdu(assoc: Association) -> float:
 
 
 def stalled_http_body(port: int) -> tuple[bytes, float]:
-    """Send 100 of the 1,000 body bytes of a STOW-RS request and stall; return reply and seconds."""
+    """Send 100 of 1,000 body bytes of a STOW-RS request and stall; return response and seconds."""
     with socket.create_connection((LOOPBACK, port)) as sock:
         sock.sendall(
             b"POST /dicomweb/studies HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -815,7 +865,7 @@ def test_stalled_clients_are_dropped(slow_client_server: DicomvaultServer) -> No
         <= idle_seconds
         < NETWORK_TIMEOUT_SECONDS + CLOSE_MARGIN_SECONDS
     )
-    # (d) An HTTP body that stalls is answered with 408 after http.read_timeout.
+    # (d) An HTTP body that stalls gets 408 after http.read_timeout.
     assert http_reply.startswith(b"HTTP/1.1 408 "), http_reply[:200]
     assert (
         HTTP_READ_TIMEOUT_SECONDS - 0.5
