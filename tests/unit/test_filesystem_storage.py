@@ -154,6 +154,20 @@ class TestDiskFull:
             storage.put(KEY, [b"abc"])
         assert files_under(storage.root) == []
 
+    def test_read_only_is_full(
+        self, storage: FilesystemStorage, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def replace(source: object, target: object) -> None:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS))
+
+        monkeypatch.setattr(os, "replace", replace)
+        with pytest.raises(StorageFullError) as excinfo:
+            storage.put(KEY, [b"abc"])
+        assert str(excinfo.value) == (
+            f"Cannot store {KEY} in {storage.root}: the file system is read-only"
+        )
+        assert files_under(storage.root) == []
+
     def test_is_storage_error(self) -> None:
         assert issubclass(StorageFullError, StorageError)
 

@@ -21,6 +21,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittle
 
 from dicomvault.archive import Archive
 from dicomvault.dicom.part10 import split_part10
+from dicomvault.storage.base import StorageFullError
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.web.dicomweb.stow import router
 from dicomvault.web.server import HttpServer
@@ -404,6 +405,33 @@ class TestInstanceFailures:
         assert response.status_code == 409
         assert response_dataset(response).FailedSOPSequence[0].FailureReason == 0xC122
         assert stored_files(archive) == []
+
+    def test_storage_full_is_507(
+        self, client: httpx.Client, archive: Archive, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def put(key: str, chunks: object) -> int:
+            raise StorageFullError(f"No space left to store {key}")
+
+        monkeypatch.setattr(archive.storage, "put", put)
+        response = post(client, multipart_body([part10_bytes(make_instance())]))
+
+        assert response.status_code == 507
+        assert response_dataset(response).FailedSOPSequence[0].FailureReason == 0xA700
+        assert stored_files(archive) == []
+
+    def test_storage_full_and_other_failure_is_409(
+        self, client: httpx.Client, archive: Archive, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        def put(key: str, chunks: object) -> int:
+            raise StorageFullError(f"No space left to store {key}")
+
+        monkeypatch.setattr(archive.storage, "put", put)
+        parts = [part10_bytes(make_instance()), part10_bytes(make_instance(StudyInstanceUID=None))]
+        response = post(client, multipart_body(parts))
+
+        assert response.status_code == 409
+        reasons = [item.FailureReason for item in response_dataset(response).FailedSOPSequence]
+        assert reasons == [0xA700, 0xA900]
 
     def test_file_meta_instance_uid_ignored(self, client: httpx.Client, archive: Archive) -> None:
         # The stored file gets a new File Meta Information from the dataset's UIDs.

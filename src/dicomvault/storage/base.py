@@ -16,7 +16,7 @@ class StorageError(OSError):
 
 
 class StorageFullError(StorageError):
-    """The storage has no space left for a new object."""
+    """The storage accepts no new object: it is full, over quota or read-only."""
 
 
 class Storage(Protocol):

@@ -120,6 +120,12 @@ class FilesystemStorage:
             _remove_quietly(temp_path)
             if exc.errno in _NO_SPACE_ERRNOS:
                 raise StorageFullError(f"No space left to store {key} in {self.root}") from exc
+            if exc.errno == errno.EROFS:
+                # Like a full disk, this takes an operator to fix, and the same
+                # request may then succeed.
+                raise StorageFullError(
+                    f"Cannot store {key} in {self.root}: the file system is read-only"
+                ) from exc
             raise StorageError(f"Cannot write {key} in {self.root}: {exc.strerror or exc}") from exc
         except BaseException:
             _remove_quietly(temp_path)

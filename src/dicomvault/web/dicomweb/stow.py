@@ -126,6 +126,10 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
     },
     400: {"description": "Malformed body, a part that is not a DICOM file, or an invalid UID."},
     409: {"description": "No instance was stored.", "content": {DICOM_JSON_MEDIA_TYPE: {}}},
+    507: {
+        "description": "No instance was stored because the storage is full or read-only.",
+        "content": {DICOM_JSON_MEDIA_TYPE: {}},
+    },
     413: {"description": "An instance or the body exceeds a size limit."},
     415: {"description": "The request or a part has an unsupported media type."},
 }
@@ -177,6 +181,9 @@ async def store_instances(request: Request) -> Response:
     - 202: some instances were stored, and others failed or were stored
       with a warning; the body lists which and why.
     - 409: no instance was stored; the FailedSOPSequence gives each reason.
+    - 507: no instance was stored because the storage is full or
+      read-only (every Failure Reason is 0xA700, RFC 4918 11.5). The same
+      request may succeed once the storage takes writes again.
     - 400: the body is not well-formed multipart, has no part, or a part is
       not a DICOM file or has no SOP Class or SOP Instance UID. Nothing is stored.
     - 413: an instance or the whole body exceeds ``http.stow_max_instance_size``
@@ -543,7 +550,12 @@ def _store_response(outcomes: list[_Outcome], base: str, study: str) -> Response
     if referenced:
         ds.ReferencedSOPSequence = referenced
 
-    if not referenced:
+    if not referenced and all(
+        outcome.reason == FailureReason.OUT_OF_RESOURCES for outcome in outcomes
+    ):
+        # Unlike a conflict, the same request may succeed once the storage takes writes again.
+        code = status.HTTP_507_INSUFFICIENT_STORAGE
+    elif not referenced:
         code = status.HTTP_409_CONFLICT
     elif failed or warnings:
         code = status.HTTP_202_ACCEPTED
