@@ -9,12 +9,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import threading
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomvault.config import Settings
@@ -28,6 +29,7 @@ from dicomvault.dicom.header import (
 from dicomvault.dicom.matching import Query
 from dicomvault.events import EventBus, InstanceRejected, InstanceStored
 from dicomvault.index.removal import remove_from_index
+from dicomvault.index.schema import instances
 from dicomvault.index.search import IndexSearch, SearchResult
 from dicomvault.index.writer import (
     DuplicateInstanceError,
@@ -38,7 +40,7 @@ from dicomvault.index.writer import (
 from dicomvault.storage.base import Storage, StorageError, StorageFullError
 from dicomvault.storage.checksum import Sha256Chunks
 from dicomvault.storage.in_bucket import is_indexed_in_place
-from dicomvault.storage.journal import WriteJournal
+from dicomvault.storage.journal import PendingWrite, WriteJournal
 
 LOGGER = logging.getLogger(__name__)
 
@@ -136,6 +138,8 @@ class Archive:
         self.storage = storage
         self.events = events or EventBus()
         self.journal = journal
+        self._unresolved: list[_UnknownWrite] = []
+        self._unresolved_lock = threading.Lock()
         self.writer = IndexWriter(engine)
         self.searcher = IndexSearch(engine)
 
@@ -250,11 +254,13 @@ class Archive:
             header.sop_class_uid, header.sop_instance_uid, transfer_syntax_uid, source_ae_title
         )
         key = new_storage_key()
-        with self._journaled(header.sop_instance_uid, key):
+        with self._journaled(header.sop_instance_uid, key) as pending:
             written = Sha256Chunks((meta, dataset))
             size = self.storage.put(key, written)
             outcome = self._index(
-                StoredInstance(header, key, size, source_ae_title, written.hexdigest()), replace
+                StoredInstance(header, key, size, source_ae_title, written.hexdigest()),
+                replace,
+                pending,
             )
         if outcome.replaced_storage_key:
             with self._journaled(header.sop_instance_uid, outcome.replaced_storage_key):
@@ -285,22 +291,91 @@ class Archive:
             series_instance_uid=header.series_instance_uid,
         )
 
-    def _index(self, instance: StoredInstance, replace: bool) -> IndexOutcome:
-        """Add a written instance to the index; delete its object if that fails."""
+    def _index(
+        self, instance: StoredInstance, replace: bool, pending: PendingWrite | None
+    ) -> IndexOutcome:
+        """Add a written instance to the index; delete its object if that fails.
+
+        A commit whose reply was lost, as when the database server stops at
+        that moment, may have been applied. The index is asked again: a row
+        naming the new object means success, and the object stays. When the
+        database cannot answer, the object stays until
+        :meth:`resolve_unknown_writes` can tell.
+        """
+        uid = instance.header.sop_instance_uid
         try:
             return self.writer.add_instance(instance, replace=replace)
         except DuplicateInstanceError:
             self.storage.delete(instance.storage_key)
             raise
         except SQLAlchemyError as exc:
-            self.storage.delete(instance.storage_key)
-            uid = instance.header.sop_instance_uid
-            LOGGER.error("Index update failed for %s; the new file was removed", uid, exc_info=True)
-            raise IndexUnavailableError(f"Cannot index {uid}: the index database failed") from exc
+            failure = exc
+        LOGGER.error("Index update failed for %s: %s", uid, failure)
+        try:
+            indexed_key = self._indexed_key(uid)
+        except SQLAlchemyError:
+            LOGGER.warning(
+                "Keeping %s of %s until the index database can tell whether its commit applied",
+                instance.storage_key,
+                uid,
+            )
+            settle = pending.defer() if pending is not None else None
+            with self._unresolved_lock:
+                self._unresolved.append(_UnknownWrite(uid, instance.storage_key, settle))
+            raise IndexUnavailableError(
+                f"Cannot index {uid}: the index database failed"
+            ) from failure
+        if indexed_key == instance.storage_key:
+            # NOTE: the replaced object, if any, is not known here and stays
+            # as an orphan that `dicomvault fsck` reports.
+            LOGGER.warning("The index commit of %s applied although its reply was lost", uid)
+            return IndexOutcome(replaced=False, replaced_storage_key=None)
+        self.storage.delete(instance.storage_key)
+        LOGGER.info("The new file of %s was removed", uid)
+        raise IndexUnavailableError(f"Cannot index {uid}: the index database failed") from failure
+
+    def resolve_unknown_writes(self) -> int:
+        """Settle the objects kept after a failed commit, once the index can tell; return how many.
+
+        Objects that the index does not name are deleted. Cheap when there
+        are none; the server calls it every second.
+        """
+        with self._unresolved_lock:
+            unresolved = list(self._unresolved)
+        resolved = 0
+        for write in unresolved:
+            try:
+                indexed = self._indexed_key(write.sop_instance_uid) == write.storage_key
+                if not indexed:
+                    self.storage.delete(write.storage_key)
+            except (SQLAlchemyError, OSError) as exc:
+                LOGGER.debug("Cannot settle %s yet: %s", write.storage_key, exc)
+                break
+            if write.settle is not None:
+                write.settle()
+            with self._unresolved_lock:
+                self._unresolved.remove(write)
+            resolved += 1
+            LOGGER.info(
+                "%s of %s, kept after a failed commit, was %s",
+                write.storage_key,
+                write.sop_instance_uid,
+                "indexed after all" if indexed else "removed",
+            )
+        return resolved
+
+    def _indexed_key(self, sop_instance_uid: str) -> str | None:
+        """Return the storage key the index names for an instance; None if it is not indexed."""
+        query = select(instances.c.storage_key).where(
+            instances.c.sop_instance_uid == sop_instance_uid
+        )
+        with self.engine.connect() as connection:
+            key: str | None = connection.execute(query).scalar_one_or_none()
+        return key
 
     def _journaled(
         self, sop_instance_uid: str, storage_key: str
-    ) -> contextlib.AbstractContextManager[None]:
+    ) -> contextlib.AbstractContextManager[PendingWrite | None]:
         """Record a key in the write journal for the block, when the archive has one."""
         if self.journal is None:
             return contextlib.nullcontext()
@@ -380,6 +455,15 @@ _REJECTION_CATEGORIES: tuple[tuple[type[Exception], str], ...] = (
     (StorageError, "storage_error"),
     (IndexUnavailableError, "index_error"),
 )
+
+
+@dataclasses.dataclass(frozen=True)
+class _UnknownWrite:
+    """An object kept after a failed commit whose outcome the index could not tell."""
+
+    sop_instance_uid: str
+    storage_key: str
+    settle: Callable[[], None] | None
 
 
 def new_storage_key() -> str:

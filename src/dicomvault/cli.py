@@ -389,6 +389,7 @@ def run_server(configured: Settings) -> int:
     follower = SavedSettingsFollower(dimse_service, settings.server.settings_poll_interval)
     while not signals.stop_requested.wait(1.0):
         follower.poll()
+        archive.resolve_unknown_writes()
     listeners: list[Listener] = [server] if http is None else [server, http]
     drain(settings.server, signals, listeners, lambda: manager.stop(INGEST_STOP_SECONDS))
     journal.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -42,6 +43,7 @@ from dicomvault.index.schema import instances, patients, series, studies
 from dicomvault.index.search import IndexSearch
 from dicomvault.index.writer import IndexWriter
 from dicomvault.storage.filesystem import FilesystemStorage
+from dicomvault.storage.journal import WriteJournal
 from tests.support.corpus import PYDICOM_TEST_FILES
 from tests.support.datasets import encode_dataset, file_dataset, make_identifier, make_instance
 
@@ -367,6 +369,46 @@ class TestIndexFailure:
             f"Cannot check whether {ds.SOPInstanceUID} exists: the index database failed"
         )
         assert stored_files(rejecting) == []
+
+    def test_commit_applied_but_reply_lost(
+        self, archive: Archive, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # The database applied the commit, then the connection broke before its reply.
+        real_add_instance = IndexWriter.add_instance
+
+        def add_then_fail(self: IndexWriter, *args: Any, **kwargs: Any) -> None:
+            real_add_instance(self, *args, **kwargs)
+            raise INDEX_FAILURE
+
+        monkeypatch.setattr(IndexWriter, "add_instance", add_then_fail)
+        result = store(archive, make_instance())
+
+        assert stored_files(archive) == [result.storage_key]
+        assert column_values(archive.engine, instances, "storage_key") == [result.storage_key]
+
+    def test_unknown_outcome_keeps_file_until_index_answers(
+        self, archive: Archive, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        archive.journal = WriteJournal(tmp_path / "journal")
+        fail_index(monkeypatch)
+
+        def unreachable(self: Archive, sop_instance_uid: str) -> str | None:
+            raise INDEX_FAILURE
+
+        with monkeypatch.context() as down:
+            down.setattr(Archive, "_indexed_key", unreachable)
+            with pytest.raises(IndexUnavailableError):
+                store(archive, make_instance())
+            kept = stored_files(archive)
+            assert archive.resolve_unknown_writes() == 0
+        assert len(kept) == 1
+        assert stored_files(archive) == kept
+
+        assert archive.resolve_unknown_writes() == 1
+        archive.journal.close()
+
+        assert stored_files(archive) == []
+        assert list((tmp_path / "journal").iterdir()) == []
 
     def test_search_fails(self, archive: Archive, monkeypatch: pytest.MonkeyPatch) -> None:
         def search(self: IndexSearch, query: object) -> None:

@@ -26,7 +26,7 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from dicomvault.storage.base import StorageError
@@ -70,6 +70,24 @@ class _JournalFile:
         os.close(self.fd)
 
 
+class PendingWrite:
+    """The journal entry of one write, settled when its block ends unless deferred."""
+
+    def __init__(self, owner: WriteJournal, journal: _JournalFile) -> None:
+        self._owner = owner
+        self._journal = journal
+        self.deferred = False
+
+    def defer(self) -> Callable[[], None]:
+        """Keep the entry unsettled after the block; return the function that settles it.
+
+        For a write whose index outcome is unknown: until the function is
+        called, a start-up after a crash still finds the entry.
+        """
+        self.deferred = True
+        return lambda: self._owner._settle(self._journal)
+
+
 class WriteJournal:
     """Records the storage writes of this process until their index transaction ends.
 
@@ -85,11 +103,12 @@ class WriteJournal:
         self._current: _JournalFile | None = None
 
     @contextlib.contextmanager
-    def writing(self, sop_instance_uid: str, storage_key: str) -> Iterator[None]:
+    def writing(self, sop_instance_uid: str, storage_key: str) -> Iterator[PendingWrite]:
         """Record the write of ``storage_key`` before the block runs; settle it after.
 
         The block must end only when the index transaction has committed or
-        failed and, on failure, the object has been deleted.
+        failed and, on failure, the object has been deleted; otherwise it
+        calls :meth:`PendingWrite.defer` on the value it gets.
 
         Raises
         ------
@@ -104,10 +123,12 @@ class WriteJournal:
             raise StorageError(
                 f"Cannot write the write journal in {self.directory}: {exc}"
             ) from exc
+        pending = PendingWrite(self, journal)
         try:
-            yield
+            yield pending
         finally:
-            self._settle(journal)
+            if not pending.deferred:
+                self._settle(journal)
 
     def close(self) -> None:
         """Remove the current journal if none of its entries is unsettled."""
