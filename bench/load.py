@@ -46,6 +46,8 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind  # type: ignore[attr-defined]
 
+from dicomvault.dimse.idle_wait import wait_when_idle
+
 LOGGER = logging.getLogger(__name__)
 
 LOOPBACK = "127.0.0.1"
@@ -236,7 +238,11 @@ def open_association(port: int, called_ae: str, calling_ae: str, context: str) -
 
     The caller checks ``is_established`` or ``is_rejected``. Nagle's
     algorithm is turned off on an established association, because
-    pynetdicom leaves it on and each request is two writes.
+    pynetdicom leaves it on and each request is two writes. The
+    association's threads wait for the socket instead of polling it while
+    a response is awaited (:func:`wait_when_idle`, which the server uses
+    too), so that a hundred client associations do not take the cores the
+    server needs.
     """
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ACSE_TIMEOUT_SECONDS
@@ -248,6 +254,7 @@ def open_association(port: int, called_ae: str, calling_ae: str, context: str) -
         transport = assoc.dul.socket
         if transport is not None and transport.socket is not None:
             transport.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        wait_when_idle(assoc)
     return assoc
 
 

@@ -28,6 +28,7 @@ from dicomvault.dicom.header import (
 )
 from dicomvault.dicom.matching import Query
 from dicomvault.events import EventBus, InstanceRejected, InstanceStored
+from dicomvault.index.group_commit import GroupCommit
 from dicomvault.index.removal import remove_from_index
 from dicomvault.index.schema import instances
 from dicomvault.index.search import IndexSearch, SearchResult
@@ -141,6 +142,10 @@ class Archive:
         self._unresolved: list[_UnknownWrite] = []
         self._unresolved_lock = threading.Lock()
         self.writer = IndexWriter(engine)
+        # SQLite has one writer at a time: concurrent stores share commits.
+        self._committer: IndexWriter | GroupCommit = (
+            GroupCommit(self.writer) if engine.dialect.name == "sqlite" else self.writer
+        )
         self.searcher = IndexSearch(engine)
 
     def store(
@@ -304,7 +309,7 @@ class Archive:
         """
         uid = instance.header.sop_instance_uid
         try:
-            return self.writer.add_instance(instance, replace=replace)
+            return self._committer.add_instance(instance, replace=replace)
         except DuplicateInstanceError:
             self.storage.delete(instance.storage_key)
             raise

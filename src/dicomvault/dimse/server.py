@@ -25,6 +25,7 @@ from dicomvault.audit import ActorKind, AuditAction, AuditEvent, AuditEventType,
 from dicomvault.config import DimseSettings
 from dicomvault.dimse.access_control import AccessControl
 from dicomvault.dimse.direct_send import send_directly
+from dicomvault.dimse.idle_wait import wait_when_idle
 from dicomvault.dimse.limits import (
     AssociationsPerAE,
     end_unrequested_association,
@@ -187,6 +188,7 @@ class DimseServer:
         read_promptly(event.assoc, settings.network_timeout)
         limit_pdu_length(event.assoc, settings.max_pdu_size)
         limit_dataset_size(event.assoc, settings.max_dataset_size)
+        wait_when_idle(event.assoc)
 
     def _on_accepted(self, event: Any) -> None:
         transport = getattr(event.assoc.dul.socket, "socket", None)
