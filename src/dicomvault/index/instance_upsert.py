@@ -1,21 +1,26 @@
 """Write an instance and its patient, study and series rows with one PostgreSQL statement.
 
-Each statement sent to PostgreSQL costs a round trip. Indexing one stored
-instance used to send eight in its transaction: three lookups of the rows
-it may replace or move, and one upsert per level. :class:`InstanceUpsert`
-sends one ``WITH`` statement whose data-modifying parts chain the four
-``INSERT ... ON CONFLICT DO UPDATE ... RETURNING pk``, and whose main query
-returns the new primary keys with the rows as they were before the
-statement.
+Each statement sent to PostgreSQL costs a round trip. In place of three
+lookups of the rows an instance may replace or move and one upsert per
+level, :class:`InstanceUpsert` sends one ``WITH`` statement. Its
+data-modifying parts chain the four ``INSERT ... ON CONFLICT DO UPDATE
+... RETURNING pk``, and its main query returns the new primary keys with
+the rows as they were before the statement.
 
 Every part of the statement reads the database as it was when the
 statement started, and none sees the writes of another part (the
-PostgreSQL manual, "Data-Modifying Statements in WITH"). So the lookups of the existing series and
-study return their parents from before this write, as the separate lookups
-did. The existing instance is read with ``FOR UPDATE``, and the patient
-upsert reads its row count first, so that the instance row is locked
-before any parent, in the same order as before, and a concurrent
-replacement of the same instance is waited for and seen.
+PostgreSQL manual, "Data-Modifying Statements in WITH"). So the lookups
+of the existing series and study return their parents from before this
+write, as the separate lookups of the SQLite path do. The existing
+instance is read with ``FOR UPDATE``, and the patient upsert reads its
+row count first, so the instance row is locked before any parent, in the
+order of the SQLite path, and a concurrent replacement of the same
+instance is waited for and seen.
+
+NOTE: the parents of the existing series and study are read from the
+snapshot taken before that wait. If the concurrent replacement moved the
+series to another study, the study it moved to may be left empty. The
+separate lookups run after the wait and see the move.
 """
 
 from __future__ import annotations
