@@ -67,6 +67,8 @@ SERIES_PER_STUDY = 2
 STUDIES_PER_PATIENT = 2
 STUDY_DAYS = 3650
 SETUPS = ("sqlite+files", "postgres+files", "postgres+s3")
+DROP_ATTEMPTS = 20
+DROP_RETRY_SECONDS = 0.5
 
 
 class SharedDicomvault(Dicomvault):
@@ -113,13 +115,30 @@ class Postgres:
         return f"{scheme}://{base.split('://', 1)[1]}/{name}"
 
     def drop_all(self) -> None:
-        """Drop every database created so far."""
+        """Drop every database created so far.
+
+        Raises
+        ------
+        psycopg.errors.InsufficientPrivilege
+            If an autovacuum worker stays in a database for all the attempts.
+        """
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             while self.names:
-                name = self.names.pop()
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(self.names[-1])
                 )
+                # FORCE terminates the other connections, but a role that is not
+                # a superuser may not terminate an autovacuum worker in the
+                # database. Such a worker ends within moments.
+                for attempt in range(1, DROP_ATTEMPTS + 1):
+                    try:
+                        conn.execute(statement)
+                        break
+                    except psycopg.errors.InsufficientPrivilege:
+                        if attempt == DROP_ATTEMPTS:
+                            raise
+                        time.sleep(DROP_RETRY_SECONDS)
+                self.names.pop()
 
 
 def fake_aws_environment(workdir: Path) -> dict[str, str]:

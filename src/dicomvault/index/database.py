@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import select
 import threading
 import weakref
 from contextlib import AbstractContextManager, nullcontext
@@ -12,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+from sqlalchemy.exc import ArgumentError, DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.pool import NullPool
 
 from dicomvault.config import mask_url_password
@@ -86,13 +87,17 @@ def create_index_engine(url: str, bulk_writer: bool = False) -> Engine:
         _configure_sqlite(engine, bulk_writer)
         return engine
     if parsed.get_backend_name() == "postgresql":
-        return create_engine(
+        # Without pool_pre_ping: its SELECT on every checkout was one round
+        # trip in ten of a C-STORE. A pooled connection that the server has
+        # closed is found by looking at its socket instead.
+        engine = create_engine(
             url,
             pool_size=10,
             max_overflow=40,
-            pool_pre_ping=True,
             json_serializer=serialize_json,
         )
+        event.listen(engine, "checkout", _discard_closed_connection)
+        return engine
     raise DatabaseError(
         f"Unsupported index database '{parsed.get_backend_name()}': use sqlite:///PATH or "
         "postgresql://USER:PASSWORD@HOST/DATABASE"
@@ -104,6 +109,29 @@ def serialize_json(value: Any) -> str:
     if isinstance(value, EncodedJSON):
         return str(value)
     return json.dumps(value)
+
+
+def _discard_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any) -> None:
+    """Make the pool replace a checked out PostgreSQL connection that the server has closed.
+
+    An idle connection has nothing to read. When PostgreSQL stops or
+    restarts, or a backend is terminated, the server sends an error message
+    and closes the socket, so the socket turns readable. Raising
+    DisconnectionError makes the pool discard the connection and check out
+    another one, without a round trip to the server.
+
+    NOTE: a connection that a network failure or a firewall cut without
+    closing it is not found here. Its first statement then fails and
+    invalidates the pool. IndexWriter retries such a transaction on a new
+    connection, and other callers fail once.
+    """
+    if dbapi_connection.closed:
+        raise DisconnectionError("The index database connection is closed")
+    poller = select.poll()
+    poller.register(dbapi_connection.fileno(), select.POLLIN | select.POLLPRI)
+    if poller.poll(0):
+        LOGGER.info("Replacing an index database connection that the server closed")
+        raise DisconnectionError("The index database server closed the connection")
 
 
 def _configure_sqlite(engine: Engine, bulk_writer: bool) -> None:

@@ -18,6 +18,7 @@ from dicomvault.dicom.matching import normalize_stored_time, normalize_value
 from dicomvault.index.bulk_upsert import BulkUpsert
 from dicomvault.index.database import write_turn
 from dicomvault.index.hierarchy import prune_patient, prune_series, prune_study
+from dicomvault.index.instance_upsert import InstanceUpsert, WrittenInstance
 from dicomvault.index.schema import instances, patients, series, studies
 
 LOGGER = logging.getLogger(__name__)
@@ -65,6 +66,11 @@ class IndexWriter:
         self._upserts: dict[tuple[str, str, tuple[str, ...]], Any] = {}
         self._instance_upserts: dict[tuple[str, ...], BulkUpsert] = {}
         self._write_turn = write_turn(engine)
+        # On PostgreSQL, where each statement is a round trip, one statement
+        # writes all four levels of a stored instance.
+        self._instance_upsert_statement = (
+            InstanceUpsert() if engine.dialect.name == "postgresql" else None
+        )
 
     def instance_exists(self, sop_instance_uid: str) -> bool:
         """Return whether an instance with this SOP Instance UID is indexed."""
@@ -105,7 +111,11 @@ class IndexWriter:
             except OperationalError as exc:
                 if attempt == MAX_ATTEMPTS or not _is_transient(exc):
                     raise
-                LOGGER.debug("Retrying index of %s: %s", stored.header.sop_instance_uid, exc.orig)
+                uid = stored.header.sop_instance_uid
+                if exc.connection_invalidated:
+                    LOGGER.warning("Retrying index of %s on a new connection: %s", uid, exc.orig)
+                else:
+                    LOGGER.debug("Retrying index of %s: %s", uid, exc.orig)
         raise AssertionError("unreachable")
 
     def add_instances(
@@ -166,7 +176,8 @@ class IndexWriter:
             except OperationalError as exc:
                 if attempt == MAX_ATTEMPTS or not _is_transient(exc):
                     raise
-                LOGGER.debug("Retrying a batch of %d instances: %s", len(stored), exc.orig)
+                log = LOGGER.warning if exc.connection_invalidated else LOGGER.debug
+                log("Retrying a batch of %d instances: %s", len(stored), exc.orig)
         raise AssertionError("unreachable")
 
     def _add_batch(
@@ -322,80 +333,91 @@ class IndexWriter:
     ) -> IndexOutcome:
         header = stored.header
         now = datetime.datetime.now(datetime.UTC)
+        patient_row = {
+            "patient_key": patient_key(header),
+            **_level_row(header, Level.PATIENT),
+            "updated_at": now,
+        }
+        study_row = {
+            **_level_row(header, Level.STUDY),
+            "study_instance_uid": header.study_instance_uid,
+            "updated_at": now,
+        }
+        series_row = {
+            **_level_row(header, Level.SERIES),
+            "series_instance_uid": header.series_instance_uid,
+            "updated_at": now,
+        }
+        instance_row = {**_image_row(stored), "received_at": now}
 
-        existing = connection.execute(_EXISTING_INSTANCE, {"uid": header.sop_instance_uid}).first()
-        if existing is not None and not replace:
+        if self._instance_upsert_statement is not None:
+            written = self._instance_upsert_statement.execute(
+                connection, patient_row, study_row, series_row, instance_row
+            )
+        else:
+            written = self._write_levels(
+                connection, patient_row, study_row, series_row, instance_row
+            )
+        if written.old_storage_key is not None and not replace:
+            # The caller's transaction rolls back what was written.
             raise DuplicateInstanceError(header.sop_instance_uid)
-        old_series = connection.execute(
-            _EXISTING_SERIES, {"uid": header.series_instance_uid}
-        ).first()
-        old_study = connection.execute(_EXISTING_STUDY, {"uid": header.study_instance_uid}).first()
-
-        patient_pk = self._upsert(
-            connection,
-            patients,
-            "patient_key",
-            {
-                "patient_key": patient_key(header),
-                **_level_row(header, Level.PATIENT),
-                "updated_at": now,
-            },
-        )
-        study_pk = self._upsert(
-            connection,
-            studies,
-            "study_instance_uid",
-            {
-                **_level_row(header, Level.STUDY),
-                "study_instance_uid": header.study_instance_uid,
-                "patient_pk": patient_pk,
-                "updated_at": now,
-            },
-        )
-        series_pk = self._upsert(
-            connection,
-            series,
-            "series_instance_uid",
-            {
-                **_level_row(header, Level.SERIES),
-                "series_instance_uid": header.series_instance_uid,
-                "study_pk": study_pk,
-                "updated_at": now,
-            },
-        )
-        self._upsert(
-            connection,
-            instances,
-            "sop_instance_uid",
-            {
-                **_level_row(header, Level.IMAGE),
-                "sop_instance_uid": header.sop_instance_uid,
-                "sop_class_uid": header.sop_class_uid,
-                "series_pk": series_pk,
-                "transfer_syntax_uid": header.transfer_syntax_uid,
-                "specific_character_set": header.specific_character_set,
-                "storage_key": stored.storage_key,
-                "size": stored.size,
-                "sha256": stored.sha256,
-                "source_ae_title": stored.source_ae_title,
-                "received_at": now,
-                "header": header.header_json,
-            },
-        )
 
         # A replacement or a corrected PatientID may move a child to another
         # parent; remove parents left empty, up the hierarchy.
-        if existing is not None and existing.series_pk != series_pk:
-            prune_series(connection, existing.series_pk)
-        if old_series is not None and old_series.study_pk != study_pk:
-            prune_study(connection, old_series.study_pk)
-        if old_study is not None and old_study.patient_pk != patient_pk:
-            prune_patient(connection, old_study.patient_pk)
+        if written.old_series_pk is not None and written.old_series_pk != written.series_pk:
+            prune_series(connection, written.old_series_pk)
+        if written.old_study_pk is not None and written.old_study_pk != written.study_pk:
+            prune_study(connection, written.old_study_pk)
+        if written.old_patient_pk is not None and written.old_patient_pk != written.patient_pk:
+            prune_patient(connection, written.old_patient_pk)
 
-        if existing is None:
+        if written.old_storage_key is None:
             return IndexOutcome(replaced=False, replaced_storage_key=None)
-        old_key = existing.storage_key if existing.storage_key != stored.storage_key else None
-        return IndexOutcome(replaced=True, replaced_storage_key=old_key)
+        old_key = written.old_storage_key
+        return IndexOutcome(
+            replaced=True, replaced_storage_key=old_key if old_key != stored.storage_key else None
+        )
+
+    def _write_levels(
+        self,
+        connection: Connection,
+        patient_row: dict[str, Any],
+        study_row: dict[str, Any],
+        series_row: dict[str, Any],
+        instance_row: dict[str, Any],
+    ) -> WrittenInstance:
+        """Write the four rows of an instance with one statement per lookup and per level.
+
+        For SQLite, where a statement costs no round trip.
+        """
+        uid = instance_row["sop_instance_uid"]
+        existing = connection.execute(_EXISTING_INSTANCE, {"uid": uid}).first()
+        old_series = connection.execute(
+            _EXISTING_SERIES, {"uid": series_row["series_instance_uid"]}
+        ).first()
+        old_study = connection.execute(
+            _EXISTING_STUDY, {"uid": study_row["study_instance_uid"]}
+        ).first()
+
+        patient_pk = self._upsert(connection, patients, "patient_key", patient_row)
+        study_pk = self._upsert(
+            connection, studies, "study_instance_uid", {**study_row, "patient_pk": patient_pk}
+        )
+        series_pk = self._upsert(
+            connection, series, "series_instance_uid", {**series_row, "study_pk": study_pk}
+        )
+        self._upsert(
+            connection, instances, "sop_instance_uid", {**instance_row, "series_pk": series_pk}
+        )
+        return WrittenInstance(
+            patient_pk=patient_pk,
+            study_pk=study_pk,
+            series_pk=series_pk,
+            old_series_pk=None if existing is None else existing.series_pk,
+            old_storage_key=None if existing is None else existing.storage_key,
+            old_study_pk=None if old_series is None else old_series.study_pk,
+            old_patient_pk=None if old_study is None else old_study.patient_pk,
+        )
 
     def _instance_upsert(self, columns: tuple[str, ...]) -> BulkUpsert:
         upsert = self._instance_upserts.get(columns)
@@ -556,5 +578,18 @@ def match_form(value: str, vr: str) -> str:
 
 
 def _is_transient(exc: OperationalError) -> bool:
+    """Return whether a transaction that failed with ``exc`` may be run again.
+
+    Besides lock conflicts, a connection lost during the transaction is
+    transient: the pool replaces it and PostgreSQL has rolled back what
+    was not committed. If the connection broke during COMMIT, the retried
+    transaction finds the instance it wrote and replaces it with itself.
+
+    NOTE: with ``replace=False`` that retry raises DuplicateInstanceError
+    on the instance's own committed row, so the caller deletes a file that
+    the index refers to. Without the retry, the failed COMMIT did the same.
+    """
+    if exc.connection_invalidated:
+        return True
     text = str(exc.orig).lower()
     return "locked" in text or "deadlock" in text or "could not serialize" in text
