@@ -1,7 +1,7 @@
 """Statements and round trips to the index database during one C-STORE.
 
-The counts are taken on SQLite and on PostgreSQL, and the tests of lost
-connections and concurrent writers run on PostgreSQL only. On PostgreSQL
+The counts are taken on SQLite and on PostgreSQL; test_index_writer_postgres.py
+has the tests of lost connections and concurrent writers. On PostgreSQL
 each statement, each BEGIN and COMMIT that psycopg sends, and each
 liveness check of a pooled connection is one round trip. SQLite runs in
 the process, so there only the statements are counted.
@@ -9,14 +9,10 @@ the process, so there only the statements are counted.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import logging
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psycopg
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
@@ -24,7 +20,7 @@ from sqlalchemy import Engine, event
 
 from dicomvault.archive import Archive
 from dicomvault.dicom.header import describe_instance
-from dicomvault.index.writer import IndexOutcome, IndexWriter, StoredInstance
+from dicomvault.index.writer import StoredInstance
 from tests.support.datasets import encode_dataset, make_instance
 
 
@@ -151,122 +147,3 @@ class TestStoreTraffic:
             assert len(counted.statements) == 1 + 5, counted.statements
         else:
             assert len(counted.statements) == 8 + 5, counted.statements
-
-
-def terminate_backends(engine: Engine, pids: list[int]) -> None:
-    """Terminate PostgreSQL backends from a connection outside the engine's pool."""
-    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(url, autocommit=True) as admin:
-        for pid in pids:
-            # Waits up to 10 s for the backend to exit, so that its socket is closed.
-            admin.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,))
-
-
-def pooled_backends(engine: Engine) -> list[int]:
-    """Return the backend process ids of every other connection to the engine's database."""
-    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    with psycopg.connect(url, autocommit=True) as admin:
-        rows = admin.execute(
-            "SELECT pid FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid() "
-            "AND backend_type = 'client backend'"
-        ).fetchall()
-    return [int(row[0]) for row in rows]
-
-
-@pytest.mark.postgres
-class TestLostConnection:
-    @pytest.fixture(autouse=True)
-    def _postgres_only(self, index_backend: str) -> None:
-        if index_backend != "postgres":
-            pytest.skip("SQLite has no server connection to lose")
-
-    def test_closed_pooled_connection_replaced(
-        self,
-        archive: Archive,
-        migrated_engine: Engine,
-        traffic: Callable[[], DatabaseTraffic],
-        caplog: pytest.LogCaptureFixture,
-    ) -> None:
-        first = make_instance()
-        store(archive, first)
-        backends = pooled_backends(migrated_engine)
-        assert backends
-        terminate_backends(migrated_engine, backends)
-
-        counted = traffic()
-        with caplog.at_level(logging.INFO, logger="dicomvault.index.database"):
-            store(archive, other_instance_in_series(first))
-
-        assert counted.pings == 0
-        assert len(counted.statements) == 1, counted.statements
-        assert "Replacing an index database connection that the server closed" in caplog.messages
-        assert archive.writer.instance_exists(first.SOPInstanceUID)
-
-    def test_connection_lost_in_transaction_retried(
-        self, archive: Archive, migrated_engine: Engine, traffic: Callable[[], DatabaseTraffic]
-    ) -> None:
-        store(archive, make_instance())
-        terminated: list[int] = []
-
-        def terminate_once(connection: Any, *_args: Any) -> None:
-            if not terminated:
-                pid = connection.connection.dbapi_connection.info.backend_pid
-                terminated.append(pid)
-                terminate_backends(migrated_engine, [pid])
-
-        counted = traffic()
-        event.listen(migrated_engine, "before_cursor_execute", terminate_once)
-        try:
-            ds = make_instance()
-            store(archive, ds)
-        finally:
-            event.remove(migrated_engine, "before_cursor_execute", terminate_once)
-
-        assert len(terminated) == 1
-        # The statement sent to the terminated backend, then the retry.
-        assert len(counted.statements) == 2, counted.statements
-        assert archive.writer.instance_exists(ds.SOPInstanceUID)
-
-
-LOCK_WAIT_TIMEOUT_SECONDS = 30
-
-
-def wait_for_lock_wait(engine: Engine) -> None:
-    """Poll until a backend of the engine's database waits for a row lock."""
-    url = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
-    deadline = time.monotonic() + LOCK_WAIT_TIMEOUT_SECONDS
-    with psycopg.connect(url, autocommit=True) as admin:
-        while time.monotonic() < deadline:
-            waiting = admin.execute(
-                "SELECT count(*) FROM pg_stat_activity "
-                "WHERE datname = current_database() AND wait_event_type = 'Lock'"
-            ).fetchone()
-            if waiting is not None and waiting[0] > 0:
-                return
-            time.sleep(0.01)
-    raise AssertionError(f"No backend waited for a lock within {LOCK_WAIT_TIMEOUT_SECONDS} s")
-
-
-@pytest.mark.postgres
-class TestConcurrentReplacement:
-    @pytest.fixture(autouse=True)
-    def _postgres_only(self, index_backend: str) -> None:
-        if index_backend != "postgres":
-            pytest.skip("SQLite runs one writer at a time")
-
-    def test_waits_and_names_newest_key(self, migrated_engine: Engine) -> None:
-        # The statement's snapshot is older than the replacement it waited
-        # for; the row lock still returns the key that replacement wrote.
-        writer = IndexWriter(migrated_engine)
-        ds = make_instance()
-        writer.add_instance(stored_instance(ds, "aa/bb/first.dcm"))
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-            with migrated_engine.connect() as connection, connection.begin():
-                writer._add_instance(connection, stored_instance(ds, "aa/bb/second.dcm"), True)
-                later = pool.submit(writer.add_instance, stored_instance(ds, "aa/bb/third.dcm"))
-                wait_for_lock_wait(migrated_engine)
-            outcome = later.result(timeout=LOCK_WAIT_TIMEOUT_SECONDS)
-
-        assert outcome == IndexOutcome(replaced=True, replaced_storage_key="aa/bb/second.dcm")
