@@ -7,9 +7,9 @@ the GIL: the polling alone used most of a core, and the threads that had
 work to do waited for the GIL behind the pollers.
 
 After ``IDLE_POLLS`` empty polls in a row, a thread here blocks for up to
-``IDLE_WAIT_SECONDS`` on what it polls for instead, and wakes at once when
-it arrives: the DUL reactor in ``select`` on the socket, the association
-reactor on its queue of DIMSE messages. A thread keeps polling every
+``IDLE_WAIT_SECONDS`` on what it polls for, and wakes at once when that
+arrives. The DUL reactor waits in ``select`` on the socket, the
+association reactor on its queue of DIMSE messages. A thread keeps polling every
 millisecond while it has work, so a busy association answers as before.
 
 When the DUL reactor receives a PDU while the association reactor waits,
@@ -31,7 +31,7 @@ from typing import Any
 
 # Empty polls, about a millisecond apart, before a thread starts to block.
 IDLE_POLLS = 20
-# The longest a blocked thread waits before it looks at the rest of its duties.
+# The maximum wait of a blocked thread before it looks at the rest of its duties.
 IDLE_WAIT_SECONDS = 0.1
 
 

@@ -2,8 +2,8 @@
 
 A SQLite index has one writer at a time, and each commit waits for the
 disk (synchronous=FULL). With many associations storing at once, every
-store waited for the commits of all the stores queued before it: with 100
-associations the load benchmark measured about 5 stores a second, each
+store waited for the commits of all the stores queued before it. With 100
+associations, the load benchmark measured about 5 stores a second, each
 waiting about 20 s, while the server used a third of a core.
 
 Here a store queues its instance and takes the writer's turn. Whoever gets
