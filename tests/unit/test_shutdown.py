@@ -42,6 +42,7 @@ def settings(delay: float = 0.0, drain_seconds: float = 5.0) -> ServerSettings:
         drain_seconds=drain_seconds,
         lease_seconds=30.0,
         maintenance_interval=600.0,
+        settings_poll_interval=10.0,
         readiness_timeout=1.0,
     )
 
