@@ -20,9 +20,12 @@ $(VENV)/.installed: pyproject.toml
 serve: venv
 	$(VENV)/bin/dicomvault serve $(ARGS)
 
+# Test files are spread over 3 worker processes (pytest-xdist), each file
+# on one worker, so that module-scoped servers start once: many tests wait
+# on servers and subprocesses, so 3 workers suit a 2-core machine.
 test: venv
 	bash tests/services.sh
-	$(VENV_PYTHON) -m pytest tests/ --durations=25
+	$(VENV_PYTHON) -m pytest tests/ --durations=25 -n 3 --dist loadfile
 
 lint: venv
 	$(VENV)/bin/ruff check src tests bench deploy
