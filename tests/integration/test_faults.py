@@ -361,6 +361,12 @@ def test_full_storage_fails_then_recovers(
     # Free space: the same server process stores again over DIMSE and HTTP.
     top_up.unlink()
     filler.unlink()
+    assert_stores_again(server, pid)
+    assert_nothing_half_stored(server, storage, acknowledged + 2)
+
+
+def assert_stores_again(server: DicomvaultServer, pid: int) -> None:
+    """Check that the server process ``pid`` stores over C-STORE and STOW-RS, and is ready."""
     with association(server.port, server.ae_title) as assoc:
         status = c_store(assoc, mr_instance(INSTANCE_PIXEL_BYTES))
     assert status == SUCCESS, format_status(status)
@@ -369,8 +375,6 @@ def test_full_storage_fails_then_recovers(
     ready = wait_for_readiness(server, ready=True)
     assert ready.status_code == 200, ready.text
     assert server_pid(server) == pid
-
-    assert_nothing_half_stored(server, storage, acknowledged + 2)
 
 
 def remount(storage: Path, mode: str) -> None:
@@ -407,14 +411,7 @@ def test_read_only_storage_fails_then_recovers(
     assert_nothing_half_stored(server, storage, 1)
 
     # Writable again: the same server process stores over DIMSE and HTTP.
-    with association(server.port, server.ae_title) as assoc:
-        status = c_store(assoc, mr_instance(INSTANCE_PIXEL_BYTES))
-    assert status == SUCCESS, format_status(status)
-    stored = stow(server, mr_instance(INSTANCE_PIXEL_BYTES))
-    assert stored.status_code == 200, stored.text
-    ready = wait_for_readiness(server, ready=True)
-    assert ready.status_code == 200, ready.text
-    assert server_pid(server) == pid
+    assert_stores_again(server, pid)
     assert_nothing_half_stored(server, storage, 3)
 
 
