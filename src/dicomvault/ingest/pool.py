@@ -107,6 +107,8 @@ class ReaderPool:
             if self._executor is not None:
                 self._starting = False
                 return self._executor
+            # NOTE: a server killed with SIGKILL can leave its forkserver and an
+            # idle worker running; the cluster test's killed node showed it.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(PRELOADED_MODULES)
             executor = concurrent.futures.ProcessPoolExecutor(
