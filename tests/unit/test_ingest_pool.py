@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from dicomvault.ingest.jobs import FileJob, Mode, ReadOptions
@@ -38,3 +42,41 @@ class TestReaderPool:
         pool.close()
 
         assert pool._executor is None
+
+    def test_workers_end_when_the_starting_process_is_killed(self) -> None:
+        # A process starts a pool, prints its workers' process ids and waits.
+        script = (
+            "import os, time\n"
+            "from dicomvault.ingest.pool import ReaderPool\n"
+            "pool = ReaderPool(2)\n"
+            "pool.submit(os.getpid).result()\n"
+            "print(*pool._executor._processes, flush=True)\n"
+            "time.sleep(120)\n"
+        )
+        with subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+        ) as owner:
+            try:
+                assert owner.stdout is not None
+                workers = [int(pid) for pid in owner.stdout.readline().split()]
+            finally:
+                owner.send_signal(signal.SIGKILL)
+                owner.wait(KILL_WAIT_SECONDS)
+
+        assert len(workers) == 2
+        deadline = time.monotonic() + KILL_WAIT_SECONDS
+        while any(running(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(running(pid) for pid in workers)
+
+
+KILL_WAIT_SECONDS = 10.0
+
+
+def running(pid: int) -> bool:
+    """Return whether process ``pid`` exists and is not a zombie."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"

@@ -7,8 +7,10 @@ import gc
 import logging
 import multiprocessing
 import os
+import select
 import signal
 import threading
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -17,6 +19,8 @@ from typing import Any, TypeVar
 
 LOGGER = logging.getLogger(__name__)
 
+# How often a worker looks whether its server still runs, where no pidfd exists.
+PARENT_POLL_SECONDS = 1.0
 # Modules the forkserver imports once, so that each worker starts with them.
 PRELOADED_MODULES = ["dicomvault.ingest.worker"]
 
@@ -35,15 +39,48 @@ def default_workers() -> int:
     return max(1, count or 1)
 
 
-def _initialize_worker() -> None:
+def _initialize_worker(parent_pid: int) -> None:
     # The parent handles Ctrl-C and stops the pool itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _exit_with(parent_pid)
     # Files are read tolerantly; pydicom's warnings about non-conformant
     # values would only clutter the terminal, since workers have no log handler.
     warnings.simplefilter("ignore")
     # The preloaded modules' objects live as long as the worker; frozen, they
     # are not traversed by every full garbage collection.
     gc.freeze()
+
+
+def _exit_with(pid: int) -> None:
+    """End this worker when process ``pid`` ends, even when it was killed with SIGKILL.
+
+    A worker holds both ends of the pool's task pipe, so the death of the
+    process that started the pool never reaches it as an end of file; and
+    while a worker runs, the forkserver that forked it runs too. A daemon
+    thread waits on a pidfd, or polls every second where there is none.
+    """
+
+    def wait_and_exit() -> None:
+        try:
+            pidfd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # no pidfd here, or ended already
+            while _alive(pid):
+                time.sleep(PARENT_POLL_SECONDS)
+        else:
+            select.select([pidfd], [], [])
+        os._exit(0)
+
+    threading.Thread(target=wait_and_exit, name="parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class ReaderPool:
@@ -107,12 +144,13 @@ class ReaderPool:
             if self._executor is not None:
                 self._starting = False
                 return self._executor
-            # NOTE: a server killed with SIGKILL can leave its forkserver and an
-            # idle worker running; the cluster test's killed node showed it.
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(PRELOADED_MODULES)
             executor = concurrent.futures.ProcessPoolExecutor(
-                self.workers, mp_context=context, initializer=_initialize_worker
+                self.workers,
+                mp_context=context,
+                initializer=_initialize_worker,
+                initargs=(os.getpid(),),
             )
             # The executor starts processes as tasks arrive; these start all
             # of them now and wait until they run.
