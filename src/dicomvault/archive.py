@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomvault.config import Settings
@@ -30,7 +30,6 @@ from dicomvault.dicom.matching import Query
 from dicomvault.events import EventBus, InstanceRejected, InstanceStored
 from dicomvault.index.group_commit import GroupCommit
 from dicomvault.index.removal import remove_from_index
-from dicomvault.index.schema import instances
 from dicomvault.index.search import IndexSearch, SearchResult
 from dicomvault.index.writer import (
     DuplicateInstanceError,
@@ -302,9 +301,9 @@ class Archive:
         """Add a written instance to the index; delete its object if that fails.
 
         A commit whose reply was lost, as when the database server stops at
-        that moment, may have been applied. The index is asked again: a row
-        naming the new object means success, and the object stays. When the
-        database cannot answer, the object stays until
+        that moment, may have been applied. So the index is queried again: a
+        row naming the new object means success, and the object stays. When the
+        database cannot be queried, the object stays until
         :meth:`resolve_unknown_writes` can tell.
         """
         uid = instance.header.sop_instance_uid
@@ -317,7 +316,7 @@ class Archive:
             failure = exc
         LOGGER.error("Index update failed for %s: %s", uid, failure)
         try:
-            indexed_key = self._indexed_key(uid)
+            indexed_key = self.writer.indexed_storage_key(uid)
         except SQLAlchemyError:
             LOGGER.warning(
                 "Keeping %s of %s until the index database can tell whether its commit applied",
@@ -350,7 +349,9 @@ class Archive:
         resolved = 0
         for write in unresolved:
             try:
-                indexed = self._indexed_key(write.sop_instance_uid) == write.storage_key
+                indexed = (
+                    self.writer.indexed_storage_key(write.sop_instance_uid) == write.storage_key
+                )
                 if not indexed:
                     self.storage.delete(write.storage_key)
             except (SQLAlchemyError, OSError) as exc:
@@ -368,15 +369,6 @@ class Archive:
                 "indexed after all" if indexed else "removed",
             )
         return resolved
-
-    def _indexed_key(self, sop_instance_uid: str) -> str | None:
-        """Return the storage key the index names for an instance; None if it is not indexed."""
-        query = select(instances.c.storage_key).where(
-            instances.c.sop_instance_uid == sop_instance_uid
-        )
-        with self.engine.connect() as connection:
-            key: str | None = connection.execute(query).scalar_one_or_none()
-        return key
 
     def _journaled(
         self, sop_instance_uid: str, storage_key: str

@@ -392,17 +392,17 @@ class TestIndexFailure:
         archive.journal = WriteJournal(tmp_path / "journal")
         fail_index(monkeypatch)
 
-        def unreachable(self: Archive, sop_instance_uid: str) -> str | None:
+        def unreachable(self: IndexWriter, sop_instance_uid: str) -> str | None:
             raise INDEX_FAILURE
 
         with monkeypatch.context() as down:
-            down.setattr(Archive, "_indexed_key", unreachable)
+            down.setattr(IndexWriter, "indexed_storage_key", unreachable)
             with pytest.raises(IndexUnavailableError):
                 store(archive, make_instance())
-            kept = stored_files(archive)
+            files_during_outage = stored_files(archive)
             assert archive.resolve_unknown_writes() == 0
-        assert len(kept) == 1
-        assert stored_files(archive) == kept
+        assert len(files_during_outage) == 1
+        assert stored_files(archive) == files_during_outage
 
         assert archive.resolve_unknown_writes() == 1
         archive.journal.close()

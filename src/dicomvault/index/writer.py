@@ -78,6 +78,15 @@ class IndexWriter:
             query = select(instances.c.pk).where(instances.c.sop_instance_uid == sop_instance_uid)
             return connection.execute(query).first() is not None
 
+    def indexed_storage_key(self, sop_instance_uid: str) -> str | None:
+        """Return the storage key the index names for an instance; None if it is not indexed."""
+        query = select(instances.c.storage_key).where(
+            instances.c.sop_instance_uid == sop_instance_uid
+        )
+        with self.engine.connect() as connection:
+            key: str | None = connection.execute(query).scalar_one_or_none()
+        return key
+
     def add_instance(self, stored: StoredInstance, replace: bool = True) -> IndexOutcome:
         """Index an instance whose file is durable, in one transaction.
 
