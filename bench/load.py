@@ -103,10 +103,10 @@ class LoadPlan:
 
 @dataclasses.dataclass
 class OperationLog:
-    """What the clients of one kind measured: a status and the seconds of each operation.
+    """Measurements of the clients of one kind: a status and the seconds of each operation.
 
     ``statuses`` contains DIMSE statuses for C-STORE and C-FIND and HTTP
-    status codes for QIDO-RS; a client error (no response, a timeout)
+    status codes for QIDO-RS. A client error (no response, a timeout)
     counts under ``errors`` instead, with its message.
     """
 

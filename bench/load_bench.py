@@ -198,6 +198,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse the command line."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of load")
+
     parser.add_argument("--storers", type=int, default=100, help="storing associations")
     parser.add_argument(
         "--store-processes", type=int, default=10, help="worker processes of the storers"
@@ -208,6 +209,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=100_000,
         help="bound on the instances each storer sends (the duration ends it first)",
     )
+
     parser.add_argument("--finders", type=int, default=10, help="C-FIND associations")
     parser.add_argument("--qido-clients", type=int, default=10, help="QIDO-RS HTTP clients")
     parser.add_argument(
@@ -219,6 +221,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--query-interval", type=float, default=0.1, help="seconds between one client's queries"
     )
+
     parser.add_argument(
         "--max-associations", type=int, default=110, help="dimse.max_associations of the server"
     )
@@ -228,9 +231,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=10,
         help="associations requested beyond the clients' while the clients hold theirs",
     )
+
     parser.add_argument("--workdir", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder at the end")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
+
     args = parser.parse_args(argv)
     for name in ("duration", "storers", "store_processes", "instances_per_association"):
         if getattr(args, name) <= 0:

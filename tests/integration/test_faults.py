@@ -710,9 +710,10 @@ def test_postgres_restart_during_ingest(
     indexed = cluster.indexed_sop_instance_uids()
     assert acknowledged - indexed == set()
     # A commit that PostgreSQL applied just before the stop, with its reply
-    # lost, counts as a success: the server asks the index again. A store
-    # whose outcome the index could not tell during the outage keeps its file
-    # until the server, polling every second, can ask; then fsck is clean.
+    # lost, counts as a success, because the server queries the index again.
+    # A store whose outcome could not be queried during the outage keeps its
+    # file until the server, retrying every second, reaches the index. Then
+    # fsck is clean.
     assert indexed & failed == set()
     checked = fsck_until_clean(server)
     expected = len(indexed)

@@ -87,7 +87,7 @@ class TestGroupCommit:
         assert all(isinstance(result, IndexOutcome) for result in results)
         assert count_instances(archive) == 8
 
-    def test_same_instance_twice_in_a_group_replaces_in_order(self, archive: Archive) -> None:
+    def test_same_instance_twice_replaces(self, archive: Archive) -> None:
         committer = GroupCommit(archive.writer)
         uid = new_uid()
         first, second = stored_instance(1, uid), stored_instance(2, uid)

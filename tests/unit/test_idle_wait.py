@@ -84,7 +84,7 @@ def test_busy_poll_does_not_wait(connection: tuple[FakeAssociation, socket.socke
     assert assoc.dul._run_loop_delay == 0.001
 
 
-def test_idle_dul_waits_on_socket_and_reads_what_arrives(
+def test_idle_dul_reads_arriving_pdu(
     connection: tuple[FakeAssociation, socket.socket],
 ) -> None:
     assoc, peer = connection
@@ -106,7 +106,7 @@ def test_idle_dul_replaces_the_sleep_by_the_wait(
     assert assoc.dul._run_loop_delay == 0
 
 
-def test_idle_reactor_gets_a_message_put_while_it_waits(
+def test_idle_reactor_gets_message(
     connection: tuple[FakeAssociation, socket.socket],
 ) -> None:
     assoc, _ = connection

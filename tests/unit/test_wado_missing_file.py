@@ -1,7 +1,7 @@
 """WADO-RS and WADO-URI when a file the index lists was deleted outside the archive.
 
-A retrieve must answer with a status code and a message, or with a
-well-formed body that leaves the missing instance out; never a cut body.
+A retrieve must respond with a status code and a message, or with a
+well-formed body that leaves the missing instance out, never with a cut body.
 """
 
 from __future__ import annotations
@@ -97,9 +97,7 @@ def test_converted_study_retrieve_leaves_out_missing_instance(
     assert len(parse_multipart(response)) == 1
 
 
-def test_instance_retrieve_of_missing_file_is_an_error_with_message(
-    archive: Archive, client: httpx.Client
-) -> None:
+def test_instance_missing_file_error(archive: Archive, client: httpx.Client) -> None:
     (stored,) = store_study(archive, 1)
     delete_file(archive, stored)
 
@@ -113,9 +111,7 @@ def test_instance_retrieve_of_missing_file_is_an_error_with_message(
     assert "missing from storage" in response.json()["detail"]
 
 
-def test_wado_uri_of_missing_file_is_an_error_with_message(
-    archive: Archive, client: httpx.Client
-) -> None:
+def test_wado_uri_missing_file_error(archive: Archive, client: httpx.Client) -> None:
     (stored,) = store_study(archive, 1)
     delete_file(archive, stored)
 

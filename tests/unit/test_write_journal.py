@@ -40,7 +40,7 @@ def storage_of(archive: Archive) -> FilesystemStorage:
 
 
 class TestWriteJournal:
-    def test_entry_is_written_before_block_and_file_removed_after(self, tmp_path: Path) -> None:
+    def test_entry_written_then_file_removed(self, tmp_path: Path) -> None:
         journal = WriteJournal(tmp_path)
 
         with journal.writing("1.2.3", "ab/cd/key.dcm"):
@@ -55,7 +55,7 @@ class TestWriteJournal:
 
         with journal.writing("1.1", "k1"):
             with journal.writing("1.2", "k2"), journal.writing("1.3", "k3"):
-                # The first file is full and retired, but holds two open entries.
+                # The first file is full and retired, but has two unsettled entries.
                 assert len(journal_files(tmp_path)) == 2
             assert len(journal_files(tmp_path)) == 2
         (current,) = journal_files(tmp_path)
@@ -72,7 +72,7 @@ class TestWriteJournal:
 
         assert abandoned == []
 
-    def test_dead_journal_is_read_without_its_cut_last_line(self, tmp_path: Path) -> None:
+    def test_dead_journal_skips_cut_line(self, tmp_path: Path) -> None:
         write_dead_journal(tmp_path, "1.1 k1\n1.2 k2\n1.3 k")
 
         (abandoned,) = read_abandoned_journals(tmp_path)

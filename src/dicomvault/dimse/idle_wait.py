@@ -2,15 +2,17 @@
 
 pynetdicom 3.0 runs two threads per association, the DUL reactor and the
 association reactor, and each polls its queue or socket every millisecond.
-With a hundred associations that is 200,000 wake-ups a second, each taking
-the GIL: the polling alone used most of a core, and the threads that had
-work to do waited for the GIL behind the pollers.
+With a hundred associations that is up to 200,000 wake-ups a second, each
+taking the GIL. The polling alone used about half a core for 50 idle
+associations, and the threads that had work waited for the GIL behind the
+pollers.
 
 After ``IDLE_POLLS`` empty polls in a row, a thread here blocks for up to
 ``IDLE_WAIT_SECONDS`` on what it polls for, and wakes at once when that
 arrives. The DUL reactor waits in ``select`` on the socket, the
-association reactor on its queue of DIMSE messages. A thread keeps polling every
-millisecond while it has work, so a busy association answers as before.
+association reactor on its queue of DIMSE messages. A thread keeps polling
+every millisecond while it has work, so a busy association responds as
+before.
 
 When the DUL reactor receives a PDU while the association reactor waits,
 it wakes the association reactor, so an A-RELEASE-RQ or A-ABORT is seen at

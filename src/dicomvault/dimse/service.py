@@ -56,7 +56,7 @@ class DimseService:
     use the new AE title. Changes are serialized by a lock.
 
     With several servers on one index, a change applies at once to the
-    server that received it; the others apply it when :meth:`follow_saved`
+    server that received it. The others apply it when :meth:`follow_saved`
     next runs, every ``server.settings_poll_interval`` seconds. All then
     listen on the saved host and port, so a port change suits servers on
     separate machines.
@@ -184,23 +184,23 @@ class DimseService:
         values = {
             name: value for name, value in self.saved.load().items() if name.startswith("dimse.")
         }
-        wanted = apply_saved_settings(self.startup, values)
+        saved_settings = apply_saved_settings(self.startup, values)
         with self._lock:
             current = self.archive.settings
-            if wanted.dimse == current.dimse:
+            if saved_settings.dimse == current.dimse:
                 return False
-            self._apply(current.dimse, wanted.dimse)
+            self._apply(current.dimse, saved_settings.dimse)
             sources = dict(current.sources)
             sources.update(
-                {f"dimse.{key}": wanted.sources[f"dimse.{key}"] for key in CHANGEABLE_KEYS}
+                {f"dimse.{key}": saved_settings.sources[f"dimse.{key}"] for key in CHANGEABLE_KEYS}
             )
             self.archive.settings = dataclasses.replace(
-                current, dimse=wanted.dimse, sources=sources
+                current, dimse=saved_settings.dimse, sources=sources
             )
         changed = [
             key
             for key in CHANGEABLE_KEYS
-            if getattr(current.dimse, key) != getattr(wanted.dimse, key)
+            if getattr(current.dimse, key) != getattr(saved_settings.dimse, key)
         ]
         LOGGER.info("Applied the DIMSE settings saved by another server: %s", ", ".join(changed))
         return True

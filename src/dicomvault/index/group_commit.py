@@ -6,8 +6,8 @@ store waited for the commits of all the stores queued before it. With 100
 associations, the load benchmark measured about 5 stores a second, each
 waiting about 20 s, while the server used a third of a core.
 
-Here a store queues its instance and takes the writer's turn. Whoever gets
-the turn first indexes every instance queued by then, up to
+Here a store queues its instance and takes the writer's turn. The first
+store to get the turn indexes every instance queued by then, up to
 ``MAX_GROUP_SIZE``, in one transaction, and hands each store its outcome.
 One store alone gets its own transaction, as before. The outcome of each
 instance equals indexing them one after another in queue order.

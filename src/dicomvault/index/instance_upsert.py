@@ -8,7 +8,7 @@ data-modifying parts chain the four ``INSERT ... ON CONFLICT DO UPDATE
 the rows as they were before the statement.
 
 Every part of the statement reads the database as it was when the
-statement started, and none sees the writes of another part (the
+statement started, and no part reads the writes of another (the
 PostgreSQL manual, "Data-Modifying Statements in WITH"). So the lookups
 of the existing series and study return their parents from before this
 write, as the separate lookups of the SQLite path do. The existing

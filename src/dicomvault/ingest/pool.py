@@ -54,8 +54,8 @@ def _initialize_worker(parent_pid: int) -> None:
 def _exit_with(pid: int) -> None:
     """End this worker when process ``pid`` ends, even when it was killed with SIGKILL.
 
-    A worker holds both ends of the pool's task pipe, so the death of the
-    process that started the pool never reaches it as an end of file; and
+    A worker has both ends of the pool's task pipe open, so the death of the
+    process that started the pool never reaches it as an end of file. And
     while a worker runs, the forkserver that forked it runs too. A daemon
     thread waits on a pidfd, or polls every second where there is none.
     """

@@ -10,9 +10,9 @@ and the caller deletes every object the index does not name.
 
 Each process writes its own journal file and holds an exclusive ``flock`` on
 it while it lives, so a journal whose lock can be taken belongs to a dead
-process, whatever its age. Entries are single ``write`` calls, which survive
-the death of the process in the page cache; after a power loss `dicomvault
-fsck` finds what the journal lost. A file is replaced by a new one after
+process, whatever its age. Entries are single ``write`` calls, so they
+survive the death of the process in the page cache. After a power loss,
+`dicomvault fsck` finds what the journal lost. A file is replaced by a new one after
 :data:`ROTATE_AFTER_ENTRIES` entries and removed once its last entry is
 settled, so journals stay small.
 """
@@ -106,8 +106,8 @@ class WriteJournal:
     def writing(self, sop_instance_uid: str, storage_key: str) -> Iterator[PendingWrite]:
         """Record the write of ``storage_key`` before the block runs; settle it after.
 
-        The block must end only when the index transaction has committed or
-        failed and, on failure, the object has been deleted; otherwise it
+        The block must end only when the index transaction has committed, or
+        has failed and the object has been deleted. Otherwise the block
         calls :meth:`PendingWrite.defer` on the value it gets.
 
         Raises
