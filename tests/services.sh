@@ -45,6 +45,18 @@ install_packages() {
     apt-get install -y "${missing[@]}"
 }
 
+check_dcmtk() {
+    # The tests run DCMTK's tools by name. Another program of the same name
+    # earlier on PATH (pynetdicom's storescu script, say) would fail them all.
+    local tool
+    for tool in storescu storescp findscu movescu getscu echoscu; do
+        if ! "$tool" --version 2>/dev/null | grep -q dcmtk; then
+            log "'$tool' on PATH ($(command -v "$tool")) is not DCMTK's; put /usr/bin before it in PATH or remove it"
+            exit 1
+        fi
+    done
+}
+
 cluster_status() {
     # Prints the Status column of pg_lsclusters for our cluster ("online",
     # "down", ...), or nothing when the cluster does not exist.
@@ -102,6 +114,7 @@ create_role() {
 }
 
 install_packages
+check_dcmtk
 start_postgres
 wait_for_postgres
 create_role

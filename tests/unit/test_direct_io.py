@@ -20,6 +20,7 @@ from pynetdicom.pdu import P_DATA_TF
 from dicomvault.dimse.command_set import encode_store_request
 from dicomvault.dimse.direct_receive import DirectReceiver, ReceiveError
 from dicomvault.dimse.direct_send import BATCH_BYTES, MessageWriter, PartialMessageError
+from dicomvault.dimse.socket_turn import SocketTurn
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 INSTANCE_UID = "1.2.826.0.1.3680043.8.498.7"
@@ -185,7 +186,7 @@ class ShrinkingStream(io.BytesIO):
 
 class TestDirectReceiver:
     def receiver(self, assoc: Any, sock: socket.socket) -> DirectReceiver:
-        return DirectReceiver(assoc, sock)
+        return DirectReceiver(assoc, sock, SocketTurn(assoc.dul._is_transport_event))
 
     def test_response_fragmented_over_several_pdus(
         self, pair: tuple[socket.socket, socket.socket]
@@ -249,12 +250,9 @@ class TestDirectReceiver:
     ) -> None:
         assoc = fake_association()
         assoc.dul.socket = SimpleNamespace(socket=pair[0])
-        installed = DirectReceiver.install(assoc)
-        assert installed is not None
-        receiver, restore = installed
+        receiver = DirectReceiver.install(assoc)
+        assert receiver is not None
 
         with receiver.socket_taken():
             assert assoc.dul._is_transport_event() is False
-        assert assoc.dul._is_transport_event() is True
-        restore()
         assert assoc.dul._is_transport_event() is True

@@ -9,6 +9,7 @@ from __future__ import annotations
 import queue
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -153,3 +154,42 @@ def test_end_of_association_still_reaches_a_blocking_get(
     assoc.dimse.msg_queue.put((None, None))
 
     assert assoc.dimse.get_msg(True) == (None, None)  # type: ignore[call-arg]
+
+
+def test_idle_dul_leaves_a_pdu_to_the_thread_with_the_socket_turn(
+    connection: tuple[FakeAssociation, socket.socket],
+) -> None:
+    # The C-GET case: the DUL waits in select when the sub-operation sender
+    # takes the turn, and the C-STORE response that wakes the DUL is the sender's.
+    assoc, peer = connection
+    waiter = assoc.dimse.get_msg.__self__  # type: ignore[attr-defined]
+    for _ in range(IDLE_POLLS - 1):
+        assoc.dul._is_transport_event()
+    polls_before = assoc.dul.polls
+    results: list[bool] = []
+    dul_thread = threading.Thread(target=lambda: results.append(assoc.dul._is_transport_event()))
+
+    dul_thread.start()
+    time.sleep(IDLE_WAIT_SECONDS / 4)  # the DUL is now in select
+    with waiter.turn.taken():
+        peer.send(b"C-STORE-RSP")
+        dul_thread.join()
+        ours = assoc.dul.socket.socket
+        ours.setblocking(False)
+        assert ours.recv(100) == b"C-STORE-RSP"  # still there for the sender
+
+    assert results == [False]
+    assert assoc.dul.polls == polls_before + 1  # the poll before select, none after
+
+
+def test_dul_polls_without_waiting_while_another_thread_has_the_turn(
+    connection: tuple[FakeAssociation, socket.socket],
+) -> None:
+    assoc, _ = connection
+    waiter = assoc.dimse.get_msg.__self__  # type: ignore[attr-defined]
+    with waiter.turn.taken():
+        for _ in range(IDLE_POLLS * 2):
+            assert assoc.dul._is_transport_event() is False
+
+    assert assoc.dul._run_loop_delay == 0.001
+    assert waiter.transport_empty_polls == 0

@@ -8,8 +8,9 @@ the associations that carry sub-operations, the sending thread takes the
 socket for the time of one request and its response and reads the response
 PDUs itself.
 
-While the sending thread has the socket, the DUL thread skips its reads
-(it keeps running its state machine and its timers). P-DATA-TF PDUs in
+While the sending thread has the socket turn (see
+:mod:`dicomvault.dimse.socket_turn`), the DUL thread skips its reads (it
+keeps running its state machine and its timers). P-DATA-TF PDUs in
 state Sta6 are decoded here, the C-STORE response by hand (see
 :mod:`dicomvault.dimse.command_set`); another message without a data set,
 such as a C-CANCEL request, goes to pynetdicom's DIMSE provider as the
@@ -26,8 +27,7 @@ import logging
 import select
 import ssl
 import struct
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 from pynetdicom.pdu_primitives import P_DATA
@@ -39,6 +39,7 @@ from dicomvault.dimse.command_set import (
     command_field,
     decode_store_response,
 )
+from dicomvault.dimse.socket_turn import SocketTurn, guard_socket_reads
 
 LOGGER = logging.getLogger(__name__)
 
@@ -60,45 +61,29 @@ class ReceiveError(RuntimeError):
 class DirectReceiver:
     """Reads DIMSE messages from an association's socket on the calling thread."""
 
-    def __init__(self, assoc: Any, sock: Any) -> None:
+    def __init__(self, assoc: Any, sock: Any, turn: SocketTurn) -> None:
         self.assoc = assoc
         self.sock = sock
-        self._lock = threading.Lock()
+        self.turn = turn
 
     @classmethod
-    def install(cls, assoc: Any) -> tuple[DirectReceiver, Callable[[], None]] | None:
-        """Let the calling thread take the socket of ``assoc``; return the receiver and an undo.
+    def install(cls, assoc: Any) -> DirectReceiver | None:
+        """Return a receiver that reads from the socket of ``assoc`` on the calling thread.
 
-        Returns None, and changes nothing, when the association runs over
-        TLS, whose socket must be read by one thread only.
+        From then on the DUL thread reads only with the socket turn (see
+        :mod:`dicomvault.dimse.socket_turn`). Returns None, and changes
+        nothing, when the association runs over TLS, whose socket must be
+        read by one thread only.
         """
-        dul = assoc.dul
-        sock = getattr(getattr(dul, "socket", None), "socket", None)
+        sock = getattr(getattr(assoc.dul, "socket", None), "socket", None)
         if sock is None or isinstance(sock, ssl.SSLSocket):
             return None
-        receiver = cls(assoc, sock)
-        original = dul._is_transport_event
-
-        def transport_event() -> bool:
-            # Runs on the DUL thread: no read while the socket is taken.
-            if not receiver._lock.acquire(blocking=False):
-                return False
-            try:
-                return bool(original())
-            finally:
-                receiver._lock.release()
-
-        dul._is_transport_event = transport_event
-
-        def restore() -> None:
-            dul._is_transport_event = original
-
-        return receiver, restore
+        return cls(assoc, sock, guard_socket_reads(assoc))
 
     @contextlib.contextmanager
     def socket_taken(self) -> Iterator[None]:
         """Hold the socket: the DUL thread reads nothing until the block ends."""
-        with self._lock:
+        with self.turn.taken():
             yield
 
     def read_store_response(self, timeout: float | None) -> StoreResponse:

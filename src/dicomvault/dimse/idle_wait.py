@@ -21,6 +21,11 @@ once. What the waiting DUL reactor does not watch can wait up to
 ``IDLE_POLLS`` polls: an outgoing primitive that another thread queued,
 such as an A-ABORT at shutdown. Responses that the association's own
 thread writes (see :mod:`dicomvault.dimse.direct_send`) are not delayed.
+
+The DUL reactor reads only with the association's socket turn (see
+:mod:`dicomvault.dimse.socket_turn`), and waits in ``select`` without it.
+While another thread has the turn, as during the C-STORE sub-operations
+of a C-GET, the association counts as busy and the DUL reactor polls.
 """
 
 from __future__ import annotations
@@ -30,6 +35,8 @@ import select
 import ssl
 import time
 from typing import Any
+
+from dicomvault.dimse.socket_turn import guard_socket_reads
 
 # Empty polls, about a millisecond apart, before a thread starts to block.
 IDLE_POLLS = 20
@@ -56,9 +63,10 @@ class _IdleWait:
     """The replaced polling methods of one association and what they count."""
 
     def __init__(self, assoc: Any) -> None:
+        self.turn = guard_socket_reads(assoc)
         self.dul = assoc.dul
         self.dimse = assoc.dimse
-        self.poll_transport = self.dul._is_transport_event
+        self.poll_transport = self.turn.poll
         self.active_delay = self.dul._run_loop_delay
         self.transport_empty_polls = 0
         self.message_empty_polls = 0
@@ -70,6 +78,11 @@ class _IdleWait:
         """Poll the socket as pynetdicom does; when idle, wait on it instead of sleeping."""
         if self.poll_transport():
             return self._transport_active()
+        if self.turn.is_taken():
+            # Another thread reads the socket, so the association is busy.
+            self.transport_empty_polls = 0
+            self.dul._run_loop_delay = self.active_delay
+            return False
         self.transport_empty_polls += 1
         if self.transport_empty_polls < IDLE_POLLS or not self._queues_empty():
             return False

@@ -83,7 +83,6 @@ class StoreSender:
         self._restore_send: Any = None
         self._writer: MessageWriter | None = None
         self._receiver: DirectReceiver | None = None
-        self._restore_receive: Any = None
         self._paused = False
         self._idle_delay = 0.001
 
@@ -92,9 +91,8 @@ class StoreSender:
             self._pause_reactor()
         self._restore_send = send_directly(self.assoc)
         self._writer = MessageWriter.for_association(self.assoc)
-        installed = DirectReceiver.install(self.assoc) if self._writer is not None else None
-        if installed is not None:
-            self._receiver, self._restore_receive = installed
+        if self._writer is not None:
+            self._receiver = DirectReceiver.install(self.assoc)
         self._idle_delay = self.assoc.dul._run_loop_delay
         if self._receiver is None:
             # The DUL thread sleeps this long between looks at the socket when
@@ -109,8 +107,6 @@ class StoreSender:
         traceback: TracebackType | None,
     ) -> None:
         self.assoc.dul._run_loop_delay = self._idle_delay
-        if self._restore_receive is not None:
-            self._restore_receive()
         if self._restore_send is not None:
             self._restore_send()
         if self._paused:
