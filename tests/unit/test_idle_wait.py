@@ -156,7 +156,7 @@ def test_end_of_association_still_reaches_a_blocking_get(
     assert assoc.dimse.get_msg(True) == (None, None)  # type: ignore[call-arg]
 
 
-def test_idle_dul_leaves_a_pdu_to_the_thread_with_the_socket_turn(
+def test_idle_dul_leaves_pdu_to_turn_holder(
     connection: tuple[FakeAssociation, socket.socket],
 ) -> None:
     # The C-GET case: the DUL waits in select when the sub-operation sender
@@ -182,7 +182,7 @@ def test_idle_dul_leaves_a_pdu_to_the_thread_with_the_socket_turn(
     assert assoc.dul.polls == polls_before + 1  # the poll before select, none after
 
 
-def test_dul_polls_without_waiting_while_another_thread_has_the_turn(
+def test_dul_busy_while_turn_taken(
     connection: tuple[FakeAssociation, socket.socket],
 ) -> None:
     assoc, _ = connection

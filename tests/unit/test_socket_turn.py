@@ -35,7 +35,7 @@ class PollingDul:
 
     def run(self) -> None:
         while not self.stop:
-            self.dul_poll_result = self._is_transport_event()
+            self._is_transport_event()
             time.sleep(0.001)
 
 
@@ -44,7 +44,7 @@ class Association:
         self.dul = dul
 
 
-def test_poll_is_skipped_while_the_turn_is_taken() -> None:
+def test_poll_skipped_while_turn_taken() -> None:
     polls: list[int] = []
     dul = type("Dul", (), {"_is_transport_event": lambda self: bool(polls.append(1)) or True})()
     turn = guard_socket_reads(Association(dul))
@@ -56,14 +56,14 @@ def test_poll_is_skipped_while_the_turn_is_taken() -> None:
     assert len(polls) == 1
 
 
-def test_guarding_twice_returns_the_same_turn() -> None:
+def test_guard_twice_same_turn() -> None:
     dul = type("Dul", (), {"_is_transport_event": lambda self: False})()
     assoc = Association(dul)
 
     assert guard_socket_reads(assoc) is guard_socket_reads(assoc)
 
 
-def test_guard_waits_for_a_read_started_before_it() -> None:
+def test_guard_waits_for_earlier_read() -> None:
     dul = PollingDul()
     dul.thread.start()
     try:

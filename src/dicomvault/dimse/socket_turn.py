@@ -18,10 +18,10 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-# Where the turn of an association is kept, on its DUL provider.
+# The attribute of an association's DUL provider that keeps its turn.
 _TURN_ATTRIBUTE = "_dicomvault_socket_turn"
 _GUARD_LOCK = threading.Lock()
-# The longest wait for the DUL thread to finish a read it started before the guard.
+# The maximum wait for the DUL thread to finish a read it started before the guard.
 FIRST_GUARDED_POLL_SECONDS = 1.0
 
 
@@ -48,7 +48,7 @@ class SocketTurn:
             self._lock.release()
 
     def is_taken(self) -> bool:
-        """Return True while a thread holds the turn."""
+        """Return True while a thread has the turn."""
         return self._lock.locked()
 
     @contextlib.contextmanager
