@@ -22,7 +22,8 @@ Sections:
   (``generate_series``) with ``--find-instances`` instances, and one
   dicomvault on it receives STUDY level C-FIND requests by Patient ID, by a
   Patient Name wildcard and by a Study Date range, ``--find-repeats``
-  times each over one association.
+  times each over one association from pynetdicom, then as many times
+  from DCMTK's findscu, one process and association per query.
 
 Results are Markdown tables on standard output.
 """
@@ -46,9 +47,16 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from pydicom.dataset import Dataset
 from pynetdicom import _config as pynetdicom_config
 
-from bench.clients import find_association, send_folders, split_into_folders, study_identifier
+from bench.clients import (
+    find_association,
+    findscu,
+    send_folders,
+    split_into_folders,
+    study_identifier,
+)
 from bench.corpus import CorpusSpec, write_corpus
 from bench.loopback import LOOPBACK, free_port
 from bench.servers import Dicomvault, ServerError
@@ -524,8 +532,9 @@ def run_find(args: argparse.Namespace, work: Path, postgres: Postgres) -> list[s
         f"### C-FIND at STUDY level, PostgreSQL, {args.find_instances:,} instances "
         f"(filled by SQL in {fill_seconds:.0f} s), {args.find_repeats} repeats",
         "",
-        "| query | matches | median ms | min-max ms | client CPU ms, median |",
-        "|---|---|---|---|---|",
+        "| query | matches | median ms | min-max ms | client CPU ms, median "
+        "| findscu ms, median (min-max) |",
+        "|---|---|---|---|---|---|",
     ]
     # pynetdicom formats a dump of every response for its DEBUG log even when
     # nothing logs it, and its standard event handlers do the same for each
@@ -542,13 +551,43 @@ def run_find(args: argparse.Namespace, work: Path, postgres: Postgres) -> list[s
                 raise ServerError(f"C-FIND {name} failed\n{server.log_tail()}")
             milliseconds = [result.seconds * 1000 for result in results]
             client_cpu = [result.client_cpu_seconds * 1000 for result in results]
+            findscu_ms = time_findscu(server, name, identifier, len(results[0].matches), args)
             lines.append(
                 f"| {name} | {len(results[0].matches)} | {statistics.median(milliseconds):.1f} "
                 f"| {min(milliseconds):.1f}-{max(milliseconds):.1f} "
-                f"| {statistics.median(client_cpu):.1f} |"
+                f"| {statistics.median(client_cpu):.1f} "
+                f"| {statistics.median(findscu_ms):.1f} "
+                f"({min(findscu_ms):.1f}-{max(findscu_ms):.1f}) |"
             )
     postgres.drop_all()
     return lines
+
+
+def time_findscu(
+    server: SharedDicomvault,
+    name: str,
+    identifier: Dataset,
+    matches: int,
+    args: argparse.Namespace,
+) -> list[float]:
+    """Time ``--find-repeats`` whole DCMTK findscu runs of one query; return milliseconds each.
+
+    Each run starts a process and opens an association, as a user's query
+    does, but decodes the responses in C++, so little of the time is the
+    client's CPU.
+
+    Raises
+    ------
+    ServerError
+        If findscu does not report the ``matches`` that pynetdicom received.
+    """
+    milliseconds = []
+    for _ in range(args.find_repeats):
+        seconds, found = findscu(server.port, server.ae_title, identifier)
+        if found != matches:
+            raise ServerError(f"findscu got {found} matches for {name}, pynetdicom {matches}")
+        milliseconds.append(seconds * 1000)
+    return milliseconds
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from dicomvault.config import ConfigError, Settings, load_settings
-from dicomvault.encryption.key_record import KeyRecord, KeyRecordError
+from dicomvault.encryption.key_record import KeyRecordError
 from dicomvault.encryption.keys import KeySetupError, generate_key_file, load_key_provider
 from dicomvault.encryption.rotation import (
     Outcome,
@@ -21,10 +21,16 @@ from dicomvault.encryption.rotation import (
     survey_storage,
 )
 from dicomvault.logging_setup import configure_logging
+from dicomvault.storage.base import StorageError
 from dicomvault.storage.encrypted import EncryptedStorage
-from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.lock import DataDirInUseError, lock_data_dir
-from dicomvault.storage.setup import STORAGE_FOLDER, StorageSetupError, open_storage
+from dicomvault.storage.setup import (
+    STORAGE_FOLDER,
+    StorageSetupError,
+    open_inner_storage,
+    open_storage,
+    record_place,
+)
 
 LISTED_FAILURES = 20
 
@@ -53,17 +59,6 @@ def _settings(config: Path | None, data_dir: str | None) -> Settings:
         return load_settings(config, overrides={"storage.data_dir": data_dir})
     except ConfigError as exc:
         raise _fail(str(exc)) from None
-
-
-def _require_filesystem(settings: Settings, command: str) -> None:
-    # NOTE: rotation rewrites key slots in place, which S3 objects do not
-    # allow; over S3 it would have to upload every object again.
-    if settings.storage.backend != "filesystem":
-        raise _fail(
-            f"'dicomvault keys {command}' works on filesystem storage only, and "
-            f"storage.backend is {settings.storage.backend}; S3 storage is not supported yet",
-            code=1,
-        )
 
 
 @keys_app.command("generate")
@@ -100,17 +95,21 @@ def keys_rotate(
     Files stored before encryption was turned on are encrypted. An
     interrupted run can be started again. When no file fails, the key
     record drops the earlier keys, which can then be removed from the
-    settings.
+    settings. On S3 storage, restart every node with the new key first:
+    each object is uploaded again, through the machine that runs this.
     """
     settings = _settings(config, data_dir)
     configure_logging("DEBUG" if verbose else "WARNING", settings.logging.format)
-    _require_filesystem(settings, "rotate")
     if not settings.encryption.enabled:
         raise _fail(
             "Encryption is off; set encryption.enabled = true and the new master key in "
             "encryption.key_file (or DICOMVAULT_ENCRYPTION_KEY), or in encryption.kms_key_id "
             'with encryption.provider = "aws-kms", first'
         )
+    if settings.storage.backend == "s3":
+        # Other nodes may serve from the bucket, so no local lock shows whether one runs.
+        _rotate(settings, serving=False)
+        return
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         lock = lock_data_dir(settings.data_dir)
@@ -126,28 +125,42 @@ def keys_rotate(
 
 
 def _rotate(settings: Settings, serving: bool) -> None:
+    """Rotate every stored file; ``serving`` is True when no server can be running."""
     try:
         storage = open_storage(settings, serving=serving)
-        record = KeyRecord.load(settings.data_dir / STORAGE_FOLDER)
-    except (StorageSetupError, KeyRecordError) as exc:
+        assert isinstance(storage, EncryptedStorage)  # encryption is on
+        record = record_place(storage.inner).load()
+    except (StorageSetupError, KeyRecordError, StorageError) as exc:
         raise _fail(str(exc), code=1) from None
-    assert isinstance(storage, EncryptedStorage) and record is not None
+    assert record is not None  # open_storage creates it
     provider = storage.provider
     current = provider.current_key_id
     if not serving and record.current_key_id and record.current_key_id != current:
+        server = (
+            "The node that started last on this bucket"
+            if settings.storage.backend == "s3"
+            else "The running server"
+        )
         raise _fail(
-            f"The running server seals new files under master key {record.current_key_id}, "
-            f"but {provider.current_key_setting} names master key {current}. Restart the "
-            f"server with the new key in {provider.current_key_setting} and the old one in "
+            f"{server} seals new files under master key {record.current_key_id}, "
+            f"but {provider.current_key_setting} names master key {current}. Restart "
+            f"{'every node' if settings.storage.backend == 's3' else 'the server'} with the "
+            f"new key in {provider.current_key_setting} and the old one in "
             f"{provider.earlier_key_setting(record.current_key_id)}, then rotate",
             code=1,
         )
     storage.accept_plaintext = True  # files stored before encryption get encrypted
 
-    total = sum(1 for _ in storage.inner.iter_keys())
-    typer.echo(f"Rotating {total} stored files in {storage.root} to master key {current}")
-    with _RotationProgress(total) as update:
-        report = rotate_storage(storage, update)
+    try:
+        total = sum(1 for _ in storage.inner.iter_keys())
+    except StorageError as exc:
+        raise _fail(str(exc), code=1) from None
+    typer.echo(f"Rotating {total} stored files in {storage.location} to master key {current}")
+    try:
+        with _RotationProgress(total) as update:
+            report = rotate_storage(storage, update)
+    except StorageError as exc:  # the listing failed part-way
+        raise _fail(f"{exc}; run 'dicomvault keys rotate' again", code=1) from None
     typer.echo(_summary(report))
 
     if report.counts[Outcome.FAILED]:
@@ -212,10 +225,13 @@ def keys_status(config: ConfigOption = None, data_dir: DataDirOption = None) -> 
     each configured key with a DescribeKey request.
     """
     settings = _settings(config, data_dir)
-    _require_filesystem(settings, "status")
     root = settings.data_dir / STORAGE_FOLDER
-    if not root.is_dir():
+    if settings.storage.backend == "filesystem" and not root.is_dir():
         raise _fail(f"No storage folder {root}; check --data-dir", code=1)
+    try:
+        inner = open_inner_storage(settings)
+    except StorageSetupError as exc:
+        raise _fail(str(exc), code=1) from None
 
     if settings.encryption.enabled:
         try:
@@ -229,12 +245,13 @@ def keys_status(config: ConfigOption = None, data_dir: DataDirOption = None) -> 
     else:
         typer.echo("Encryption: off")
 
+    place = record_place(inner)
     try:
-        record = KeyRecord.load(root)
-    except KeyRecordError as exc:
+        record = place.load()
+    except (KeyRecordError, StorageError) as exc:
         raise _fail(str(exc), code=1) from None
     if record is None:
-        typer.echo(f"Key record: none in {root}")
+        typer.echo(f"Key record: none at {place}")
     else:
         typer.echo(
             f"Key record: keys {', '.join(sorted(record.key_checks)) or 'none'}; "
@@ -242,7 +259,10 @@ def keys_status(config: ConfigOption = None, data_dir: DataDirOption = None) -> 
             f"unencrypted files {'possible' if record.plaintext_objects else 'rejected'}"
         )
 
-    counts = survey_storage(FilesystemStorage(root))
-    typer.echo(f"Stored files: {sum(counts.values())}")
+    try:
+        counts = survey_storage(inner)
+    except StorageError as exc:
+        raise _fail(str(exc), code=1) from None
+    typer.echo(f"Stored files in {inner.location}: {sum(counts.values())}")
     for keys, count in sorted(counts.items()):
         typer.echo(f"  {keys}: {count}")

@@ -3,7 +3,8 @@
 A real archive seals what storescu, STOW-RS and `dicomvault index --import`
 (in worker processes) store under a KMS key, on S3 storage in moto and on
 the filesystem, and reads it back unchanged. Rotation moves the files from
-one KMS key to another, and a disabled key stops the server at start-up.
+one KMS key to another, on the filesystem and on S3 storage, and a
+disabled key stops the server at start-up.
 """
 
 from __future__ import annotations
@@ -281,3 +282,58 @@ def test_keys_status_with_missing_key(moto_server: MotoServer, tmp_path: Path) -
         "Encryption: on, but the keys cannot be read: KMS key alias/no-such-key "
         "(encryption.kms_key_id) not found in region"
     ) in run.output
+
+
+def test_rotation_on_s3_storage(
+    start_server: ServerFactory, moto_server: MotoServer, tmp_path: Path
+) -> None:
+    bucket = moto_server.new_bucket()
+    old_arn = moto_server.new_kms_key()
+    new_arn = moto_server.new_kms_key()
+    first = start_server(
+        config=s3_config(moto_server, bucket) + kms_encryption_config(moto_server, old_arn)
+    )
+    for bundled in STORED:
+        assert send_file_unchanged(first.port, bundled.path, first.ae_title).status == 0x0000
+    first.stop()
+    config = tmp_path / "rotate.toml"
+    config.write_text(
+        s3_config(moto_server, bucket) + kms_encryption_config(moto_server, new_arn, old_arn),
+        encoding="utf-8",
+    )
+    options = ["--config", str(config), "--data-dir", str(tmp_path / "cli-data")]
+
+    early = run_cli(["keys", "rotate", *options], tmp_path)
+
+    assert early.returncode == 1, early.describe()
+    assert (
+        f"The node that started last on this bucket seals new files under master key "
+        f"{old_arn}, but encryption.kms_key_id names master key {new_arn}. Restart every node"
+    ) in early.output
+
+    rotating = start_server(config=config.read_text(encoding="utf-8"), data_dir=first.data_dir)
+    run = run_cli(["keys", "rotate", *options], tmp_path)
+    again = run_cli(["keys", "rotate", *options], tmp_path)
+    rotating.stop()
+
+    assert run.returncode == 0, run.describe()
+    assert f"Rotating {len(STORED)} stored files in s3://{bucket}/{PREFIX}" in run.output
+    assert f"{len(STORED)} rewrapped, 0 encrypted again whole" in run.output
+    assert f"Master keys no longer needed: {old_arn}." in run.output
+    assert again.returncode == 0, again.describe()
+    assert f"0 rewrapped, 0 encrypted again whole, {len(STORED)} already current" in again.output
+    names = [n for n in moto_server.object_names(bucket) if not n.endswith(RECORD_NAME)]
+    assert len(names) == len(STORED)
+    for name in names:
+        assert header_key_ids(object_bytes(moto_server, bucket, name)) == [new_arn], name
+
+    status = run_cli(["keys", "status", *options], tmp_path)
+
+    assert status.returncode == 0, status.describe()
+    assert f"Stored files in s3://{bucket}/{PREFIX}: {len(STORED)}" in status.output
+    assert f"  {new_arn}: {len(STORED)}" in status.output
+    restarted = start_server(
+        config=s3_config(moto_server, bucket) + kms_encryption_config(moto_server, new_arn),
+        data_dir=first.data_dir,
+    )
+    assert_retrievable(restarted, STORED)

@@ -31,10 +31,13 @@ from dicomvault.encryption.rotation import (
 )
 from dicomvault.storage.encrypted import EncryptedStorage
 from dicomvault.storage.filesystem import FilesystemStorage
-from dicomvault.storage.setup import StorageSetupError, open_storage
+from dicomvault.storage.setup import StorageSetupError, open_storage, record_place
+from tests.support.moto import PART_SIZE, MotoServer, s3_settings
 from tests.unit.test_encrypted_storage import encrypted_settings, plain_settings
 
 CONTENT = {f"0{n}/aa/object{n}.dcm": os.urandom(150_000 + n) for n in range(3)}
+# Sealed, larger than one part, so that its upload is a multipart one.
+LARGE = os.urandom(PART_SIZE + 300_000)
 
 
 @pytest.fixture
@@ -283,3 +286,94 @@ class TestRotateStorage:
         assert isinstance(reopened, EncryptedStorage)
         assert not reopened.accept_plaintext
         assert read(reopened, "aa/bb/plain.dcm") == b"DOE^JANE"
+
+
+def s3_encrypted(
+    moto_server: MotoServer, bucket: str, data_dir: Path, key_file: Path, *previous: Path
+) -> EncryptedStorage:
+    extra = {"encryption.enabled": True, "encryption.key_file": str(key_file)}
+    if previous:
+        extra["encryption.previous_key_files"] = [str(path) for path in previous]
+    storage = open_storage(s3_settings(moto_server, bucket, data_dir, **extra), serving=True)
+    assert isinstance(storage, EncryptedStorage)
+    return storage
+
+
+class TestRotateOnS3:
+    """Rotation uploads each S3 object again: same segments, new header."""
+
+    LARGE_KEY = "0l/aa/large.dcm"
+
+    @pytest.fixture
+    def rotating_s3(
+        self, moto_server: MotoServer, tmp_path: Path, old_key: Path, new_key: Path
+    ) -> EncryptedStorage:
+        bucket = moto_server.new_bucket()
+        sealing = s3_encrypted(moto_server, bucket, tmp_path / "data", old_key)
+        for key, data in CONTENT.items():
+            sealing.put(key, [data])
+        sealing.put(self.LARGE_KEY, [LARGE])
+        storage = s3_encrypted(moto_server, bucket, tmp_path / "data", new_key, old_key)
+        storage.accept_plaintext = True
+        return storage
+
+    def test_objects_rewrapped_by_upload(self, rotating_s3: EncryptedStorage) -> None:
+        inner = rotating_s3.inner
+        before = {key: read(EncryptedStorage(inner, rotating_s3.provider), key) for key in CONTENT}
+        segments = {}
+        for key in [*CONTENT, self.LARGE_KEY]:
+            with inner.open(key) as stream:
+                whole = stream.read()
+            segments[key] = whole[ObjectHeader.read(io.BytesIO(whole), key).size :]
+
+        report = rotate_storage(rotating_s3)
+
+        assert report.counts == {Outcome.REWRAPPED: len(CONTENT) + 1}
+        current = rotating_s3.provider.current_key_id
+        assert survey_storage(inner) == {current: len(CONTENT) + 1}
+        for key in [*CONTENT, self.LARGE_KEY]:
+            with inner.open(key) as stream:
+                whole = stream.read()
+            assert whole[ObjectHeader.read(io.BytesIO(whole), key).size :] == segments[key]
+        for key, data in CONTENT.items():
+            assert before[key] == data
+            assert read(rotating_s3, key) == data
+        assert read(rotating_s3, self.LARGE_KEY) == LARGE
+
+    def test_second_run_changes_nothing(self, rotating_s3: EncryptedStorage) -> None:
+        rotate_storage(rotating_s3)
+
+        report = rotate_storage(rotating_s3)
+
+        assert report.counts == {Outcome.CURRENT: len(CONTENT) + 1}
+
+    def test_readable_with_new_key_alone(
+        self, rotating_s3: EncryptedStorage, new_key: Path
+    ) -> None:
+        rotate_storage(rotating_s3)
+
+        new_only = EncryptedStorage(rotating_s3.inner, only_key(new_key))
+
+        assert read(new_only, self.LARGE_KEY) == LARGE
+
+    def test_plaintext_object_sealed(self, rotating_s3: EncryptedStorage) -> None:
+        rotating_s3.inner.put("ff/ff/plain.dcm", [b"plain DOE^JANE"])
+
+        assert rotate_object(rotating_s3, "ff/ff/plain.dcm") is Outcome.SEALED
+        assert is_sealed(rotating_s3.inner.read_prefix("ff/ff/plain.dcm", 16))
+        assert read(rotating_s3, "ff/ff/plain.dcm") == b"plain DOE^JANE"
+
+    def test_finish_saves_record_in_bucket(
+        self, rotating_s3: EncryptedStorage, old_key: Path
+    ) -> None:
+        rotate_storage(rotating_s3)
+        place = record_place(rotating_s3.inner)
+        record = place.load()
+        assert record is not None
+
+        dropped = finish_rotation(rotating_s3, record)
+
+        assert dropped == [only_key(old_key).current_key_id]
+        saved = place.load()
+        assert saved is not None
+        assert list(saved.key_checks) == [rotating_s3.provider.current_key_id]

@@ -1,9 +1,12 @@
 """Key rotation: bring the data key of every stored object under the current master key.
 
-Only the key slots of a sealed object change, in place. The data key
-wrapped under the current key goes into the free slot and is flushed to disk
-before the old slot is cleared. A crash therefore leaves the object readable
-with the old or the new key, and the next run finishes it.
+Only the key slots of a sealed object change. In a storage folder they
+change in place: the data key wrapped under the current key goes into the
+free slot and is flushed to disk before the old slot is cleared. A crash
+therefore leaves the object readable with the old or the new key, and the
+next run finishes it. An S3 object cannot change in place, so the object
+is uploaded again under the same name, with the new header and the same
+encrypted segments; S3 replaces it at once when the upload ends.
 
 Some objects are sealed again as a whole, under a new data key, and written
 atomically like any stored object. These are objects stored before
@@ -19,16 +22,21 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
+import io
+import itertools
 import logging
 import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from dicomvault.encryption.key_record import KeyRecord
 from dicomvault.encryption.object_format import (
+    FIXED_HEADER,
     MAGIC,
+    MAX_SLOT_SIZE,
+    SLOT_COUNT,
     KeySlot,
     ObjectHeader,
     SealedObjectError,
@@ -38,6 +46,10 @@ from dicomvault.encryption.object_format import (
 )
 from dicomvault.storage.encrypted import EncryptedStorage
 from dicomvault.storage.filesystem import FilesystemStorage
+from dicomvault.storage.setup import record_place
+
+if TYPE_CHECKING:
+    from dicomvault.storage.s3 import S3Storage
 
 LOGGER = logging.getLogger(__name__)
 
@@ -45,6 +57,8 @@ COPY_CHUNK_BYTES = 1024 * 1024
 PROGRESS_INTERVAL_SECONDS = 0.5
 MAX_LISTED_FAILURES = 100
 UNENCRYPTED = "unencrypted"
+# Enough bytes for the largest header a reader accepts.
+MAX_HEADER_BYTES = FIXED_HEADER.size + SLOT_COUNT * MAX_SLOT_SIZE
 
 
 class Outcome(enum.StrEnum):
@@ -87,12 +101,16 @@ def rotate_object(storage: EncryptedStorage, key: str) -> Outcome:
     SealedObjectError
         If the object's data key cannot be unwrapped with the configured keys.
     OSError
-        If the file cannot be read or written.
+        If the object cannot be read or written (StorageError is one).
     """
+    if isinstance(storage.inner, FilesystemStorage):
+        return _rotate_file(storage, storage.inner.path_for(key), key)
+    return _rotate_by_upload(storage, key)
+
+
+def _rotate_file(storage: EncryptedStorage, path: Path, key: str) -> Outcome:
+    """Rotate the key slots of a stored file in place."""
     provider = storage.provider
-    if not isinstance(storage.inner, FilesystemStorage):
-        raise TypeError(f"Key rotation needs filesystem storage, not {storage.inner.location}")
-    path = storage.inner.path_for(key)
     with path.open("r+b", buffering=0) as file:
         if not is_sealed(file.read(len(MAGIC))):
             _reseal(storage, key)
@@ -118,6 +136,42 @@ def rotate_object(storage: EncryptedStorage, key: str) -> Outcome:
         _write_slot(file, header, free, encoded)
         _write_slot(file, header, used, b"\0" * header.slot_size)
         return Outcome.REWRAPPED
+
+
+def _rotate_by_upload(storage: EncryptedStorage, key: str) -> Outcome:
+    """Upload an S3 object again with a header whose only key slot is the current key's.
+
+    The encrypted segments are copied unchanged, so the data key stays the
+    same, and only the header's bytes differ.
+    """
+    provider = storage.provider
+    inner: S3Storage = storage.inner  # type: ignore[assignment]
+    head = inner.read_prefix(key, MAX_HEADER_BYTES)
+    if not is_sealed(head[: len(MAGIC)]):
+        _reseal(storage, key)
+        return Outcome.SEALED
+    header = ObjectHeader.read(io.BytesIO(head), key)
+    data_key, used = unwrap_data_key(header, provider, key)
+    used_slot = header.slots[used]
+    assert used_slot is not None
+    if used_slot.key_id == provider.current_key_id:
+        if header.slots[1 - used] is None:
+            return Outcome.CURRENT
+        slot = used_slot
+    else:
+        slot = KeySlot(provider.current_key_id, provider.wrap(data_key))
+    try:
+        new_header = dataclasses.replace(header, slots=(slot, None)).encode()
+    except SlotTooSmallError:
+        _reseal(storage, key)
+        return Outcome.SEALED
+    # NOTE: a server may delete the object while this runs. The upload then
+    # puts it back without an index entry, and fsck lists it as an orphan.
+    with inner.open(key) as stream:
+        stream.seek(header.size)
+        segments = iter(lambda: stream.read(COPY_CHUNK_BYTES), b"")
+        inner.put(key, itertools.chain([new_header], segments))
+    return Outcome.REWRAPPED
 
 
 def _write_slot(file: BinaryIO, header: ObjectHeader, index: int, data: bytes) -> None:
@@ -179,13 +233,13 @@ def finish_rotation(storage: EncryptedStorage, record: KeyRecord) -> list[str]:
     if current not in record.key_checks:
         record.add_key(storage.provider)
     record.plaintext_objects = False
-    record.save(storage.root)
+    record_place(storage.inner).save(record)
     storage.accept_plaintext = False
     return dropped
 
 
 def survey_storage(
-    inner: FilesystemStorage, on_progress: Callable[[int], None] | None = None
+    inner: FilesystemStorage | S3Storage, on_progress: Callable[[int], None] | None = None
 ) -> collections.Counter[str]:
     """Count the stored objects by the master keys in their headers, without decrypting.
 
@@ -196,7 +250,7 @@ def survey_storage(
     counts: collections.Counter[str] = collections.Counter()
     last_progress = time.monotonic()
     for key in inner.iter_keys():
-        counts[_key_ids_of(inner.root / key, key)] += 1
+        counts[_key_ids_of(inner, key)] += 1
         now = time.monotonic()
         if on_progress is not None and now - last_progress >= PROGRESS_INTERVAL_SECONDS:
             on_progress(sum(counts.values()))
@@ -204,12 +258,12 @@ def survey_storage(
     return counts
 
 
-def _key_ids_of(path: Path, key: str) -> str:
+def _key_ids_of(inner: FilesystemStorage | S3Storage, key: str) -> str:
     try:
-        with path.open("rb") as file:
-            if not is_sealed(file.read(len(MAGIC))):
-                return UNENCRYPTED
-            header = ObjectHeader.read(file, key)
+        head = inner.read_prefix(key, MAX_HEADER_BYTES)
+        if not is_sealed(head[: len(MAGIC)]):
+            return UNENCRYPTED
+        header = ObjectHeader.read(io.BytesIO(head), key)
     except FileNotFoundError:
         return "deleted while counted"
     except (SealedObjectError, OSError):

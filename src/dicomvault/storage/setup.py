@@ -71,8 +71,8 @@ def open_storage(
         record or the sampled objects, or encryption is off while stored
         objects are encrypted.
     """
-    inner = _open_inner(settings)
-    place = _record_place(inner)
+    inner = open_inner_storage(settings)
+    place = record_place(inner)
     try:
         record = place.load()
         if record is not None and not _sample(inner):
@@ -123,7 +123,7 @@ def open_storage(
     return EncryptedStorage(inner, provider, accept_plaintext=record.plaintext_objects)
 
 
-def _open_inner(settings: Settings) -> FilesystemStorage | S3Storage:
+def open_inner_storage(settings: Settings) -> FilesystemStorage | S3Storage:
     """Open the storage of stored files, without encryption.
 
     Raises
@@ -190,7 +190,8 @@ class _ObjectRecordPlace:
         self.storage.delete_reserved(RECORD_NAME)
 
 
-def _record_place(inner: FilesystemStorage | S3Storage) -> _FileRecordPlace | _ObjectRecordPlace:
+def record_place(inner: FilesystemStorage | S3Storage) -> _FileRecordPlace | _ObjectRecordPlace:
+    """Return where the key record of ``inner`` is kept: a file of the folder, or an object."""
     if isinstance(inner, FilesystemStorage):
         return _FileRecordPlace(inner.root)
     return _ObjectRecordPlace(inner)
