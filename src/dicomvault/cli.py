@@ -996,7 +996,10 @@ def index_command(
     ] = False,
     prune: Annotated[
         bool,
-        typer.Option("--prune", help="Remove index entries of in-place files that are gone."),
+        typer.Option(
+            "--prune",
+            help="Remove index entries of in-place files or bucket objects that are gone.",
+        ),
     ] = False,
     watch: Annotated[
         bool,
@@ -1055,8 +1058,8 @@ def _index_bucket_command(
         location = resolve_bucket(url, settings.ingest.import_buckets)
     except PathNotAllowedError as exc:
         raise _fail(str(exc)) from None
-    if watch or prune:
-        raise _fail("--watch and --prune apply to folders only; index the bucket without them")
+    if watch:
+        raise _fail("--watch applies to folders only; index the bucket without it")
     mode = Mode.IMPORT if import_files else Mode.IN_PLACE
     context = _ingest_context(settings, start_workers=True)
     cancel = threading.Event()
@@ -1068,9 +1071,9 @@ def _index_bucket_command(
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     try:
-        task_id = _orphaned_bucket_task(context, location.url, mode)
+        task_id = _orphaned_bucket_task(context, location.url, mode, prune)
         if task_id is None:
-            task_id = context.tasks.create("index", location.url, str(mode), False, resumable=True)
+            task_id = context.tasks.create("index", location.url, str(mode), prune, resumable=True)
         else:
             typer.echo(f"Resuming task {task_id}, whose process stopped", err=True)
         with ProgressBar(f"Task {task_id}") as bar:
@@ -1086,11 +1089,16 @@ def _index_bucket_command(
     raise typer.Exit({"completed": 0, "cancelled": 130}.get(record.status, 1))
 
 
-def _orphaned_bucket_task(context: IngestContext, url: str, mode: Mode) -> int | None:
-    """Return the id of an unfinished task of ``url`` and ``mode`` that no process holds."""
+def _orphaned_bucket_task(context: IngestContext, url: str, mode: Mode, prune: bool) -> int | None:
+    """Return the id of an unfinished task with these settings that no process holds."""
     leases = LeaseStore(context.engine)
     for task in context.tasks.claimable():
-        if task.path == url and task.mode == mode and leases.holder(f"task:{task.id}") is None:
+        if (
+            task.path == url
+            and task.mode == mode
+            and task.prune == prune
+            and leases.holder(f"task:{task.id}") is None
+        ):
             return task.id
     return None
 

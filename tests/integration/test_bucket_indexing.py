@@ -230,3 +230,37 @@ def test_prefix_without_slash_gets_advice(
     run = index_bucket(moto_server, url, tmp_path / "data")
     assert run.returncode == 2, run.describe()
     assert f"end the URL with '/' ({url}/) to index the allowed prefix" in run.output
+
+
+def test_prune_drops_gone_objects(
+    tmp_path: Path, moto_server: MotoServer, bucket_name: str
+) -> None:
+    client = moto_server.client()
+    datasets = [make_instance() for _ in range(3)]
+    for number, ds in enumerate(datasets):
+        path = write_instance(tmp_path / f"{number}.dcm", ds)
+        client.put_object(Bucket=bucket_name, Key=f"{PREFIX}{number}.dcm", Body=path.read_bytes())
+    url = f"s3://{bucket_name}/{PREFIX}"
+    data_dir = tmp_path / "data"
+    first = index_bucket(moto_server, url, data_dir)
+    client.delete_object(Bucket=bucket_name, Key=f"{PREFIX}1.dcm")
+
+    without = index_bucket(moto_server, url, data_dir)
+    before_prune = index_contents(data_dir)
+    pruned = index_bucket(moto_server, url, data_dir, "--prune")
+    after = index_bucket(moto_server, url, data_dir)
+
+    assert "3 files found, 3 indexed" in summary(first)
+    assert summary(without).endswith(", 0 pruned")
+    assert len(before_prune["instances"]) == 3
+    assert pruned.returncode == 0, pruned.describe()
+    assert "2 files found, 0 indexed, 2 skipped (unchanged)" in summary(pruned)
+    assert summary(pruned).endswith(", 1 pruned")
+    contents = index_contents(data_dir)
+    assert set(contents["instances"]) == {
+        str(datasets[0].SOPInstanceUID),
+        str(datasets[2].SOPInstanceUID),
+    }
+    assert len(contents["series"]) == 2
+    assert len(contents["studies"]) == 2
+    assert summary(after).endswith(", 0 pruned")

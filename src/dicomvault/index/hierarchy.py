@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from sqlalchemy import Connection, delete, exists, select
 
 from dicomvault.index.schema import instances, patients, series, studies
+
+# Storage keys per DELETE statement, well under SQLite's limit of bound parameters.
+KEYS_PER_STATEMENT = 500
+
+
+def remove_instances_stored_at(connection: Connection, storage_keys: Sequence[str]) -> int:
+    """Delete the instances stored under ``storage_keys`` and the parents left empty.
+
+    Returns the number of instances deleted. Runs in the caller's transaction.
+    """
+    removed = 0
+    for start in range(0, len(storage_keys), KEYS_PER_STATEMENT):
+        keys = storage_keys[start : start + KEYS_PER_STATEMENT]
+        rows = connection.execute(
+            select(instances.c.pk, instances.c.series_pk).where(instances.c.storage_key.in_(keys))
+        ).all()
+        if rows:
+            connection.execute(delete(instances).where(instances.c.pk.in_([r.pk for r in rows])))
+            prune_empty_parents(connection, {r.series_pk for r in rows})
+        removed += len(rows)
+    return removed
 
 
 def prune_empty_parents(connection: Connection, series_pks: Iterable[int]) -> None:

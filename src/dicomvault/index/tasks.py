@@ -225,6 +225,14 @@ class TaskStore:
                 ],
             )
 
+    def add_pruned(self, connection: Connection, task_id: int, count: int) -> None:
+        """Add ``count`` pruned instances to the task's counts, in the caller's transaction."""
+        connection.execute(
+            update(ingest_tasks)
+            .where(ingest_tasks.c.pk == task_id)
+            .values(files_pruned=ingest_tasks.c.files_pruned + count)
+        )
+
     def finish(self, task_id: int, status: str, counts: TaskCounts, message: str = "") -> None:
         """Store the final status, counts and message, and the finish time."""
         with self._write() as connection:

@@ -7,6 +7,11 @@ that every server process may claim (see
 :mod:`dicomvault.ingest.chunk_runner`). If the leader stops, another
 process takes the lease over, continues the listing after the last key
 stored, and finishes the task.
+
+A task with pruning lists the prefix once more after every chunk is
+indexed. It removes from the index the instances indexed in place from
+objects that are no longer there, once a HEAD request confirms that each
+is gone.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from dicomvault.index.chunks import ChunkQueue, ListedPage
 from dicomvault.index.files import FileState
+from dicomvault.index.hierarchy import remove_instances_stored_at
 from dicomvault.index.tasks import TaskCounts, TaskRecord
 from dicomvault.ingest.bucket import (
     BucketError,
@@ -28,9 +34,12 @@ from dicomvault.ingest.bucket import (
     object_url,
     parse_bucket_url,
     source_client,
+    split_object_url,
 )
 from dicomvault.ingest.indexer import CHUNK_BYTES, IngestContext, split_into_chunks
 from dicomvault.ingest.jobs import FileJob
+from dicomvault.storage.base import StorageError
+from dicomvault.storage.in_bucket import in_bucket_exists, in_bucket_key
 
 LOGGER = logging.getLogger(__name__)
 
@@ -150,9 +159,61 @@ class BucketTaskLeader:
                 if self.chunks.counts(self.task.id).running == 0:
                     return self._finish("cancelled")
             elif self.chunks.counts(self.task.id).open == 0:
+                if self.task.prune and not self._prune():
+                    continue  # stopped or cancelled while pruning; the checks above end the task
                 return self._finish("completed")
             self._report_progress()
             self.stop.wait(POLL_SECONDS)
+
+    # --- pruning ----------------------------------------------------------------------------
+
+    def _prune(self) -> bool:
+        """Remove the index entries of objects gone from the prefix; return False if stopped.
+
+        Raises
+        ------
+        BucketError
+            If the bucket cannot be listed, or S3 cannot tell whether an object exists.
+        """
+        location = parse_bucket_url(self.task.path)
+        known = self.context.files.under(location.url, exact_prefix=True)
+        if not known:
+            return True
+        client = source_client(self.context.settings.storage)
+        listed: set[str] = set()
+        for page in list_objects(client, location):
+            if self._should_stop() or self._cancelled():
+                return False
+            listed.update(object_url(location.bucket, entry.key) for entry in page)
+        removed_objects = []
+        for url in known.keys() - listed:
+            storage_key = in_bucket_key(*split_object_url(url))
+            try:
+                if not in_bucket_exists(client, storage_key):
+                    removed_objects.append((url, storage_key))
+            except StorageError as exc:
+                raise BucketError(f"Cannot tell whether {url} still exists: {exc}") from exc
+        if removed_objects:
+            self._remove_gone(location, removed_objects)
+        return True
+
+    def _remove_gone(self, location: BucketLocation, objects: list[tuple[str, str]]) -> None:
+        """Remove the instances of ``objects`` (URL, storage key) from the index and forget them."""
+        with (
+            self.context.engine.connect().execution_options(write=True) as connection,
+            connection.begin(),
+        ):
+            removed = remove_instances_stored_at(connection, [key for _, key in objects])
+            self.context.files.forget(connection, [url for url, _ in objects])
+            self.context.tasks.add_pruned(connection, self.task.id, removed)
+        LOGGER.info(
+            "Indexing task %d: pruned %d instances whose objects are gone from %s "
+            "(%d objects forgotten)",
+            self.task.id,
+            removed,
+            location.url,
+            len(objects),
+        )
 
     def _finish(self, status: str, message: str = "") -> str:
         self.context.tasks.finish_status(self.task.id, status, message)

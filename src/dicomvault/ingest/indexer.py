@@ -18,14 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from dicomvault.config import Settings
 from dicomvault.events import EventBus, FilesIndexed
 from dicomvault.index.files import IndexedFiles
-from dicomvault.index.hierarchy import prune_empty_parents
-from dicomvault.index.schema import instances
+from dicomvault.index.hierarchy import remove_instances_stored_at
 from dicomvault.index.tasks import TaskCounts, TaskFile, TaskStore
 from dicomvault.ingest.jobs import (
     ChunkOptions,
@@ -331,20 +330,9 @@ class FolderIndexer:
                 self.context.engine.connect().execution_options(write=True) as connection,
                 connection.begin(),
             ):
-                removed = 0
-                for start in range(0, len(gone), 500):
-                    keys = [in_place_key(path) for path in gone[start : start + 500]]
-                    rows = connection.execute(
-                        select(instances.c.pk, instances.c.series_pk).where(
-                            instances.c.storage_key.in_(keys)
-                        )
-                    ).all()
-                    if rows:
-                        connection.execute(
-                            delete(instances).where(instances.c.pk.in_([r.pk for r in rows]))
-                        )
-                        prune_empty_parents(connection, {r.series_pk for r in rows})
-                    removed += len(rows)
+                removed = remove_instances_stored_at(
+                    connection, [in_place_key(path) for path in gone]
+                )
                 self.context.files.forget(connection, gone)
         except SQLAlchemyError as exc:
             raise IndexingError(f"The index database failed while pruning: {exc}") from exc

@@ -78,17 +78,10 @@ class TaskManager:
         ------
         PathNotAllowedError
             If the path is not a folder under an import root, or not a
-            bucket prefix under ``ingest.import_buckets``; or if ``prune``
-            is asked for a bucket.
+            bucket prefix under ``ingest.import_buckets``.
         """
         if is_bucket_url(path):
-            location = resolve_bucket(path, self.context.settings.ingest.import_buckets)
-            if prune:
-                raise PathNotAllowedError(
-                    "Pruning applies to folders only; index the bucket without it",
-                    not_a_folder=True,
-                )
-            target = location.url
+            target = resolve_bucket(path, self.context.settings.ingest.import_buckets).url
         else:
             target = str(resolve_folder(path, self.context.settings.import_roots))
         task_id = self.context.tasks.create("index", target, str(mode), prune, resumable=True)

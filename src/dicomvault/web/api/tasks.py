@@ -33,7 +33,9 @@ class TaskRequest(BaseModel):
         "in_place",
         description="in_place: index the files where they are; import: copy them into storage.",
     )
-    prune: bool = Field(False, description="Remove index entries of in-place files that are gone.")
+    prune: bool = Field(
+        False, description="Remove index entries of in-place files or bucket objects that are gone."
+    )
 
 
 class TaskProgress(BaseModel):
