@@ -18,6 +18,9 @@ Sections:
   CPU time per request. Then one object of the corpus's mean size is
   written ``--put-repeats`` times, each one alone, to a storage folder and
   to the bucket, to compare the two writes without DICOM around them.
+  With ``--node-cpus``, the dicomvault servers and storescu run on those
+  CPUs and PostgreSQL and moto on the others (see :mod:`bench.pinning`),
+  as when the database and the bucket are other machines.
 - ``find``: a new PostgreSQL database is migrated, then filled by SQL
   (``generate_series``) with ``--find-instances`` instances, and one
   dicomvault on it receives STUDY level C-FIND requests by Patient ID, by a
@@ -58,7 +61,9 @@ from bench.clients import (
     study_identifier,
 )
 from bench.corpus import CorpusSpec, write_corpus
+from bench.databases import drop_database
 from bench.loopback import LOOPBACK, free_port
+from bench.pinning import node_and_services, pin
 from bench.servers import Dicomvault, ServerError
 
 LOGGER = logging.getLogger("bench.scale_bench")
@@ -75,8 +80,6 @@ SERIES_PER_STUDY = 2
 STUDIES_PER_PATIENT = 2
 STUDY_DAYS = 3650
 SETUPS = ("sqlite+files", "postgres+files", "postgres+s3")
-DROP_ATTEMPTS = 20
-DROP_RETRY_SECONDS = 0.5
 
 
 class SharedDicomvault(Dicomvault):
@@ -132,20 +135,7 @@ class Postgres:
         """
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             while self.names:
-                statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(self.names[-1])
-                )
-                # FORCE terminates the other connections, but a role that is not
-                # a superuser may not terminate an autovacuum worker in the
-                # database. Such a worker ends within moments.
-                for attempt in range(1, DROP_ATTEMPTS + 1):
-                    try:
-                        conn.execute(statement)
-                        break
-                    except psycopg.errors.InsufficientPrivilege:
-                        if attempt == DROP_ATTEMPTS:
-                            raise
-                        time.sleep(DROP_RETRY_SECONDS)
+                drop_database(conn, self.names[-1])
                 self.names.pop()
 
 
@@ -194,8 +184,8 @@ class MotoProcess:
 
 
 @contextlib.contextmanager
-def moto_server(workdir: Path) -> Iterator[MotoProcess]:
-    """Run moto's S3 server on a loopback port; yield the running server.
+def moto_server(workdir: Path, cpus: set[int] | None = None) -> Iterator[MotoProcess]:
+    """Run moto's S3 server on a loopback port, on ``cpus`` if given; yield the running server.
 
     Raises
     ------
@@ -216,6 +206,8 @@ def moto_server(workdir: Path) -> Iterator[MotoProcess]:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+    if cpus:
+        pin(process.pid, cpus)
     try:
         deadline = time.monotonic() + MOTO_START_TIMEOUT_SECONDS
         while True:
@@ -333,7 +325,7 @@ def run_store(args: argparse.Namespace, work: Path, postgres: Postgres) -> list[
     aws_env = fake_aws_environment(work / "aws")
     runs: dict[str, list[StoreRun]] = {setup: [] for setup in SETUPS}
 
-    with moto_server(work / "moto") as moto:
+    with moto_server(work / "moto", args.service_cpus) as moto:
         for run in range(args.runs):
             for setup in SETUPS:
                 result = store_once(
@@ -344,9 +336,15 @@ def run_store(args: argparse.Namespace, work: Path, postgres: Postgres) -> list[
         write_lines = run_writes(args, work / "writes", files, moto, aws_env)
 
     embedded = statistics.median(run.rate for run in runs[SETUPS[0]])
+    placement = (
+        f"node on CPUs {_cpu_list(args.node_cpus)}, PostgreSQL and moto on CPUs "
+        f"{_cpu_list(args.service_cpus)}"
+        if args.node_cpus
+        else "every process on every CPU"
+    )
     lines = [
         f"### C-STORE per node, {len(files)} instances of {corpus.mean_instance_kb:.0f} kB, "
-        f"{args.associations} association(s), {args.runs} interleaved runs",
+        f"{args.associations} association(s), {args.runs} interleaved runs, {placement}",
         "",
         "| set-up | instances/s, median (range) | ratio to SQLite + files "
         "| dicomvault CPU ms per instance | bucket requests per instance "
@@ -617,6 +615,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--seed", type=int, default=1, help="corpus seed (default 1)")
     parser.add_argument(
+        "--node-cpus",
+        type=_cpu_set,
+        default=set(),
+        help="comma-separated CPUs for the dicomvault servers and DICOM clients; "
+        "PostgreSQL and moto then run on the other CPUs (default: no pinning)",
+    )
+    parser.add_argument(
         "--postgres-admin-url",
         default=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_ADMIN_URL),
         help="libpq URL of a role that may create databases, on loopback",
@@ -633,15 +638,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections = set(args.only.split(","))
     postgres = Postgres(args.postgres_admin_url)
     lines: list[str] = []
-    try:
-        if "store" in sections:
-            lines += [*run_store(args, args.workdir / "store", postgres), ""]
-        if "find" in sections:
-            lines += run_find(args, args.workdir / "find", postgres)
-    finally:
-        postgres.drop_all()
+    with contextlib.ExitStack() as stack:
+        args.service_cpus = set()
+        if args.node_cpus:
+            try:
+                args.service_cpus = stack.enter_context(node_and_services(args.node_cpus))
+            except ValueError as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
+        try:
+            if "store" in sections:
+                lines += [*run_store(args, args.workdir / "store", postgres), ""]
+            if "find" in sections:
+                lines += run_find(args, args.workdir / "find", postgres)
+        finally:
+            postgres.drop_all()
     print("\n".join(lines))
     return 0
+
+
+def _cpu_set(text: str) -> set[int]:
+    try:
+        return {int(part) for part in text.split(",") if part.strip()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid CPU list {text!r}: expected numbers such as 0 or 0,1"
+        ) from None
+
+
+def _cpu_list(cpus: set[int]) -> str:
+    return ",".join(str(cpu) for cpu in sorted(cpus))
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ that role and dropped by :meth:`PostgresDatabases.drop_all`.
 from __future__ import annotations
 
 import secrets
-import time
 
 import psycopg
+from bench.databases import drop_database
 from psycopg import sql
 
 HOST = "127.0.0.1"
@@ -19,8 +19,6 @@ ROLE = "dicomvault"
 PASSWORD = "dicomvault"
 DATABASE_PREFIX = "dicomvault_test_"
 CONNECT_TIMEOUT_SECONDS = 10
-DROP_ATTEMPTS = 20
-DROP_RETRY_SECONDS = 0.5
 
 
 class PostgresDatabases:
@@ -46,20 +44,7 @@ class PostgresDatabases:
         with self._connect() as conn:
             while self.names:
                 name = self.names.pop()
-                statement = sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(name)
-                )
-                # FORCE must terminate every other connection, and the test role may
-                # not terminate an autovacuum worker (owned by the superuser) that
-                # happens to be in the database. Such a worker ends within moments.
-                for attempt in range(1, DROP_ATTEMPTS + 1):
-                    try:
-                        conn.execute(statement)
-                        break
-                    except psycopg.errors.InsufficientPrivilege:
-                        if attempt == DROP_ATTEMPTS:
-                            raise
-                        time.sleep(DROP_RETRY_SECONDS)
+                drop_database(conn, name)
 
     @staticmethod
     def _connect() -> psycopg.Connection[tuple[object, ...]]:
