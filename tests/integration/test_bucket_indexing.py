@@ -15,6 +15,7 @@ from typing import Any
 
 import pydicom
 import pytest
+from pydicom.dataset import Dataset
 from sqlalchemy import create_engine, select
 
 from dicomvault.index.schema import instances, patients, series, studies
@@ -46,6 +47,18 @@ def upload_folder(moto_server: MotoServer, bucket: str, folder: Path) -> dict[st
             client.put_object(Bucket=bucket, Key=PREFIX + relative, Body=path.read_bytes())
             names[f"s3://{bucket}/{PREFIX}{relative}"] = relative
     return names
+
+
+def upload_instances(
+    moto_server: MotoServer, bucket: str, folder: Path, count: int
+) -> list[Dataset]:
+    """Upload ``count`` new instances as PREFIX0.dcm, PREFIX1.dcm, ...; return their datasets."""
+    client = moto_server.client()
+    datasets = [make_instance() for _ in range(count)]
+    for number, ds in enumerate(datasets):
+        path = write_instance(folder / f"{number}.dcm", ds)
+        client.put_object(Bucket=bucket, Key=f"{PREFIX}{number}.dcm", Body=path.read_bytes())
+    return datasets
 
 
 def index_bucket(
@@ -151,10 +164,7 @@ def test_rerun_reads_changed_objects_only(
     tmp_path: Path, moto_server: MotoServer, bucket_name: str
 ) -> None:
     client = moto_server.client()
-    datasets = [make_instance() for _ in range(3)]
-    for number, ds in enumerate(datasets):
-        path = write_instance(tmp_path / f"{number}.dcm", ds)
-        client.put_object(Bucket=bucket_name, Key=f"{PREFIX}{number}.dcm", Body=path.read_bytes())
+    datasets = upload_instances(moto_server, bucket_name, tmp_path, 3)
     client.put_object(Bucket=bucket_name, Key=f"{PREFIX}sub/", Body=b"")  # a folder marker
     url = f"s3://{bucket_name}/{PREFIX}"
     data_dir = tmp_path / "data"
@@ -236,10 +246,7 @@ def test_prune_drops_gone_objects(
     tmp_path: Path, moto_server: MotoServer, bucket_name: str
 ) -> None:
     client = moto_server.client()
-    datasets = [make_instance() for _ in range(3)]
-    for number, ds in enumerate(datasets):
-        path = write_instance(tmp_path / f"{number}.dcm", ds)
-        client.put_object(Bucket=bucket_name, Key=f"{PREFIX}{number}.dcm", Body=path.read_bytes())
+    datasets = upload_instances(moto_server, bucket_name, tmp_path, 3)
     url = f"s3://{bucket_name}/{PREFIX}"
     data_dir = tmp_path / "data"
     first = index_bucket(moto_server, url, data_dir)
