@@ -50,6 +50,7 @@ from dicomvault.index.writer import (
     IndexWriter,
     StoredInstance,
 )
+from dicomvault.storage.in_place import in_place_key
 from tests.support.corpus import PYDICOM_CHARSET_FILES
 from tests.support.datasets import (
     add_raw_element,
@@ -360,6 +361,38 @@ class TestReplaceInstance:
             writer.add_instance(stored_instance(ds, "aa/bb/second.dcm"), replace=False)
         assert column_values(migrated_engine, patients, "patient_name") == ["Doe^John"]
         assert column_values(migrated_engine, instances, "storage_key") == ["aa/bb/first.dcm"]
+
+    def test_own_committed_write_not_duplicate(self, migrated_engine: Engine) -> None:
+        # A retry after a COMMIT whose reply was lost finds its own row.
+        writer = IndexWriter(migrated_engine)
+        ds = make_instance()
+        stored = stored_instance(ds, "aa/bb/first.dcm")
+        writer.add_instance(stored, replace=False)
+
+        outcome = writer.add_instance(stored, replace=False)
+
+        assert outcome == IndexOutcome(replaced=False, replaced_storage_key=None)
+        assert column_values(migrated_engine, instances, "storage_key") == ["aa/bb/first.dcm"]
+
+    def test_own_committed_batch_not_duplicate(self, migrated_engine: Engine) -> None:
+        writer = IndexWriter(migrated_engine)
+        batch = [stored_instance(make_instance(), f"aa/bb/{n}.dcm") for n in range(2)]
+        writer.add_instances(batch, replace=False)
+
+        outcomes = writer.add_instances(batch, replace=False)
+
+        assert outcomes == [IndexOutcome(replaced=False, replaced_storage_key=None)] * 2
+        assert len(column_values(migrated_engine, instances, "storage_key")) == 2
+
+    def test_in_place_file_again_is_duplicate(self, migrated_engine: Engine) -> None:
+        # An in-place key names the file, so an equal key is not a lost commit.
+        writer = IndexWriter(migrated_engine)
+        stored = stored_instance(make_instance(), in_place_key("/srv/import/a.dcm"))
+        writer.add_instance(stored, replace=False)
+
+        with pytest.raises(DuplicateInstanceError):
+            writer.add_instance(stored, replace=False)
+        assert writer.add_instances([stored], replace=False) == [None]
 
     def test_emptied_parents_removed(self, migrated_engine: Engine) -> None:
         writer = IndexWriter(migrated_engine)

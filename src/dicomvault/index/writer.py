@@ -20,6 +20,7 @@ from dicomvault.index.database import write_turn
 from dicomvault.index.hierarchy import prune_patient, prune_series, prune_study
 from dicomvault.index.instance_upsert import InstanceUpsert, WrittenInstance
 from dicomvault.index.schema import instances, patients, series, studies
+from dicomvault.storage.in_bucket import is_indexed_in_place
 
 LOGGER = logging.getLogger(__name__)
 
@@ -216,6 +217,14 @@ class IndexWriter:
             earlier = latest.get(uid)
             if earlier is None and uid not in existing:
                 outcomes.append(IndexOutcome(replaced=False, replaced_storage_key=None))
+            elif (
+                not replace
+                and earlier is None
+                and _is_own_write(existing[uid].storage_key, item.storage_key)
+            ):
+                # Written by this batch's own earlier attempt; nothing to write again.
+                outcomes.append(IndexOutcome(replaced=False, replaced_storage_key=None))
+                continue
             elif not replace:
                 outcomes.append(None)
                 continue
@@ -368,6 +377,8 @@ class IndexWriter:
                 connection, patient_row, study_row, series_row, instance_row
             )
         if written.old_storage_key is not None and not replace:
+            if _is_own_write(written.old_storage_key, stored.storage_key):
+                return IndexOutcome(replaced=False, replaced_storage_key=None)
             # The caller's transaction rolls back what was written.
             raise DuplicateInstanceError(header.sop_instance_uid)
 
@@ -586,6 +597,17 @@ def match_form(value: str, vr: str) -> str:
     return value
 
 
+def _is_own_write(indexed_key: str, new_key: str) -> bool:
+    """Return whether the indexed row is the one being written, committed by an earlier attempt.
+
+    Files the archive writes get a new unique storage key each, so an
+    indexed row with the key of the new file can only come from a commit
+    of this write whose reply was lost. Keys of files indexed in place name
+    the file, so an equal key there is the same file indexed again.
+    """
+    return indexed_key == new_key and not is_indexed_in_place(new_key)
+
+
 def _is_transient(exc: OperationalError) -> bool:
     """Return whether a transaction that failed with ``exc`` may be run again.
 
@@ -594,9 +616,12 @@ def _is_transient(exc: OperationalError) -> bool:
     was not committed. If the connection broke during COMMIT, the retried
     transaction finds the instance it wrote and replaces it with itself.
 
-    NOTE: with ``replace=False`` that retry raises DuplicateInstanceError
-    on the instance's own committed row, so the caller deletes a file that
-    the index refers to. Without the retry, the failed COMMIT did the same.
+    With ``replace=False`` the retry finds the instance's own row, under
+    the new file's unique storage key, and counts it as written (see
+    :func:`_is_own_write`).
+
+    NOTE: a batch retried that way runs its ``also`` callback a second
+    time, so what that callback adds up may be counted twice.
     """
     if exc.connection_invalidated:
         return True
