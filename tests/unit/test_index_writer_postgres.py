@@ -17,6 +17,7 @@ import pytest
 from sqlalchemy import Engine, event
 
 from dicomvault.archive import Archive
+from dicomvault.index.database import create_index_engine
 from dicomvault.index.writer import IndexOutcome, IndexWriter
 from tests.support.datasets import make_instance
 from tests.unit import test_index_writer_round_trips as round_trips
@@ -144,3 +145,33 @@ class TestConcurrentReplacement:
             outcome = later.result(timeout=LOCK_WAIT_TIMEOUT_SECONDS)
 
         assert outcome == IndexOutcome(replaced=True, replaced_storage_key="aa/bb/second.dcm")
+
+
+@pytest.mark.postgres
+class TestKeepalives:
+    def parameters(self, url: str) -> dict[str, str]:
+        engine = create_index_engine(url)
+        try:
+            with engine.connect() as connection:
+                info = connection.connection.dbapi_connection.info
+                parameters: dict[str, str] = info.get_parameters()
+                return parameters
+        finally:
+            engine.dispose()
+
+    def test_keepalives_on_by_default(self, migrated_engine: Engine) -> None:
+        url = migrated_engine.url.render_as_string(hide_password=False)
+
+        parameters = self.parameters(url)
+
+        assert parameters["keepalives"] == "1"
+        assert parameters["keepalives_idle"] == "30"
+        assert parameters["keepalives_count"] == "3"
+
+    def test_url_setting_wins(self, migrated_engine: Engine) -> None:
+        url = migrated_engine.url.update_query_dict({"keepalives_idle": "5"})
+
+        parameters = self.parameters(url.render_as_string(hide_password=False))
+
+        assert parameters["keepalives_idle"] == "5"
+        assert parameters["keepalives_interval"] == "10"

@@ -47,6 +47,17 @@ def normalize_url(url: str) -> str:
     return url
 
 
+# libpq's TCP keepalives, unless the index URL sets them: an idle pooled
+# connection whose network path was cut without a reset then errors after
+# about a minute, and the check at checkout discards it.
+POSTGRES_KEEPALIVES = {
+    "keepalives": 1,
+    "keepalives_idle": 30,
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+}
+
+
 def create_index_engine(url: str, bulk_writer: bool = False) -> Engine:
     """Create an engine for the index with the settings each back-end needs.
 
@@ -95,6 +106,11 @@ def create_index_engine(url: str, bulk_writer: bool = False) -> Engine:
             pool_size=10,
             max_overflow=40,
             json_serializer=serialize_json,
+            connect_args={
+                name: value
+                for name, value in POSTGRES_KEEPALIVES.items()
+                if name not in parsed.query
+            },
         )
         event.listen(engine, "checkout", _discard_closed_connection)
         return engine
@@ -120,10 +136,15 @@ def _discard_closed_connection(dbapi_connection: Any, _record: Any, _proxy: Any)
     DisconnectionError makes the pool discard the connection and check out
     another one, without a round trip to the server.
 
-    NOTE: a connection that a network failure or a firewall cut without
-    closing it is not found here. Its first statement then fails and
-    invalidates the pool. IndexWriter retries such a transaction on a new
-    connection, and other callers fail once.
+    A connection that a network failure or a firewall cut without closing
+    it gets a socket error once the TCP keepalives of
+    :data:`POSTGRES_KEEPALIVES` have failed, about a minute after its last
+    use, and poll() then reports it here.
+
+    NOTE: no test cuts a network path, so that case is untested. Before the
+    keepalives fail, the first statement fails and invalidates the pool.
+    IndexWriter retries such a transaction on a new connection, and other
+    callers fail once.
     """
     if dbapi_connection.closed:
         raise DisconnectionError("The index database connection is closed")
