@@ -1280,7 +1280,7 @@ def tasks_list(
         typer.echo(
             f"{record.id:>5}  {record.status:<11} {record.kind:<5} {record.mode:<8} "
             f"found {counts.found}, indexed {counts.indexed}, skipped {counts.skipped}, "
-            f"failed {counts.failed}  {record.path}"
+            f"failed {counts.failed}, pruned {counts.pruned}  {record.path}"
         )
 
 

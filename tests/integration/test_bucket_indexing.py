@@ -263,6 +263,12 @@ def test_prune_drops_gone_objects(
     assert pruned.returncode == 0, pruned.describe()
     assert "2 files found, 0 indexed, 2 skipped (unchanged)" in summary(pruned)
     assert summary(pruned).endswith(", 1 pruned")
+    assert report_urls(pruned) == {
+        f"{url}1.dcm": (
+            "pruned",
+            f"The object is gone; instance {datasets[1].SOPInstanceUID} was removed from the index",
+        )
+    }
     contents = index_contents(data_dir)
     assert set(contents["instances"]) == {
         str(datasets[0].SOPInstanceUID),

@@ -243,7 +243,7 @@ def test_rotation_between_kms_keys(
     assert status.returncode == 0, status.describe()
     assert f"Encryption: on; current master key {new_arn}" in status.output
     assert f"Earlier master key: {old_arn}" in status.output
-    assert f"Key provider: KMS key {new_arn} and 1 earlier keys at" in status.output
+    assert f"Key provider: KMS key {new_arn} and 1 earlier key at" in status.output
     assert f"  {new_arn}: {len(STORED)}" in status.output
 
     restarted = start_server(config=kms_encryption_config(moto_server, new_arn), data_dir=data_dir)

@@ -20,7 +20,7 @@ from dicomvault.config import load_settings
 from dicomvault.dicom.attributes import Level
 from dicomvault.events import EventBus, FilesIndexed
 from dicomvault.index.schema import indexed_files, instances, patients, series, studies
-from dicomvault.index.tasks import TaskCounts, TaskRecord
+from dicomvault.index.tasks import TaskCounts, TaskFile, TaskRecord
 from dicomvault.index.writer import IndexWriter, StoredInstance
 from dicomvault.ingest.indexer import IngestContext
 from dicomvault.ingest.jobs import Mode
@@ -223,6 +223,14 @@ class TestInPlace:
         assert pruned.counts.pruned == 1
         assert set(indexed_uids(context.engine)) == {datasets[1].SOPInstanceUID}
         assert count(context.engine, indexed_files) == 1
+        assert context.tasks.files(pruned.id) == [
+            TaskFile(
+                str(gone),
+                "pruned",
+                f"The file is gone; instance {datasets[0].SOPInstanceUID} "
+                "was removed from the index",
+            )
+        ]
 
     def test_prune_of_last_file_removes_parents(
         self, context: IngestContext, tmp_path: Path

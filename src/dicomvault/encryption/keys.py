@@ -185,7 +185,8 @@ class LocalKeyProvider:
     def describe(self) -> str:
         """Return the current key id and how many earlier keys are configured."""
         earlier = len(self._keys) - 1
-        return f"master key {self.current_key_id} and {earlier} earlier keys from local sources"
+        noun = "key" if earlier == 1 else "keys"
+        return f"master key {self.current_key_id} and {earlier} earlier {noun} from local sources"
 
 
 def key_id_for(secret: bytes) -> str:

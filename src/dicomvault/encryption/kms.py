@@ -229,7 +229,8 @@ class KmsKeyProvider:
         """Return the current KMS key, the number of earlier keys, and the endpoint."""
         earlier = len(self.key_ids) - 1
         return (
-            f"KMS key {self._current.describe()} and {earlier} earlier keys at "
+            f"KMS key {self._current.describe()} and {earlier} earlier "
+            f"{'key' if earlier == 1 else 'keys'} at "
             f"{_endpoint(self.client)}"
         )
 

@@ -12,21 +12,29 @@ from dicomvault.index.schema import instances, patients, series, studies
 KEYS_PER_STATEMENT = 500
 
 
-def remove_instances_stored_at(connection: Connection, storage_keys: Sequence[str]) -> int:
+def remove_instances_stored_at(
+    connection: Connection, storage_keys: Sequence[str]
+) -> dict[str, str]:
     """Delete the instances stored under ``storage_keys`` and the parents left empty.
 
-    Returns the number of instances deleted. Runs in the caller's transaction.
+    Returns the SOP Instance UID of each deleted instance by its storage
+    key. Runs in the caller's transaction.
     """
-    removed = 0
+    removed: dict[str, str] = {}
     for start in range(0, len(storage_keys), KEYS_PER_STATEMENT):
         keys = storage_keys[start : start + KEYS_PER_STATEMENT]
         rows = connection.execute(
-            select(instances.c.pk, instances.c.series_pk).where(instances.c.storage_key.in_(keys))
+            select(
+                instances.c.pk,
+                instances.c.series_pk,
+                instances.c.storage_key,
+                instances.c.sop_instance_uid,
+            ).where(instances.c.storage_key.in_(keys))
         ).all()
         if rows:
             connection.execute(delete(instances).where(instances.c.pk.in_([r.pk for r in rows])))
             prune_empty_parents(connection, {r.series_pk for r in rows})
-        removed += len(rows)
+        removed.update((r.storage_key, r.sop_instance_uid) for r in rows)
     return removed
 
 

@@ -237,7 +237,8 @@ leases = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
 )
 
-# Files of a task that were not indexed: failed (with the reason) or ignored.
+# Files a task reports, with the reason: failed, ignored, still being written
+# ("pending"), or gone and removed from the index ("pruned").
 ingest_task_files = Table(
     "ingest_task_files",
     METADATA,

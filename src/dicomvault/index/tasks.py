@@ -48,7 +48,7 @@ class TaskCounts:
 
 @dataclasses.dataclass(frozen=True)
 class TaskFile:
-    """A file a task did not index: ``outcome`` "failed" or "ignored", and why."""
+    """A file a task reports, and why: ``outcome`` "failed", "ignored", "pending" or "pruned"."""
 
     path: str
     outcome: str

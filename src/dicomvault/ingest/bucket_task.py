@@ -36,7 +36,12 @@ from dicomvault.ingest.bucket import (
     source_client,
     split_object_url,
 )
-from dicomvault.ingest.indexer import CHUNK_BYTES, IngestContext, split_into_chunks
+from dicomvault.ingest.indexer import (
+    CHUNK_BYTES,
+    IngestContext,
+    pruned_report,
+    split_into_chunks,
+)
 from dicomvault.ingest.jobs import FileJob
 from dicomvault.storage.base import StorageError
 from dicomvault.storage.in_bucket import in_bucket_exists, in_bucket_key
@@ -203,14 +208,18 @@ class BucketTaskLeader:
             self.context.engine.connect().execution_options(write=True) as connection,
             connection.begin(),
         ):
-            removed = remove_instances_stored_at(connection, [key for _, key in objects])
-            self.context.files.forget(connection, [url for url, _ in objects])
-            self.context.tasks.add_pruned(connection, self.task.id, removed)
+            keys = dict(objects)
+            removed = remove_instances_stored_at(connection, list(keys.values()))
+            self.context.files.forget(connection, list(keys))
+            self.context.tasks.add_pruned(connection, self.task.id, len(removed))
+            self.context.tasks.add_files(
+                connection, self.task.id, pruned_report(keys, removed, "object")
+            )
         LOGGER.info(
             "Indexing task %d: pruned %d instances whose objects are gone from %s "
             "(%d objects forgotten)",
             self.task.id,
-            removed,
+            len(removed),
             location.url,
             len(objects),
         )

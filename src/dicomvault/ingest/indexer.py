@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -330,16 +330,18 @@ class FolderIndexer:
                 self.context.engine.connect().execution_options(write=True) as connection,
                 connection.begin(),
             ):
-                removed = remove_instances_stored_at(
-                    connection, [in_place_key(path) for path in gone]
-                )
+                keys = {path: in_place_key(path) for path in gone}
+                removed = remove_instances_stored_at(connection, list(keys.values()))
                 self.context.files.forget(connection, gone)
+                self.context.tasks.add_files(
+                    connection, self.task_id, pruned_report(keys, removed, "file")
+                )
         except SQLAlchemyError as exc:
             raise IndexingError(f"The index database failed while pruning: {exc}") from exc
-        self.counts.pruned += removed
+        self.counts.pruned += len(removed)
         LOGGER.info(
             "Pruned %d instances whose files are gone from %s (%d files forgotten)",
-            removed,
+            len(removed),
             self.folder,
             len(gone),
         )
@@ -411,3 +413,21 @@ def split_into_chunks(jobs: list[FileJob], max_files: int, max_bytes: int) -> li
     if chunk:
         chunks.append(chunk)
     return chunks
+
+
+def pruned_report(keys: Mapping[str, str], removed: Mapping[str, str], kind: str) -> list[TaskFile]:
+    """Return the report entries of pruned files or objects, one per instance removed.
+
+    ``keys`` maps each gone path or URL to its storage key, ``removed`` maps
+    the storage keys of the removed instances to their SOP Instance UIDs,
+    and ``kind`` is "file" or "object", for the reason.
+    """
+    return [
+        TaskFile(
+            path,
+            "pruned",
+            f"The {kind} is gone; instance {removed[key]} was removed from the index",
+        )
+        for path, key in keys.items()
+        if key in removed
+    ]
