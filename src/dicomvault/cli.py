@@ -952,7 +952,7 @@ def _ingest_context(settings: Settings, start_workers: bool = False) -> IngestCo
     the background at once, while the index opens and the folder is scanned.
     """
     # NOTE: a serve starting during `dicomvault index --import` removes the
-    # temporary files of copies in flight; those files fail and the next run
+    # temporary files of copies in flight. Those files fail, and the next run
     # imports them.
     pool = ReaderPool(settings.ingest.workers)
     if start_workers:
@@ -975,6 +975,8 @@ def _ingest_context(settings: Settings, start_workers: bool = False) -> IngestCo
         raise _fail(
             f"Cannot use data directory {settings.data_dir}: {exc.strerror or exc}", 1
         ) from None
+    # Copies that a killed import wrote but never indexed, as serve removes them at start-up.
+    _recover_unindexed_writes(settings.data_dir, storage, engine)
     return IngestContext(settings, engine, storage, pool)
 
 

@@ -25,6 +25,7 @@ from dicomvault.ingest.jobs import (
     ReadOptions,
     index_chunk,
 )
+from dicomvault.recovery import journal_directory
 
 LOGGER = logging.getLogger(__name__)
 
@@ -118,6 +119,7 @@ class ChunkRunner:
                 encryption if encryption.enabled else None,
                 storage if storage.backend == "s3" else None,
                 source=storage,
+                journal_dir=str(journal_directory(settings.data_dir)),
             ),
             self.context.engine.url.render_as_string(hide_password=False),
             chunk.task_id,

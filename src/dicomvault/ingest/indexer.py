@@ -36,6 +36,7 @@ from dicomvault.ingest.jobs import (
 )
 from dicomvault.ingest.pool import ReaderPool
 from dicomvault.ingest.scan import SkippedEntry, scan_folder
+from dicomvault.recovery import journal_directory
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.in_place import in_place_key
 
@@ -138,6 +139,7 @@ class FolderIndexer:
                 context.storage.location,
                 encryption if encryption.enabled else None,
                 storage if storage.backend == "s3" else None,
+                journal_dir=str(journal_directory(context.settings.data_dir)),
             ),
             context.engine.url.render_as_string(hide_password=False),
             task_id,

@@ -52,7 +52,9 @@ class ReadOptions:
     hold no credentials: each worker finds them where the archive does.
     ``encryption`` is set when imported copies are encrypted. Each worker
     then reads the master key from the same key file or variable as the
-    archive.
+    archive. ``journal_dir``, when set, is the folder of the write journals
+    (see :mod:`dicomvault.storage.journal`), where each worker records its
+    copies until they are indexed or deleted.
     """
 
     mode: Mode
@@ -60,6 +62,7 @@ class ReadOptions:
     encryption: EncryptionSettings | None = None
     s3: StorageSettings | None = None
     source: StorageSettings | None = None
+    journal_dir: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

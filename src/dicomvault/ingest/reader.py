@@ -9,11 +9,15 @@ is truncated.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import enum
 import hashlib
 import json
 import os
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dicomvault.config import StorageSettings
@@ -43,6 +47,7 @@ from dicomvault.storage.checksum import Sha256Chunks
 from dicomvault.storage.filesystem import FilesystemStorage
 from dicomvault.storage.in_bucket import in_bucket_key
 from dicomvault.storage.in_place import in_place_key
+from dicomvault.storage.journal import WriteJournal
 
 if TYPE_CHECKING:
     from dicomvault.storage.s3 import S3Storage
@@ -88,6 +93,10 @@ class ReadResult:
 
 
 _storages: dict[tuple[str, StorageSettings | None, StorageSettings | None], Storage] = {}
+# The write journal of this process per journal folder, and how to settle each copy's entry.
+_journals: dict[str, WriteJournal] = {}
+_journals_lock = threading.Lock()
+_unsettled: dict[str, Callable[[], None]] = {}
 
 
 def read_files(jobs: list[FileJob], options: ReadOptions) -> list[ReadResult]:
@@ -271,7 +280,8 @@ def _import(
     key = new_storage_key()
     written = Sha256Chunks((meta, dataset))
     try:
-        size = storage.put(key, written)
+        with _journaled(options, header.sop_instance_uid, key):
+            size = storage.put(key, written)
     except StorageError as exc:
         reason = f"Cannot be copied into the storage: {exc}"
         return ReadResult(job, Outcome.FAILED, reason, retry=True)
@@ -283,6 +293,44 @@ def _import(
         size=size,
         sha256=written.hexdigest(),
     )
+
+
+@contextlib.contextmanager
+def _journaled(options: ReadOptions, sop_instance_uid: str, key: str) -> Iterator[None]:
+    """Record the copy of ``key`` in this worker's write journal until :func:`settle_copies`.
+
+    The entry stays when the block succeeds; it is settled at once when the
+    block raises, because the storage then removed what it had written.
+
+    Raises
+    ------
+    StorageError
+        If the journal cannot be written; nothing is copied then.
+    """
+    if not options.journal_dir:
+        yield
+        return
+    with _journals_lock:
+        journal = _journals.get(options.journal_dir)
+        if journal is None:
+            try:
+                journal = WriteJournal(Path(options.journal_dir))
+            except OSError as exc:
+                raise StorageError(
+                    f"Cannot use the write journal folder {options.journal_dir}: {exc}"
+                ) from exc
+            _journals[options.journal_dir] = journal
+    with journal.writing(sop_instance_uid, key) as pending:
+        yield
+        _unsettled[key] = pending.defer()
+
+
+def settle_copies(storage_keys: Iterable[str]) -> None:
+    """Settle the journal entries of copies that are now indexed or deleted."""
+    for key in storage_keys:
+        settle = _unsettled.pop(key, None)
+        if settle is not None:
+            settle()
 
 
 def import_storage(options: ReadOptions) -> Storage:

@@ -19,7 +19,13 @@ from dicomvault.index.files import FileState, IndexedFiles
 from dicomvault.index.tasks import TaskFile, TaskStore
 from dicomvault.index.writer import IndexOutcome, IndexWriter, StoredInstance
 from dicomvault.ingest.jobs import ChunkOptions, ChunkSummary, FileJob, Mode
-from dicomvault.ingest.reader import Outcome, ReadResult, import_storage, read_files
+from dicomvault.ingest.reader import (
+    Outcome,
+    ReadResult,
+    import_storage,
+    read_files,
+    settle_copies,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -97,11 +103,13 @@ class _Chunk:
             )
         except SQLAlchemyError as exc:
             self._delete_copies(self.read)
+            settle_copies(r.storage_key for r in self.read)
             LOGGER.debug("Indexing a chunk of %d files failed: %s", len(self.results), exc)
             summary.error = f"The index database failed: {exc}"
             return summary
         except ChunkLostError as exc:
             self._delete_copies(self.read)
+            settle_copies(r.storage_key for r in self.read)
             LOGGER.debug("%s; its results are dropped", exc)
             summary.lost = True
             return summary
@@ -111,6 +119,7 @@ class _Chunk:
             if outcome is not None and outcome.replaced_storage_key:
                 import_storage(self.options.read).delete(outcome.replaced_storage_key)
         self._delete_copies(self.duplicates)
+        settle_copies(r.storage_key for r in self.read)
 
         summary.indexed = len(self.read) - len(self.duplicates)
         summary.failed = sum(1 for f in self.report if f.outcome == "failed")
