@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from bench.scale_bench import DEFAULT_ADMIN_URL, Postgres
+from bench.databases import DEFAULT_ADMIN_URL, Postgres
 from dicomvault.dicom.header import describe_instance
 from dicomvault.index.database import open_index_engine
 from dicomvault.index.writer import IndexWriter, StoredInstance

@@ -2,8 +2,10 @@
 
 Run it with ``.venv/bin/python -m bench.load_bench`` from the repository
 root. It starts one ``dicomvault serve`` on 127.0.0.1 with its embedded
-defaults (SQLite index, files) and ``dimse.max_associations`` set to
-``--max-associations``, then drives it with the clients of ``bench/load.py``:
+defaults (SQLite index, files), or with ``--postgres`` on a new database
+of the PostgreSQL cluster of ``tests/services.sh``, and
+``dimse.max_associations`` set to ``--max-associations``. Then it drives
+it with the clients of ``bench/load.py``:
 
 1. ``--storers`` Storage SCU associations and ``--finders`` C-FIND SCU
    associations are opened and held, and ``--qido-clients`` HTTP clients
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections import Counter
@@ -32,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench.clients import count_instances
+from bench.databases import DEFAULT_ADMIN_URL, Postgres
 from bench.load import (
     SUCCESS,
     LoadPlan,
@@ -53,18 +57,22 @@ KIB_PER_MIB = 1024
 
 
 class LimitedDicomvault(Dicomvault):
-    """dicomvault on its embedded defaults with ``dimse.max_associations`` set."""
+    """dicomvault with ``dimse.max_associations`` set, on SQLite or on ``index_url``."""
 
-    def __init__(self, workdir: Path, max_associations: int) -> None:
+    def __init__(self, workdir: Path, max_associations: int, index_url: str = "") -> None:
         super().__init__(workdir)
         self.max_associations = max_associations
+        self.index_url = index_url
 
     def command(self) -> list[str]:
         config_path = self.workdir / "dicomvault.toml"
         config_path.write_text(
             f"[dimse]\nmax_associations = {self.max_associations}\n", encoding="utf-8"
         )
-        return [*super().command(), "--config", str(config_path)]
+        command = [*super().command(), "--config", str(config_path)]
+        if self.index_url:
+            command += ["--index-url", self.index_url]
+        return command
 
 
 def operation_row(
@@ -97,7 +105,16 @@ def measure(work: Path, args: argparse.Namespace) -> list[Table]:
     RuntimeError
         If the clients could not open their associations.
     """
-    server = LimitedDicomvault(work / "dicomvault", args.max_associations)
+    databases = Postgres(args.postgres_admin_url)
+    index_url = databases.create() if args.postgres else ""
+    try:
+        return _measure(work, args, index_url)
+    finally:
+        databases.drop_all()
+
+
+def _measure(work: Path, args: argparse.Namespace, index_url: str) -> list[Table]:
+    server = LimitedDicomvault(work / "dicomvault", args.max_associations, index_url)
     with server:
         assert server.process is not None
         pid = server.process.pid
@@ -143,7 +160,8 @@ def tables(
     """Build the operations table and the server table."""
     store_seconds = result.store_seconds()
     operations = Table(
-        f"Operations over {args.duration:.0f} s",
+        f"Operations over {args.duration:.0f} s, index on "
+        f"{'PostgreSQL' if args.postgres else 'SQLite'}",
         ["operation", "count", "failures", "p50 ms", "p99 ms", "max ms", "per second"],
     )
     operations.rows.append(
@@ -232,6 +250,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="associations requested beyond the clients' while the clients hold theirs",
     )
 
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="index in a new PostgreSQL database, dropped at the end (default: SQLite)",
+    )
+    parser.add_argument(
+        "--postgres-admin-url",
+        default=os.environ.get("BENCH_POSTGRES_URL", DEFAULT_ADMIN_URL),
+        help="libpq URL of a role that may create databases, on loopback",
+    )
     parser.add_argument("--workdir", type=Path, help="work folder (default: a temporary one)")
     parser.add_argument("--keep", action="store_true", help="keep the work folder at the end")
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")

@@ -61,15 +61,13 @@ from bench.clients import (
     study_identifier,
 )
 from bench.corpus import CorpusSpec, write_corpus
-from bench.databases import drop_database
+from bench.databases import DEFAULT_ADMIN_URL, Postgres
 from bench.loopback import LOOPBACK, free_port
 from bench.pinning import node_and_services, pin
 from bench.servers import Dicomvault, ServerError
 
 LOGGER = logging.getLogger("bench.scale_bench")
 
-DEFAULT_ADMIN_URL = "postgresql://dicomvault:dicomvault@127.0.0.1:5432/postgres"
-DATABASE_PREFIX = "dicomvault_bench_"
 MOTO_START_TIMEOUT_SECONDS = 30.0
 MOTO_STOP_TIMEOUT_SECONDS = 10.0
 BUCKET = "dicomvault-bench"
@@ -103,40 +101,6 @@ class SharedDicomvault(Dicomvault):
 
     def environment(self) -> dict[str, str]:
         return {**super().environment(), **self.extra_env}
-
-
-class Postgres:
-    """Creates throw-away databases through the admin URL and drops them at the end."""
-
-    def __init__(self, admin_url: str) -> None:
-        self.admin_url = admin_url
-        self.names: list[str] = []
-
-    def create(self) -> str:
-        """Create an empty database and return its SQLAlchemy URL."""
-        name = DATABASE_PREFIX + secrets.token_hex(6)
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-        self.names.append(name)
-        return self.url(name, "postgresql+psycopg")
-
-    def url(self, name: str, scheme: str) -> str:
-        """Return the URL of database ``name`` with ``scheme``."""
-        base, _, _ = self.admin_url.rpartition("/")
-        return f"{scheme}://{base.split('://', 1)[1]}/{name}"
-
-    def drop_all(self) -> None:
-        """Drop every database created so far.
-
-        Raises
-        ------
-        psycopg.errors.InsufficientPrivilege
-            If an autovacuum worker stays in a database for all the attempts.
-        """
-        with psycopg.connect(self.admin_url, autocommit=True) as conn:
-            while self.names:
-                drop_database(conn, self.names[-1])
-                self.names.pop()
 
 
 def fake_aws_environment(workdir: Path) -> dict[str, str]:
