@@ -108,13 +108,21 @@ def summary(run: ToolRun) -> str:
     return lines[-1]
 
 
+# The outcomes of the report lines that `dicomvault index` prints.
+REPORT_OUTCOMES = ("failed", "ignored", "pending", "pruned")
+
+
 def report_lines(run: ToolRun, folder: Path) -> dict[str, tuple[str, str]]:
-    """Map each file in the printed report, relative to `folder`, to (outcome, reason)."""
+    """Map each file in the printed report, relative to `folder`, to (outcome, reason).
+
+    Only lines of the form "  OUTCOME: PATH: REASON" count, so that other
+    indented output on the same streams is not taken for a report line.
+    """
     entries = {}
     for line in run.output.splitlines():
-        if not line.startswith("  "):
-            continue
         outcome, _, rest = line.strip().partition(": ")
+        if not line.startswith("  ") or outcome not in REPORT_OUTCOMES:
+            continue
         path, _, reason = rest.partition(": ")
         entries[Path(path).relative_to(folder).as_posix()] = (outcome, reason)
     return entries
