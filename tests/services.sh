@@ -48,9 +48,12 @@ install_packages() {
 check_dcmtk() {
     # The tests run DCMTK's tools by name. Another program of the same name
     # earlier on PATH (pynetdicom's storescu script, say) would fail them all.
-    local tool
+    local tool version
     for tool in storescu storescp findscu movescu getscu echoscu; do
-        if ! "$tool" --version 2>/dev/null | grep -q dcmtk; then
+        # Read the whole output first: grep -q would stop reading early, and
+        # with pipefail the tool's SIGPIPE would fail the check.
+        version=$("$tool" --version 2>/dev/null || true)
+        if [[ $version != *dcmtk* ]]; then
             log "'$tool' on PATH ($(command -v "$tool")) is not DCMTK's; put /usr/bin before it in PATH or remove it"
             exit 1
         fi
