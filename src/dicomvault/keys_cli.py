@@ -136,16 +136,14 @@ def _rotate(settings: Settings, serving: bool) -> None:
     provider = storage.provider
     current = provider.current_key_id
     if not serving and record.current_key_id and record.current_key_id != current:
-        server = (
-            "The node that started last on this bucket"
-            if settings.storage.backend == "s3"
-            else "The running server"
-        )
+        if settings.storage.backend == "s3":
+            sealer, restart = "The node that started last on this bucket", "every node"
+        else:
+            sealer, restart = "The running server", "the server"
         raise _fail(
-            f"{server} seals new files under master key {record.current_key_id}, "
+            f"{sealer} seals new files under master key {record.current_key_id}, "
             f"but {provider.current_key_setting} names master key {current}. Restart "
-            f"{'every node' if settings.storage.backend == 's3' else 'the server'} with the "
-            f"new key in {provider.current_key_setting} and the old one in "
+            f"{restart} with the new key in {provider.current_key_setting} and the old one in "
             f"{provider.earlier_key_setting(record.current_key_id)}, then rotate",
             code=1,
         )

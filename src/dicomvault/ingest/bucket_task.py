@@ -190,25 +190,27 @@ class BucketTaskLeader:
             if self._should_stop() or self._cancelled():
                 return False
             listed.update(object_url(location.bucket, entry.key) for entry in page)
-        removed_objects = []
+        gone_keys: dict[str, str] = {}
         for url in known.keys() - listed:
             storage_key = in_bucket_key(*split_object_url(url))
             try:
                 if not in_bucket_exists(client, storage_key):
-                    removed_objects.append((url, storage_key))
+                    gone_keys[url] = storage_key
             except StorageError as exc:
                 raise BucketError(f"Cannot tell whether {url} still exists: {exc}") from exc
-        if removed_objects:
-            self._remove_gone(location, removed_objects)
+        if gone_keys:
+            self._remove_gone(location, gone_keys)
         return True
 
-    def _remove_gone(self, location: BucketLocation, objects: list[tuple[str, str]]) -> None:
-        """Remove the instances of ``objects`` (URL, storage key) from the index and forget them."""
+    def _remove_gone(self, location: BucketLocation, keys: dict[str, str]) -> None:
+        """Remove the instances of the gone objects from the index, and forget the objects.
+
+        ``keys`` maps the URL of each object to its storage key.
+        """
         with (
             self.context.engine.connect().execution_options(write=True) as connection,
             connection.begin(),
         ):
-            keys = dict(objects)
             removed = remove_instances_stored_at(connection, list(keys.values()))
             self.context.files.forget(connection, list(keys))
             self.context.tasks.add_pruned(connection, self.task.id, len(removed))
@@ -221,7 +223,7 @@ class BucketTaskLeader:
             self.task.id,
             len(removed),
             location.url,
-            len(objects),
+            len(keys),
         )
 
     def _finish(self, status: str, message: str = "") -> str:
